@@ -1,0 +1,266 @@
+"""Multi-temperature test-time-scaling evaluation (arXiv 2510.02611): sample, verify, score, report.
+
+`evaluate` draws K samples per (question, temperature) and reports pass@k, maj@k, Pass@All and the
+early-exit vote replayed on those samples; `vote` runs the early-exit vote live, generating only
+the rounds it needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from thermorl.tasks import Task, math_verify_reward
+from thermorl.tasks.verify import normalize_answer
+
+from .report import print_table, summarize, write_report
+from .sampling import prompt_text, sample_completions, seeded
+from .voting import RecordedAnswers, VoteResult, multi_temperature_vote
+
+# The paper's grid: 0.0 to 1.2 in steps of 0.1.
+DEFAULT_TEMPERATURES = tuple(round(0.1 * i, 1) for i in range(13))
+
+
+def parse_temperatures(spec: str) -> list[float]:
+    """"0.0:1.2:0.1" (start:stop:step, stop included) or "0.2,0.6,1.0" -> a checked list of temperatures."""
+    text = spec.strip()
+    if not text:
+        raise ValueError("temperature grid is empty")
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"temperature range {spec!r} must be start:stop:step, e.g. 0.0:1.2:0.1")
+        start, stop, step = (_number(part, spec) for part in parts)
+        if step <= 0:
+            raise ValueError(f"temperature range {spec!r} needs a step > 0, got {step}")
+        if stop < start:
+            raise ValueError(f"temperature range {spec!r} has stop {stop} < start {start}")
+        count = math.floor((stop - start) / step + 1e-9) + 1
+        return check_temperatures([round(start + i * step, 10) for i in range(count)])
+    return check_temperatures([_number(part, spec) for part in text.split(",")])
+
+
+def _number(text: str, spec: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"temperature grid {spec!r}: {text.strip()!r} is not a number") from None
+
+
+def check_temperatures(temperatures: Sequence[float]) -> list[float]:
+    """Non-empty, finite, >= 0 (0 = greedy), no duplicates."""
+    values = list(temperatures)
+    if not values:
+        raise ValueError("temperature grid is empty")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"temperatures must be finite numbers >= 0, got {value!r}")
+    duplicates = sorted({value for value in values if values.count(value) > 1})
+    if duplicates:
+        raise ValueError(f"temperature grid lists {duplicates} more than once")
+    return [float(value) for value in values]
+
+
+class Verifier:
+    """Scores completions of one question and extracts the answers that are voted on."""
+
+    required_columns: tuple[str, ...] = ()
+
+    def correct(self, completions: Sequence[str], row: Mapping[str, Any]) -> list[bool]:
+        raise NotImplementedError
+
+    def extract_answer(self, completion: str) -> str | None:
+        raise NotImplementedError
+
+
+class TaskVerifier(Verifier):
+    """A built-in task's strict checker and answer extraction."""
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.required_columns = task.checked_columns
+
+    def correct(self, completions, row):
+        return [self.task.is_correct(completion, row) for completion in completions]
+
+    def extract_answer(self, completion):
+        return self.task.extract_answer(completion)
+
+
+class RewardVerifier(Verifier):
+    """A TRL-style reward function `f(prompts, completions, **columns) -> list[float]`.
+
+    A completion is correct when its reward is >= correct_threshold (1.0: a 0/1 correctness reward).
+    Votes are over math-verify's reading of the final answer in the completion.
+    """
+
+    def __init__(self, reward_fn: Callable[..., list[float]], correct_threshold: float = 1.0, required_columns=()):
+        self.reward_fn = reward_fn
+        self.correct_threshold = correct_threshold
+        self.required_columns = tuple(required_columns)
+
+    def correct(self, completions, row):
+        columns = {name: [value] * len(completions) for name, value in row.items() if name != "prompt"}
+        rewards = self.reward_fn(prompts=[row["prompt"]] * len(completions), completions=list(completions), **columns)
+        if len(rewards) != len(completions):
+            raise ValueError(f"reward function returned {len(rewards)} rewards for {len(completions)} completions")
+        return [reward is not None and reward >= self.correct_threshold for reward in rewards]
+
+    def extract_answer(self, completion):
+        return normalize_answer(completion)
+
+
+def as_verifier(task_or_verifier, column_names: Sequence[str]) -> Verifier:
+    """A Verifier from a Task, a reward function, a Verifier, or None (math-verify against an `answer` column)."""
+    if isinstance(task_or_verifier, Verifier):
+        verifier = task_or_verifier
+    elif isinstance(task_or_verifier, Task):
+        verifier = TaskVerifier(task_or_verifier)
+    elif callable(task_or_verifier):
+        verifier = RewardVerifier(task_or_verifier)
+    elif task_or_verifier is None:
+        verifier = RewardVerifier(math_verify_reward, required_columns=("answer",))
+    else:
+        raise ValueError(f"task_or_verifier must be a Task, a reward function or None, got {task_or_verifier!r}")
+    missing = [column for column in verifier.required_columns if column not in column_names]
+    if missing:
+        raise ValueError(
+            f"the dataset has no {missing} column(s) to check answers against (columns: {list(column_names)}); "
+            "add them or pass a reward function that verifies completions without them"
+        )
+    return verifier
+
+
+def dataset_rows(dataset) -> list[dict[str, Any]]:
+    rows = [dict(row) for row in dataset]
+    if not rows:
+        raise ValueError("the evaluation dataset is empty")
+    if any("prompt" not in row for row in rows):
+        raise ValueError(f"the evaluation dataset needs a 'prompt' column, got columns {sorted(rows[0])}")
+    return rows
+
+
+def score(verifier: Verifier, rows, completions) -> tuple[list, list]:
+    """(answer_table, correct_table) [question][temperature][sample]; each distinct completion is verified once."""
+    answer_table, correct_table = [], []
+    for row, per_temperature in zip(rows, completions):
+        distinct = list(dict.fromkeys(text for samples in per_temperature for text in samples))
+        verdicts = dict(zip(distinct, verifier.correct(distinct, row)))
+        answers = {text: verifier.extract_answer(text) for text in distinct}
+        answer_table.append([[answers[text] for text in samples] for samples in per_temperature])
+        correct_table.append([[verdicts[text] for text in samples] for samples in per_temperature])
+    return answer_table, correct_table
+
+
+def check_counts(samples: int, batch_size: int, vote_threshold: float, vote_round_size: int) -> None:
+    for name, value in (("samples", samples), ("batch_size", batch_size), ("vote_round_size", vote_round_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not 0.0 < vote_threshold <= 1.0:
+        raise ValueError(f"vote_threshold must be in (0, 1], got {vote_threshold}")
+
+
+def evaluate(
+    model,
+    tokenizer,
+    dataset,
+    task_or_verifier=None,
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    samples: int = 8,
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 64,
+    seed: int = 0,
+    vote_threshold: float = 0.8,
+    vote_round_size: int | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    show_table: bool = False,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Report dict of a multi-temperature evaluation (see report.summarize); files too if out_dir is given.
+
+    dataset: rows with a "prompt" (text or chat messages) and whatever the verifier reads.
+    task_or_verifier: a thermorl Task, a TRL-style reward function, or None for math-verify against
+    the dataset's "answer" column. metadata (model name, task, ...) is stored in report["config"].
+    """
+    temperatures = check_temperatures(temperatures)
+    vote_round_size = min(4, samples) if vote_round_size is None else vote_round_size
+    check_counts(samples, batch_size, vote_threshold, vote_round_size)
+    rows = dataset_rows(dataset)
+    verifier = as_verifier(task_or_verifier, list(rows[0]))
+    prompts = [prompt_text(row["prompt"], tokenizer) for row in rows]
+
+    completions = sample_completions(
+        model, tokenizer, prompts, temperatures, samples, max_new_tokens, batch_size=batch_size, seed=seed, progress=progress
+    )
+    answer_table, correct_table = score(verifier, rows, completions)
+    votes = multi_temperature_vote(
+        RecordedAnswers(answer_table), len(rows), len(temperatures), samples, min(vote_round_size, samples), vote_threshold
+    )
+    report = summarize(temperatures, answer_table, correct_table, votes, vote_threshold, min(vote_round_size, samples))
+    report["config"] = {**(metadata or {}), "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed}
+    if out_dir is not None:
+        report["files"] = write_report(Path(out_dir), report, rows, completions, answer_table, correct_table, votes)
+    if show_table:
+        print_table(report)
+    return report
+
+
+def vote(
+    model,
+    tokenizer,
+    dataset,
+    task_or_verifier=None,
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    max_samples: int = 8,
+    *,
+    round_size: int = 2,
+    threshold: float = 0.8,
+    max_new_tokens: int = 256,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Live multi-temperature voting: rounds of `round_size` samples per temperature, only for open questions.
+
+    Returns accuracy, samples used and the per-question VoteResults (plus whether each was correct).
+    """
+    temperatures = check_temperatures(temperatures)
+    check_counts(max_samples, batch_size, threshold, round_size)
+    rows = dataset_rows(dataset)
+    verifier = as_verifier(task_or_verifier, list(rows[0]))
+    prompts = [prompt_text(row["prompt"], tokenizer) for row in rows]
+    # The first completion that gave each answer, per question, to verify the voted answer at the end.
+    witnesses: list[dict[Any, str]] = [{} for _ in rows]
+
+    def draw(questions, count):
+        completions = sample_completions(
+            model, tokenizer, [prompts[q] for q in questions], temperatures, count, max_new_tokens,
+            batch_size=batch_size, seed=None, progress=False,
+        )
+        batch = []
+        for question, per_temperature in zip(questions, completions):
+            answers = [[verifier.extract_answer(text) for text in samples] for samples in per_temperature]
+            for samples, sample_answers in zip(per_temperature, answers):
+                for text, answer in zip(samples, sample_answers):
+                    witnesses[question].setdefault(answer, text)
+            batch.append(answers)
+        return batch
+
+    with seeded(seed, model.device):
+        results = multi_temperature_vote(draw, len(rows), len(temperatures), max_samples, round_size, threshold)
+    correct = [
+        result.answer is not None and verifier.correct([witnesses[q][result.answer]], rows[q])[0]
+        for q, result in enumerate(results)
+    ]
+    budget = max_samples * len(temperatures)
+    return {
+        "accuracy": sum(correct) / len(rows),
+        "mean_samples_used": sum(result.samples_used for result in results) / len(rows),
+        "budget_per_question": budget,
+        "results": [{"vote": result, "correct": is_correct} for result, is_correct in zip(results, correct)],
+    }
+
+

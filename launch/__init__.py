@@ -1,0 +1,1 @@
+"""Accelerate / DeepSpeed launch configurations (YAML data)."""

@@ -1,0 +1,152 @@
+"""Pieces shared by every policy loss: log-ratio clamp, masked means, KL penalty, token aggregation.
+
+Per-token tensors are (B, T); `mask` is the completion mask (bool or 0/1) of the same shape.
+"""
+
+import torch
+
+# verl clamps log-ratios to this range: exp(20) ~ 5e8 stays finite in fp32 and in its backward pass.
+LOG_RATIO_CLAMP = 20.0
+
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+
+def clamped_log_ratio(per_token_logps: torch.Tensor, base_per_token_logps: torch.Tensor) -> torch.Tensor:
+    """log(pi / pi_base) per token, clamped to [-20, 20]; the base log-probs are treated as constants."""
+    return (per_token_logps - base_per_token_logps.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of `values` over the masked entries (along `dim`, or all of them); 0 where nothing is masked in."""
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def sequence_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One advantage per sequence, (B,): itself if given as (B,), its masked token mean if (B, T)."""
+    return advantages if advantages.dim() == 1 else masked_mean(advantages, mask, dim=-1)
+
+
+def token_advantages(advantages: torch.Tensor) -> torch.Tensor:
+    """Advantages shaped to broadcast against (B, T): (B,) -> (B, 1); (B, T) unchanged."""
+    return advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+
+
+def k3_kl(per_token_logps: torch.Tensor, ref_per_token_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimate k3 = exp(d) - d - 1, d = log pi_ref - log pi (TRL's estimator)."""
+    log_ratio = -clamped_log_ratio(per_token_logps, ref_per_token_logps)
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def check_aggregation(aggregation: str) -> None:
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"Unknown aggregation {aggregation!r}; valid aggregations: {', '.join(AGGREGATIONS)}")
+
+
+def aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """Reduce a (B, T) per-token loss to a scalar.
+
+    token_mean: sum over all masked tokens / their count (DAPO, TRL "bnpo").
+    seq_mean_token_mean: mean over each sequence's tokens, then over sequences (GRPO paper, TRL "grpo").
+    seq_mean_token_sum_norm: each sequence's token sum / T (constant), then mean (Dr. GRPO, arXiv 2503.20783).
+    """
+    check_aggregation(aggregation)
+    if aggregation == "token_mean":
+        return masked_mean(per_token_loss, mask)
+    if aggregation == "seq_mean_token_mean":
+        return masked_mean(per_token_loss, mask, dim=-1).mean()
+    return (per_token_loss * mask.to(per_token_loss.dtype)).sum(-1).div(mask.shape[-1]).mean()
+
+
+def check_kl_inputs(beta: float, ref_per_token_logps: torch.Tensor | None) -> None:
+    if beta != 0.0 and ref_per_token_logps is None:
+        raise ValueError(f"beta={beta} needs ref_per_token_logps (the reference model's per-token log-probs)")
+
+
+def reduce_policy_loss(
+    per_token_policy_loss: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    per_token_logps: torch.Tensor,
+    token_weights: torch.Tensor | None,
+    ref_per_token_logps: torch.Tensor | None,
+    beta: float,
+    aggregation: str,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weight the per-token policy loss, add beta * k3 KL, aggregate; returns (loss, {"kl": ...} if beta)."""
+    check_aggregation(aggregation)
+    check_kl_inputs(beta, ref_per_token_logps)
+    per_token_loss = per_token_policy_loss
+    if token_weights is not None:
+        per_token_loss = per_token_loss * token_weights.detach()
+    metrics = {}
+    if beta != 0.0:
+        per_token_kl = k3_kl(per_token_logps, ref_per_token_logps)
+        per_token_loss = per_token_loss + beta * per_token_kl
+        metrics["kl"] = masked_mean(per_token_kl.detach(), mask).item()
+    return aggregate(per_token_loss, mask, aggregation), metrics
+
+
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float) -> torch.Tensor:
+    """PPO clip per token: -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)."""
+    clipped_ratio = ratio.clamp(1 - eps_low, 1 + eps_high)
+    return -torch.min(ratio * advantages, clipped_ratio * advantages)
+
+
+def clip_metrics(
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float,
+    eps_high: float,
+    per_sequence: bool = False,
+) -> dict[str, float]:
+    """Shares clipped (TRL's definitions): low = r < 1 - eps_low & A < 0, high = r > 1 + eps_high & A > 0.
+
+    Shares of masked tokens, or with `per_sequence` of sequences that have tokens (each counted by the share of
+    its tokens, which is 0 or 1 when ratio and advantage are per sequence).
+    """
+    ratio, advantages = ratio.detach(), advantages.detach()
+    low = ((ratio < 1 - eps_low) & (advantages < 0)).expand(mask.shape).float()
+    high = ((ratio > 1 + eps_high) & (advantages > 0)).expand(mask.shape).float()
+    flags = {"clip_ratio/low": low, "clip_ratio/high": high, "clip_ratio/region": low + high}
+    if not per_sequence:
+        return {key: masked_mean(flag, mask).item() for key, flag in flags.items()}
+    has_tokens = mask.sum(-1) > 0
+    return {key: masked_mean(masked_mean(flag, mask, dim=-1), has_tokens).item() for key, flag in flags.items()}
+
+
+def clipped_policy_loss(
+    ratio: torch.Tensor,
+    per_token_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    eps_low: float,
+    eps_high: float,
+    per_sequence: bool,
+    token_weights: torch.Tensor | None,
+    ref_per_token_logps: torch.Tensor | None,
+    beta: float,
+    aggregation: str,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO-clip loss on `ratio` ((B, T) per token, or (B, 1) per sequence), with clip and ratio metrics."""
+    token_adv = token_advantages(advantages)
+    loss, metrics = reduce_policy_loss(
+        clipped_surrogate(ratio, token_adv, eps_low, eps_high),
+        completion_mask,
+        per_token_logps=per_token_logps,
+        token_weights=token_weights,
+        ref_per_token_logps=ref_per_token_logps,
+        beta=beta,
+        aggregation=aggregation,
+    )
+    metrics.update(clip_metrics(ratio, token_adv, completion_mask, eps_low, eps_high, per_sequence=per_sequence))
+    ratio = ratio.detach().expand(completion_mask.shape)
+    if per_sequence:
+        metrics["ratio/mean"] = masked_mean(ratio[:, 0], completion_mask.sum(-1) > 0).item()
+    else:
+        metrics["ratio/mean"] = masked_mean(ratio, completion_mask).item()
+    return loss, metrics

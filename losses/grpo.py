@@ -1,0 +1,42 @@
+"""GRPO policy loss: PPO's clipped surrogate per token (DeepSeekMath, arXiv 2402.03300).
+
+    loss = agg_t  -min(r_t A, clip(r_t, 1 - eps_low, 1 + eps_high) A),   r_t = pi_theta / pi_old
+
+eps_high > eps_low is DAPO's clip-higher (arXiv 2503.14476, eps_high = 0.28). Default aggregation is the
+GRPO paper's (mean over each response's tokens, then over responses), TRL's `loss_type="grpo"`.
+"""
+
+import torch
+
+from .common import clamped_log_ratio, clipped_policy_loss
+from .registry import register_loss
+
+
+@register_loss("grpo")
+def grpo_loss(
+    per_token_logps: torch.Tensor,
+    old_per_token_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    token_weights: torch.Tensor | None = None,
+    ref_per_token_logps: torch.Tensor | None = None,
+    beta: float = 0.0,
+    aggregation: str = "seq_mean_token_mean",
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    ratio = torch.exp(clamped_log_ratio(per_token_logps, old_per_token_logps))
+    return clipped_policy_loss(
+        ratio,
+        per_token_logps,
+        advantages,
+        completion_mask,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        per_sequence=False,
+        token_weights=token_weights,
+        ref_per_token_logps=ref_per_token_logps,
+        beta=beta,
+        aggregation=aggregation,
+    )

@@ -1,0 +1,70 @@
+"""A tiny character-level Qwen2 causal LM, built locally and saved as a normal Hugging Face model directory.
+
+Everything downstream loads it with `AutoModelForCausalLM.from_pretrained(path)` exactly as it would load a hub
+model, so the offline path exercises the same loading code as a real run.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+ALPHABET = string.printable.replace("\x0b", "").replace("\x0c", "").replace("\r", "")
+BYTE_TO_SYMBOL = bytes_to_unicode()
+
+TINY_CONFIG = dict(
+    hidden_size=256,
+    intermediate_size=768,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+    rope_theta=10000.0,
+)
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per printable ASCII character: a byte-level BPE with no merges.
+
+    Byte-level (not a plain character vocabulary) because transformers maps every `qwen2` checkpoint to its own
+    byte-level `Qwen2Tokenizer` whatever `tokenizer_class` says; with no merges that tokenizer is character-level too.
+    """
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK, *(BYTE_TO_SYMBOL[ord(c)] for c in ALPHABET)])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        eos_token=EOS,
+        unk_token=UNK,
+        padding_side="left",
+        model_max_length=TINY_CONFIG["max_position_embeddings"],
+    )
+
+
+def build_tiny_model(output_dir: str | Path, seed: int = 0, **config_overrides) -> str:
+    """Create a randomly initialised tiny model and its tokenizer in `output_dir`; returns the path."""
+    output_dir = Path(output_dir)
+    tokenizer = build_char_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        **{**TINY_CONFIG, **config_overrides},
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return str(output_dir)

@@ -1,0 +1,1 @@
+"""Built-in recipes (YAML data); `recipe_path` resolves a name to a file."""

@@ -1,0 +1,101 @@
+"""The Task interface: seeded generation of short verifiable problems and their checker.
+
+A task generates rows {"prompt", "answer", ...task columns} from a `random.Random`; the prompts
+of one dataset are distinct, and `make_splits` keeps held-out prompts out of the training set.
+"""
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from datasets import Dataset
+
+# Rows drawn per requested row before giving up: a task too small for the request (e.g. one-digit
+# sums) would otherwise loop forever looking for new prompts.
+_DRAWS_PER_ROW = 50
+
+
+def completion_text(completion: Any) -> str:
+    """Text of a TRL completion: a plain string, or the last message of a conversation."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], Mapping):
+        return str(completion[-1].get("content", ""))
+    return ""
+
+
+@dataclass(frozen=True)
+class Task(ABC):
+    name: ClassVar[str]
+    # Dataset columns that `is_correct` reads from a row, besides the completion.
+    checked_columns: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def sample_row(self, rng: random.Random) -> dict[str, Any]:
+        """One random problem: {"prompt": str, "answer": str, ...task columns}."""
+
+    @abstractmethod
+    def is_correct(self, completion: str, row: Mapping[str, Any]) -> bool:
+        """Whether the completion solves the row's problem; never raises on garbage."""
+
+    @abstractmethod
+    def extract_answer(self, completion: str) -> str | None:
+        """Normalised answer for majority voting, None if unparsable.
+
+        is_correct(extract_answer(c), row) == is_correct(c, row) whenever it is not None.
+        """
+
+    def make_dataset(self, n: int, seed: int, exclude_prompts: Iterable[str] = ()) -> Dataset:
+        """n rows with distinct prompts, none in `exclude_prompts`; the same seed gives the same rows."""
+        return Dataset.from_list(self._distinct_rows(n, random.Random(seed), set(exclude_prompts)))
+
+    def make_splits(self, n_train: int, n_eval: int, seed: int) -> tuple[Dataset, Dataset]:
+        """Train rows (== make_dataset(n_train, seed)) and held-out rows whose prompts are disjoint."""
+        train_rows = self._distinct_rows(n_train, random.Random(seed), set())
+        eval_rng = random.Random(f"{self.name}-eval-{seed}")
+        eval_rows = self._distinct_rows(n_eval, eval_rng, {row["prompt"] for row in train_rows})
+        return Dataset.from_list(train_rows), Dataset.from_list(eval_rows)
+
+    def make_sft_dataset(self, n: int, seed: int, exclude_prompts: Iterable[str] = ()) -> Dataset:
+        """TRL prompt-completion rows whose completion is the stored answer (no EOS appended)."""
+        rows = self._distinct_rows(n, random.Random(seed), set(exclude_prompts))
+        return Dataset.from_list([{"prompt": row["prompt"], "completion": row["answer"]} for row in rows])
+
+    @property
+    def reward_funcs(self) -> list[Callable[..., list[float]]]:
+        """TRL reward functions: 1.0 for a correct completion, 0.0 otherwise."""
+        return [self._correctness_reward()]
+
+    def _correctness_reward(self) -> Callable[..., list[float]]:
+        def reward(prompts, completions, **columns) -> list[float]:
+            missing = [column for column in self.checked_columns if column not in columns]
+            if missing:
+                raise ValueError(
+                    f"reward {reward.__name__} needs dataset columns {missing}; got {sorted(columns)}"
+                )
+            return [
+                float(self.is_correct(completion_text(completion), {c: columns[c][i] for c in self.checked_columns}))
+                for i, completion in enumerate(completions)
+            ]
+
+        reward.__name__ = f"{self.name}_correct"
+        return reward
+
+    def _distinct_rows(self, n: int, rng: random.Random, exclude: set[str]) -> list[dict[str, Any]]:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"number of rows must be a positive integer, got {n!r}")
+        rows: list[dict[str, Any]] = []
+        seen = set(exclude)
+        for _ in range(_DRAWS_PER_ROW * n):
+            row = self.sample_row(rng)
+            if row["prompt"] not in seen:
+                seen.add(row["prompt"])
+                rows.append(row)
+                if len(rows) == n:
+                    return rows
+        raise ValueError(
+            f"task {self!r} found only {len(rows)} distinct prompts of the {n} requested; "
+            "make the task larger (more digits or numbers) or ask for fewer rows"
+        )

@@ -1,0 +1,87 @@
+"""Reward functions for user data: a generic math-verify reward and loading rewards by name or path.
+
+A reward spec is a built-in name (see BUILTIN_REWARDS) or the path of a callable:
+"package.module:function", "package.module.function", or "path/to/file.py:function".
+"""
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+from .base import completion_text
+from .verify import math_verify_equal
+
+
+def gold_answer(text: str) -> str:
+    """The gold answer inside a reference: GSM8K's "reasoning #### 72" -> "72"; anything else unchanged."""
+    return text.rsplit("####", 1)[-1].strip() if "####" in text else text
+
+
+def math_verify_reward(completions, answer=None, solution=None, **_) -> list[float]:
+    """1.0 where math-verify finds the completion's final answer equal to the reference.
+
+    The reference is the `answer` column (GSM8K's "#### 72" form understood) or, failing that, a `solution`
+    column (MATH: its \\boxed{} answer). Extraction is lenient (the last answer in free text, e.g.
+    "... so \\boxed{42}"), as suits models that reason before answering; unparsable completions score 0.0.
+    """
+    references = answer if answer is not None else solution
+    if references is None:
+        raise ValueError("math_verify needs an 'answer' or 'solution' column in the dataset.")
+    pairs = zip(completions, references, strict=True)
+    return [float(math_verify_equal(gold_answer(str(gold)), completion_text(c))) for c, gold in pairs]
+
+
+BUILTIN_REWARDS: dict[str, Callable[..., list[float]]] = {"math_verify": math_verify_reward}
+
+
+def load_callable(path: str) -> Callable:
+    """The callable named by "package.module:function", "package.module.function" or "file.py:function"."""
+    if ":" in path:
+        module_name, _, attribute = path.rpartition(":")
+    else:
+        module_name, _, attribute = path.rpartition(".")
+    if not module_name or not attribute:
+        raise ValueError(f"{path!r} is not of the form 'package.module:function' or 'package.module.function'")
+    module = _import_file(module_name) if module_name.endswith(".py") else _import_module(module_name, path)
+    target = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise AttributeError(f"{module_name!r} has no attribute {attribute!r} (from {path!r})")
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{path!r} is a {type(target).__name__}, not a callable")
+    return target
+
+
+def resolve_reward_funcs(specs: list[str]) -> list[Callable[..., list[float]]]:
+    """Reward functions for built-in names and callable paths, in the given order."""
+    funcs = []
+    for spec in specs:
+        if spec in BUILTIN_REWARDS:
+            funcs.append(BUILTIN_REWARDS[spec])
+        elif "." in spec or ":" in spec:
+            funcs.append(load_callable(spec))
+        else:
+            raise ValueError(
+                f"unknown reward {spec!r}: not a built-in reward {sorted(BUILTIN_REWARDS)} "
+                "nor a path 'package.module:function'"
+            )
+    return funcs
+
+
+def _import_module(module_name: str, path: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise ImportError(f"cannot import module {module_name!r} for {path!r}: {error}") from error
+
+
+def _import_file(file_name: str):
+    file = Path(file_name).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"reward file not found: {file_name}")
+    spec = importlib.util.spec_from_file_location(file.stem, file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

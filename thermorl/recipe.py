@@ -1,0 +1,186 @@
+"""Recipes: YAML files whose keys are fields of TRL's ModelConfig, ThermoGRPOConfig and ThermoScriptArguments.
+
+Parsing goes through Hugging Face's HfArgumentParser. Before that, every key is checked against the fields and
+every value against its field's type, because `parse_dict` accepts a string where a float belongs and argparse
+defaults are not type-checked at all: a recipe typo should fail at load time with the key named, not an hour in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class ThermoScriptArguments:
+    """What to train on, beside the model (ModelConfig) and the training settings (ThermoGRPOConfig)."""
+
+    dataset: str = field(
+        default="arithmetic",
+        metadata={"help": "Built-in task ('arithmetic', 'countdown:num_numbers=3'), a local jsonl/json/csv/parquet "
+                  "file, or a hub dataset name."},
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split of a file or hub dataset."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts."})
+    num_train_examples: int = field(default=2048, metadata={"help": "Prompts generated for a built-in task."})
+    num_eval_examples: int = field(default=128, metadata={"help": "Held-out prompts for a built-in task."})
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={"help": "Reward functions: built-in names or dotted paths 'pkg.module:function'. "
+                  "Default: the built-in task's own."},
+    )
+    warmup_examples: int = field(default=4000, metadata={"help": "SFT examples for the tiny model's warm-up."})
+    warmup_epochs: float = field(default=2.0, metadata={"help": "SFT epochs for the tiny model's warm-up."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest in output_dir."}
+    )
+
+
+def recipe_dataclasses() -> tuple[type, ...]:
+    from trl import ModelConfig
+
+    from .trainers import ThermoGRPOConfig
+
+    return (ModelConfig, ThermoGRPOConfig, ThermoScriptArguments)
+
+
+def builtin_recipe_path(name: str) -> Path:
+    """`quickstart` or `quickstart.yaml` -> the file shipped in thermorl.recipes."""
+    filename = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+    path = resources.files("thermorl.recipes") / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"No recipe file or built-in recipe named '{name}'. Built-in: {', '.join(list_builtin_recipes())}.")
+    return Path(str(path))
+
+
+def list_builtin_recipes() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("thermorl.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def read_recipe(recipe: str | Path) -> dict[str, Any]:
+    path = Path(recipe)
+    if not path.is_file():
+        path = builtin_recipe_path(str(recipe))
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"Recipe {path} must be a mapping of field names to values, got {type(data).__name__}.")
+    return data
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """['--learning_rate', '1e-5', '--bf16=false'] -> {'learning_rate': '1e-5', 'bf16': False}."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--"):
+            raise ValueError(f"Expected '--field value' after the recipe, got '{token}'.")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ValueError(f"Override '--{key}' has no value.")
+            value = argv[i + 1]
+            i += 1
+        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+        i += 1
+    return overrides
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against a dataclass field type, converting the lossless cases (int->float, '1e-5'->1e-5)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except ValueError as error:
+                errors.append(str(error))
+        raise ValueError(errors[0] if errors else f"'{key}' cannot be None.")
+    if origin is typing.Literal:
+        if value not in typing.get_args(annotation):
+            raise ValueError(f"'{key}' must be one of {list(typing.get_args(annotation))}, got {value!r}.")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            value = [value] if not isinstance(value, dict) else value
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"'{key}' expects a list, got {value!r}.")
+        args = typing.get_args(annotation)
+        return [_coerce(key, v, args[0]) for v in value] if args else list(value)
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"'{key}' expects a mapping, got {value!r}.")
+        return value
+    if annotation is Any or isinstance(annotation, typing.TypeVar):
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"'{key}' expects true/false, got {value!r}.")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ValueError(f"'{key}' expects a number, got {value!r}.")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"'{key}' expects a number, got {value!r}.") from None
+    if annotation is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ValueError(f"'{key}' expects an integer, got {value!r}.")
+        return int(value)
+    if annotation is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ValueError(f"'{key}' expects a string, got {value!r}.")
+        return str(value)
+    if isinstance(annotation, type) and issubclass(annotation, __import__("enum").Enum):
+        try:
+            return annotation(value)
+        except ValueError:
+            raise ValueError(f"'{key}' must be one of {[e.value for e in annotation]}, got {value!r}.") from None
+    return value
+
+
+def validate(values: dict[str, Any], dataclass_types: tuple[type, ...]) -> dict[str, Any]:
+    """Reject unknown keys (with the closest valid names) and values of the wrong type."""
+    fields: dict[str, Any] = {}
+    for cls in dataclass_types:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init:
+                fields.setdefault(f.name, hints.get(f.name, Any))
+    checked = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ValueError(f"Unknown recipe key '{key}'.{hint}")
+        checked[key] = _coerce(key, value, fields[key])
+    return checked
+
+
+def load_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] | None = None):
+    """Recipe file (or built-in name, or dict) plus overrides -> (ModelConfig, ThermoGRPOConfig, ThermoScriptArguments)."""
+    from transformers import HfArgumentParser
+
+    values = dict(recipe) if isinstance(recipe, dict) else read_recipe(recipe)
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    values.update(overrides or {})
+    dataclass_types = recipe_dataclasses()
+    values = validate(values, dataclass_types)
+    values.setdefault("output_dir", "outputs/thermorl-run")
+    return HfArgumentParser(dataclass_types).parse_dict(values, allow_extra_keys=False)

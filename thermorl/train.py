@@ -1,0 +1,87 @@
+"""`thermorl train RECIPE`: build the dataset, rewards and model a recipe names, then run ThermoGRPOTrainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers.trainer_utils import get_last_checkpoint
+
+
+def resolve_model_path(model_name_or_path: str, script_args, held_out=None) -> str:
+    """`thermorl:tiny` -> the cached tiny model warmed up on the recipe's task (never on its held-out prompts);
+    anything else is passed on."""
+    from .models.warmup import TINY_MODEL_NAME, WarmupSettings, warm_tiny_model
+
+    if model_name_or_path != TINY_MODEL_NAME:
+        return model_name_or_path
+    settings = WarmupSettings(
+        task=script_args.dataset, examples=script_args.warmup_examples, epochs=script_args.warmup_epochs
+    )
+    return warm_tiny_model(settings, held_out_prompts=list(held_out["prompt"]) if held_out is not None else [])
+
+
+def build_datasets(script_args, seed: int):
+    """(train, held-out or None, task or None) for the recipe's dataset."""
+    from .tasks import TASKS, load_prompt_dataset, parse_task_spec, task_from_spec
+
+    if parse_task_spec(script_args.dataset)[0] not in TASKS:
+        return load_prompt_dataset(script_args.dataset, script_args.dataset_split, script_args.prompt_column), None, None
+    task = task_from_spec(script_args.dataset)
+    train, held_out = task.make_splits(script_args.num_train_examples, script_args.num_eval_examples, seed=seed)
+    return train, held_out, task
+
+
+def build_trainer(model_args, training_args, script_args, callbacks: list | None = None):
+    from trl import get_peft_config
+
+    from .tasks import resolve_reward_funcs
+    from .trainers import ThermoGRPOTrainer
+
+    train, held_out, task = build_datasets(script_args, training_args.seed)
+    if script_args.reward_funcs:
+        reward_funcs = resolve_reward_funcs(script_args.reward_funcs)
+    elif task is not None:
+        reward_funcs = task.reward_funcs
+    else:
+        raise ValueError(f"Dataset '{script_args.dataset}' is not a built-in task: name its reward_funcs in the recipe.")
+
+    training_args.model_init_kwargs = {
+        **(training_args.model_init_kwargs or {}),
+        **_model_init_kwargs(model_args),
+    }
+    return ThermoGRPOTrainer(
+        model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train,
+        peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
+    )
+
+
+def _model_init_kwargs(model_args) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
+    if model_args.dtype not in (None, "auto"):
+        kwargs["dtype"] = model_args.dtype
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if model_args.model_revision not in (None, "main"):
+        kwargs["revision"] = model_args.model_revision
+    return kwargs
+
+
+def resume_checkpoint(script_args, output_dir: str) -> str | None:
+    if script_args.resume_from_checkpoint != "latest":
+        return script_args.resume_from_checkpoint
+    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+
+
+def train(model_args, training_args, script_args, callbacks: list | None = None):
+    """Run training; returns the trainer (its state holds the log history)."""
+    if not training_args.model_init_kwargs and model_args.model_name_or_path is None:
+        raise ValueError("The recipe needs model_name_or_path (a local folder, a hub name, or 'thermorl:tiny').")
+    trainer = build_trainer(model_args, training_args, script_args, callbacks)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(script_args, training_args.output_dir))
+    trainer.save_model(training_args.output_dir)
+    return trainer

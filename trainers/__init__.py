@@ -1,0 +1,6 @@
+"""thermorl's trainers: thin subclasses of TRL's trainers that delegate to `thermorl.losses` and `thermorl.rollouts`."""
+
+from .grpo import ThermoGRPOConfig, ThermoGRPOTrainer
+from .reward_guard import RewardFunctionError
+
+__all__ = ["RewardFunctionError", "ThermoGRPOConfig", "ThermoGRPOTrainer"]
