@@ -25,35 +25,41 @@ from thermorl.tasks import get_task
 
 def per_temperature_loop(model, tokenizer, prompts, temperatures, samples, max_new_tokens):
     """The baseline: for each question and temperature, one generate call with the built-in temperature."""
-    config = copy.deepcopy(model.generation_config)
-    config.update(top_k=0, top_p=1.0, max_new_tokens=max_new_tokens)
+    configs = {}
+    for temperature in temperatures:
+        config = copy.deepcopy(model.generation_config)
+        if temperature == 0:
+            config.update(do_sample=False, top_k=None, top_p=None, temperature=None, max_new_tokens=max_new_tokens)
+        else:
+            config.update(do_sample=True, top_k=0, top_p=1.0, temperature=temperature, max_new_tokens=max_new_tokens)
+        configs[temperature] = config
     for prompt in prompts:
         for temperature in temperatures:
             rows = 1 if temperature == 0 else samples
             encoded = tokenizer([prompt] * rows, return_tensors="pt", add_special_tokens=False).to(model.device)
-            if temperature == 0:
-                model.generate(**encoded, generation_config=config, do_sample=False)
-            else:
-                model.generate(**encoded, generation_config=config, do_sample=True, temperature=temperature)
+            model.generate(**encoded, generation_config=configs[temperature])
 
 
 def batched(model, tokenizer, prompts, temperatures, samples, max_new_tokens, batch_size):
     sample_completions(
-        model, tokenizer, prompts, temperatures, samples, max_new_tokens, batch_size=batch_size, seed=None, progress=False
+        model, tokenizer, prompts, temperatures, samples, max_new_tokens,
+        batch_size=batch_size, seed=None, progress=False,
     )
 
 
-def timed(function, repeats):
-    seconds = []
+def timed(functions, repeats):
+    """Median seconds of each function; runs are interleaved so that a change in machine load hits both."""
+    seconds = [[] for _ in functions]
     for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+        for function, record in zip(functions, seconds):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            function()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in seconds]
 
 
 def main():
@@ -65,7 +71,10 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256, help="rows per generate call of the batched path")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     temperatures = parse_temperatures(args.temperatures)
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,11 +91,11 @@ def main():
 
     with torch.no_grad():
         run_loop(), run_batched()  # warm-up
-        loop_seconds = timed(run_loop, args.repeats)
-        batched_seconds = timed(run_batched, args.repeats)
+        loop_seconds, batched_seconds = timed([run_loop, run_batched], args.repeats)
     print(
         f"device {model.device}, {len(temperatures)} temperatures x {args.samples} samples x {len(prompts)} questions "
-        f"({sampled} sequences, greedy once), {args.max_new_tokens} new tokens each, torch threads {torch.get_num_threads()}"
+        f"({sampled} sequences, greedy once), {args.max_new_tokens} new tokens each, "
+        f"torch threads {torch.get_num_threads()}"
     )
     print(f"loop (one generate per temperature): {sampled / loop_seconds:8.1f} samples/s  ({loop_seconds:.2f} s)")
     print(f"batched (one generate, per-row T):   {sampled / batched_seconds:8.1f} samples/s  ({batched_seconds:.2f} s)")

@@ -20,10 +20,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .pipeline import check_counts, dataset_rows, as_verifier, check_temperatures, evaluate
+from .pipeline import as_verifier, check_settings, check_temperatures, dataset_rows, evaluate
 
 
 class MultiTemperatureEvalCallback(TrainerCallback):
+    """Evaluate `dataset` at `temperatures` with `samples` each every `every_n_steps` steps; see the module doc."""
+
     def __init__(
         self,
         trainer,
@@ -38,10 +40,14 @@ class MultiTemperatureEvalCallback(TrainerCallback):
         vote_threshold: float = 0.8,
         prefix: str = "eval_multitemp/",
     ):
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be an integer >= 1, got {every_n_steps!r}")
+        check_settings(
+            vote_threshold,
+            samples=samples,
+            every_n_steps=every_n_steps,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
         self.temperatures = check_temperatures(temperatures)
-        check_counts(samples, batch_size, vote_threshold, min(4, samples))
         self.rows = dataset_rows(dataset)
         self.verifier = as_verifier(task_or_verifier, list(self.rows[0]))
         self.trainer = trainer
@@ -75,9 +81,13 @@ class MultiTemperatureEvalCallback(TrainerCallback):
             )
             # Logged while the model is in eval mode: TRL trainers then treat this as an evaluation log
             # and leave their running training-metric averages for the next regular log.
+            should_log = control.should_log
             self.trainer.log(self.metrics(report))
+            # trainer.log clears control.should_log; the trainer's own log due at this step must still happen.
+            control.should_log = should_log
         finally:
             model.train(was_training)
+        return control
 
     def metrics(self, report: dict[str, Any]) -> dict[str, float]:
         """Flat scalars of a report, keyed with the prefix."""
@@ -85,6 +95,7 @@ class MultiTemperatureEvalCallback(TrainerCallback):
         metrics = {
             "pass_at_all": report["pass_at_all"],
             f"best_single_pass_at_{full}": report["best_single_temperature"]["pass_at_k"],
+            f"spread_pass_at_{full}": report["equal_budget_curve"][-1]["spread_over_temperatures"],
             "best_single_temperature": report["best_single_temperature"]["temperature"],
             "vote_accuracy": report["voting"]["accuracy"],
             "vote_samples_used_fraction": report["voting"]["samples_used_fraction"],

@@ -14,7 +14,15 @@ from pathlib import Path
 from thermorl.tasks import TASKS, load_prompt_dataset, resolve_reward_funcs, task_from_spec
 
 from .model_loading import check_model_path, load_policy
-from .pipeline import RewardVerifier, TaskVerifier, as_verifier, evaluate, parse_temperatures
+from .pipeline import (
+    DEFAULT_VOTE_ROUND_SIZE,
+    RewardVerifier,
+    TaskVerifier,
+    as_verifier,
+    check_settings,
+    evaluate,
+    parse_temperatures,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,9 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample K completions per question at every temperature of a grid (one batched generate call "
         "for all temperatures) and report pass@k, maj@k, Pass@All and early-exit multi-temperature voting.",
     )
-    parser.add_argument("--model", required=True, help="local model dir, Trainer checkpoint, LoRA adapter dir or Hub name")
     parser.add_argument(
-        "--task", required=True, help='built-in task spec ("arithmetic", "countdown:num_numbers=4"), data file or Hub dataset'
+        "--model", required=True, help="local model dir, Trainer checkpoint, LoRA adapter dir or Hub name"
+    )
+    parser.add_argument(
+        "--task",
+        required=True,
+        help='built-in task spec ("arithmetic", "countdown:num_numbers=4"), data file or Hub dataset',
     )
     parser.add_argument("--temperatures", default="0.0:1.2:0.1", help="start:stop:step (stop included) or a,b,c")
     parser.add_argument("--samples", type=int, default=8, help="samples K per (question, temperature)")
@@ -36,8 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-questions", type=int, default=None, help="first N questions (built-in tasks: 200)")
     parser.add_argument("--reward-fn", default=None, help="verifier: built-in reward name or package.module:function")
     parser.add_argument("--correct-threshold", type=float, default=1.0, help="reward counted as a correct answer")
-    parser.add_argument("--vote-threshold", type=float, default=0.8, help="majority share that makes a temperature confident")
-    parser.add_argument("--vote-round-size", type=int, default=None, help="samples per temperature per voting round (4)")
+    parser.add_argument(
+        "--vote-threshold", type=float, default=0.8, help="majority share that makes a temperature confident"
+    )
+    parser.add_argument(
+        "--vote-round-size", type=int, default=DEFAULT_VOTE_ROUND_SIZE, help="samples per temperature per voting round"
+    )
     parser.add_argument("--split", default="test", help="dataset split (built-in tasks: held-out rows)")
     parser.add_argument("--prompt-column", default="prompt")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of a built-in task's rows")
@@ -51,9 +67,7 @@ def load_dataset_and_verifier(args):
         raise ValueError(f"--num-questions must be >= 1, got {args.num_questions}")
     builtin = args.task.partition(":")[0].strip() in TASKS
     if builtin:
-        dataset = load_prompt_dataset(
-            args.task, split="eval", n_eval=args.num_questions or 200, seed=args.data_seed
-        )
+        dataset = load_prompt_dataset(args.task, split="eval", n_eval=args.num_questions or 200, seed=args.data_seed)
     else:
         dataset = load_prompt_dataset(args.task, split=args.split, prompt_column=args.prompt_column)
         if args.num_questions is not None:
@@ -72,13 +86,13 @@ def eval_command(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         temperatures = parse_temperatures(args.temperatures)
-        for name in ("samples", "max_new_tokens", "batch_size"):
-            if getattr(args, name) < 1:
-                parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-        if not 0.0 < args.vote_threshold <= 1.0:
-            parser.error(f"--vote-threshold must be in (0, 1], got {args.vote_threshold}")
-        if args.vote_round_size is not None and args.vote_round_size < 1:
-            parser.error(f"--vote-round-size must be >= 1, got {args.vote_round_size}")
+        check_settings(
+            args.vote_threshold,
+            samples=args.samples,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            vote_round_size=args.vote_round_size,
+        )
         check_model_path(args.model)
         dataset, verifier = load_dataset_and_verifier(args)
     except (ValueError, FileNotFoundError, ImportError, AttributeError, TypeError) as error:

@@ -6,6 +6,7 @@ same layout with the extracted answer (None when no answer could be parsed).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Hashable, Sequence
 
@@ -90,7 +91,9 @@ def pass_at_all(correct_table: Sequence[Sequence[Sequence[bool]]], k: int | None
     return solved / len(correct_table)
 
 
-def single_temperature_pass_at_k(correct_table: Sequence[Sequence[Sequence[bool]]], temperature_index: int, k: int) -> float:
+def single_temperature_pass_at_k(
+    correct_table: Sequence[Sequence[Sequence[bool]]], temperature_index: int, k: int
+) -> float:
     """Mean over questions of pass@k at one temperature."""
     total = 0.0
     for question in correct_table:
@@ -104,13 +107,47 @@ def best_single_temperature(
 ) -> tuple[float, float] | None:
     """(temperature, pass@budget) of the best single temperature spending `budget` samples per question.
 
-    This is the baseline Pass@All must beat at equal total budget (Pass@All with k samples at each of
-    T temperatures spends k*T). None when budget exceeds the samples drawn per temperature, since
-    pass@k cannot be estimated beyond n.
+    None when budget exceeds the samples drawn per temperature: pass@k cannot be estimated beyond n.
     """
-    samples_per_temperature = min(len(samples) for question in correct_table for samples in question)
-    if budget > samples_per_temperature:
+    if budget > _samples_per_temperature(correct_table):
         return None
     scores = [single_temperature_pass_at_k(correct_table, t, budget) for t in range(len(temperatures))]
     best = max(range(len(temperatures)), key=scores.__getitem__)
     return float(temperatures[best]), scores[best]
+
+
+def spread_pass_at_budget(correct_table: Sequence[Sequence[Sequence[bool]]], budget: int) -> float:
+    """Pass rate when `budget` samples per question are spread evenly over all T temperatures.
+
+    Each temperature gets m = budget // T samples and a uniformly random r = budget % T of them one
+    more; the per-question failure probability is the exact average over those subsets,
+    E_S[prod_{t in S} q_t(m+1) prod_{t not in S} q_t(m)] with q_t(k) = C(n-c_t, k) / C(n, k),
+    computed with the elementary-symmetric recursion instead of enumerating subsets. This is the
+    multi-temperature side of an equal-budget comparison with a single temperature's pass@budget.
+    """
+    num_temperatures = len(correct_table[0])
+    per_temperature, extra = divmod(budget, num_temperatures)
+    if budget < 1 or per_temperature + (extra > 0) > _samples_per_temperature(correct_table):
+        raise ValueError(
+            f"budget {budget} cannot be spread over {num_temperatures} temperatures with "
+            f"{_samples_per_temperature(correct_table)} samples each"
+        )
+
+    def all_fail(samples, k):
+        return 1.0 if k == 0 else 1.0 - pass_at_k(len(samples), sum(map(bool, samples)), k)
+
+    solved = 0.0
+    for question in correct_table:
+        # subset_sums[j]: sum over j-subsets S of the temperatures seen so far of their failure product.
+        subset_sums = [1.0] + [0.0] * extra
+        for samples in question:
+            base = all_fail(samples, per_temperature)
+            for j in range(extra, 0, -1):
+                subset_sums[j] = subset_sums[j] * base + subset_sums[j - 1] * all_fail(samples, per_temperature + 1)
+            subset_sums[0] *= base
+        solved += 1.0 - subset_sums[extra] / math.comb(num_temperatures, extra)
+    return solved / len(correct_table)
+
+
+def _samples_per_temperature(correct_table) -> int:
+    return min(len(samples) for question in correct_table for samples in question)

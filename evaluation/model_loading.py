@@ -93,7 +93,9 @@ def _load_adapter(adapter_dir: Path, adapter_config: dict, dtype):
 
     base_name = adapter_config.get("base_model_name_or_path")
     if not base_name:
-        raise ValueError(f"{adapter_dir / 'adapter_config.json'} does not name its base model (base_model_name_or_path)")
+        raise ValueError(
+            f"{adapter_dir / 'adapter_config.json'} does not name its base model (base_model_name_or_path)"
+        )
     base_model, base_tokenizer = _load(base_name, dtype)
     # Merged weights generate as fast as the base model; the adapter's own copy is not needed for evaluation.
     model = PeftModel.from_pretrained(base_model, adapter_dir).merge_and_unload()

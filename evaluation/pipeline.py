@@ -17,10 +17,12 @@ from thermorl.tasks.verify import normalize_answer
 
 from .report import print_table, summarize, write_report
 from .sampling import prompt_text, sample_completions, seeded
-from .voting import RecordedAnswers, VoteResult, multi_temperature_vote
+from .voting import RecordedAnswers, multi_temperature_vote
 
 # The paper's grid: 0.0 to 1.2 in steps of 0.1.
 DEFAULT_TEMPERATURES = tuple(round(0.1 * i, 1) for i in range(13))
+# Samples per temperature per voting round: with threshold 0.8 a first round of 4 must be unanimous.
+DEFAULT_VOTE_ROUND_SIZE = 4
 
 
 def parse_temperatures(spec: str) -> list[float]:
@@ -103,6 +105,8 @@ class RewardVerifier(Verifier):
 
     def correct(self, completions, row):
         columns = {name: [value] * len(completions) for name, value in row.items() if name != "prompt"}
+        if not isinstance(row["prompt"], str):  # conversational data: TRL passes completions as messages
+            completions = [[{"role": "assistant", "content": text}] for text in completions]
         rewards = self.reward_fn(prompts=[row["prompt"]] * len(completions), completions=list(completions), **columns)
         if len(rewards) != len(completions):
             raise ValueError(f"reward function returned {len(rewards)} rewards for {len(completions)} completions")
@@ -154,8 +158,9 @@ def score(verifier: Verifier, rows, completions) -> tuple[list, list]:
     return answer_table, correct_table
 
 
-def check_counts(samples: int, batch_size: int, vote_threshold: float, vote_round_size: int) -> None:
-    for name, value in (("samples", samples), ("batch_size", batch_size), ("vote_round_size", vote_round_size)):
+def check_settings(vote_threshold: float, **counts: int) -> None:
+    """Every count an integer >= 1 and the vote threshold in (0, 1]; ValueError naming the first offender."""
+    for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if not 0.0 < vote_threshold <= 1.0:
@@ -174,7 +179,7 @@ def evaluate(
     batch_size: int = 64,
     seed: int = 0,
     vote_threshold: float = 0.8,
-    vote_round_size: int | None = None,
+    vote_round_size: int = DEFAULT_VOTE_ROUND_SIZE,
     out_dir: str | Path | None = None,
     progress: bool = True,
     show_table: bool = False,
@@ -184,23 +189,31 @@ def evaluate(
 
     dataset: rows with a "prompt" (text or chat messages) and whatever the verifier reads.
     task_or_verifier: a thermorl Task, a TRL-style reward function, or None for math-verify against
-    the dataset's "answer" column. metadata (model name, task, ...) is stored in report["config"].
+    the dataset's "answer" column. The early-exit vote is replayed on the samples drawn, in rounds of
+    vote_round_size (at most `samples`). metadata (model, task, ...) is stored in report["config"].
     """
     temperatures = check_temperatures(temperatures)
-    vote_round_size = min(4, samples) if vote_round_size is None else vote_round_size
-    check_counts(samples, batch_size, vote_threshold, vote_round_size)
+    check_settings(
+        vote_threshold,
+        samples=samples,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        vote_round_size=vote_round_size,
+    )
+    vote_round_size = min(vote_round_size, samples)
     rows = dataset_rows(dataset)
     verifier = as_verifier(task_or_verifier, list(rows[0]))
     prompts = [prompt_text(row["prompt"], tokenizer) for row in rows]
 
     completions = sample_completions(
-        model, tokenizer, prompts, temperatures, samples, max_new_tokens, batch_size=batch_size, seed=seed, progress=progress
+        model, tokenizer, prompts, temperatures, samples, max_new_tokens,
+        batch_size=batch_size, seed=seed, progress=progress,
     )
     answer_table, correct_table = score(verifier, rows, completions)
     votes = multi_temperature_vote(
-        RecordedAnswers(answer_table), len(rows), len(temperatures), samples, min(vote_round_size, samples), vote_threshold
+        RecordedAnswers(answer_table), len(rows), len(temperatures), samples, vote_round_size, vote_threshold
     )
-    report = summarize(temperatures, answer_table, correct_table, votes, vote_threshold, min(vote_round_size, samples))
+    report = summarize(temperatures, answer_table, correct_table, votes, vote_threshold, vote_round_size)
     report["config"] = {**(metadata or {}), "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed}
     if out_dir is not None:
         report["files"] = write_report(Path(out_dir), report, rows, completions, answer_table, correct_table, votes)
@@ -217,7 +230,7 @@ def vote(
     temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
     max_samples: int = 8,
     *,
-    round_size: int = 2,
+    round_size: int = DEFAULT_VOTE_ROUND_SIZE,
     threshold: float = 0.8,
     max_new_tokens: int = 256,
     batch_size: int = 64,
@@ -228,7 +241,9 @@ def vote(
     Returns accuracy, samples used and the per-question VoteResults (plus whether each was correct).
     """
     temperatures = check_temperatures(temperatures)
-    check_counts(max_samples, batch_size, threshold, round_size)
+    check_settings(
+        threshold, max_samples=max_samples, round_size=round_size, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
     rows = dataset_rows(dataset)
     verifier = as_verifier(task_or_verifier, list(rows[0]))
     prompts = [prompt_text(row["prompt"], tokenizer) for row in rows]

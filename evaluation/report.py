@@ -18,6 +18,7 @@ from .metrics import (
     maj_at_k,
     pass_at_all,
     single_temperature_pass_at_k,
+    spread_pass_at_budget,
     voted_answer_correct,
 )
 from .voting import VoteResult
@@ -43,27 +44,37 @@ def summarize(
                 "accuracy": _mean(sum(q[t]) / samples for q in correct_table),
                 "pass_at_k": {str(k): single_temperature_pass_at_k(correct_table, t, k) for k in ks},
                 "maj_at_k": {
-                    str(k): _mean(maj_at_k(answers[t], correct[t], k) for answers, correct in zip(answer_table, correct_table))
+                    str(k): _mean(
+                        maj_at_k(answers[t], correct[t], k) for answers, correct in zip(answer_table, correct_table)
+                    )
                     for k in ks
                 },
             }
         )
-    pass_at_all_curve = []
-    for k in ks:
-        best = best_single_temperature(correct_table, temperatures, k * num_temperatures)
-        pass_at_all_curve.append(
+    pass_at_all_curve = [
+        {
+            "samples_per_temperature": k,
+            "total_samples": k * num_temperatures,
+            "pass_at_all": pass_at_all(correct_table, k),
+        }
+        for k in ks
+    ]
+    # At a total budget b (<= K, so that pass@b of one temperature can be estimated): the best single
+    # temperature's pass@b against the same b samples spread evenly over every temperature.
+    equal_budget_curve = []
+    for budget in ks:
+        best_temperature, best_pass = best_single_temperature(correct_table, temperatures, budget)
+        equal_budget_curve.append(
             {
-                "samples_per_temperature": k,
-                "total_samples": k * num_temperatures,
-                "pass_at_all": pass_at_all(correct_table, k),
-                "best_single_temperature": None if best is None else best[0],
-                "best_single_pass_at_k": None if best is None else best[1],
+                "total_samples": budget,
+                "spread_over_temperatures": spread_pass_at_budget(correct_table, budget),
+                "best_single_temperature": best_temperature,
+                "best_single_pass_at_k": best_pass,
             }
         )
-    # The largest budget both can spend: k samples at each temperature vs k*T at one temperature.
-    comparable = [point for point in pass_at_all_curve if point["best_single_temperature"] is not None]
-    best_at_full_budget = max(per_temperature, key=lambda row: row["pass_at_k"][str(samples)])
-    vote_correct = [_vote_correct(answers, correct, vote) for answers, correct, vote in zip(answer_table, correct_table, votes)]
+    vote_correct = [
+        _vote_correct(answers, correct, vote) for answers, correct, vote in zip(answer_table, correct_table, votes)
+    ]
     budget = samples * num_temperatures
     return {
         "num_questions": num_questions,
@@ -73,18 +84,11 @@ def summarize(
         "pass_at_all": pass_at_all(correct_table),
         "pass_at_all_curve": pass_at_all_curve,
         "best_single_temperature": {
-            "temperature": best_at_full_budget["temperature"],
-            "pass_at_k": best_at_full_budget["pass_at_k"][str(samples)],
+            "temperature": equal_budget_curve[-1]["best_single_temperature"],
+            "pass_at_k": equal_budget_curve[-1]["best_single_pass_at_k"],
             "total_samples": samples,
         },
-        "equal_budget_comparison": None
-        if not comparable
-        else {
-            "total_samples": comparable[-1]["total_samples"],
-            "pass_at_all": comparable[-1]["pass_at_all"],
-            "best_single_temperature": comparable[-1]["best_single_temperature"],
-            "best_single_pass_at_k": comparable[-1]["best_single_pass_at_k"],
-        },
+        "equal_budget_curve": equal_budget_curve,
         "voting": {
             "threshold": vote_threshold,
             "round_size": vote_round_size,
@@ -156,15 +160,16 @@ def write_samples_jsonl(path: Path, temperatures, completions, answer_table, cor
 
 
 def plot(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    """pass_at_k.png (pass@k per temperature and the Pass@All curve) and accuracy_vs_temperature.png."""
+    """pass_at_k.png (pass@k per temperature and the Pass@All curve), equal_budget.png, accuracy_vs_temperature.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = [out_dir / "pass_at_k.png", out_dir / "accuracy_vs_temperature.png"]
+    paths = [out_dir / "pass_at_k.png", out_dir / "equal_budget.png", out_dir / "accuracy_vs_temperature.png"]
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    colors = plt.cm.coolwarm([i / max(1, len(report["per_temperature"]) - 1) for i in range(len(report["per_temperature"]))])
+    count = len(report["per_temperature"])
+    colors = plt.cm.coolwarm([i / max(1, count - 1) for i in range(count)])
     for row, color in zip(report["per_temperature"], colors):
         ks = [int(k) for k in row["pass_at_k"]]
         axes.plot(ks, list(row["pass_at_k"].values()), marker=".", color=color, label=f"T={row['temperature']:g}")
@@ -186,6 +191,21 @@ def plot(report: dict[str, Any], out_dir: Path) -> list[Path]:
     plt.close(figure)
 
     figure, axes = plt.subplots(figsize=(6, 4))
+    curve = report["equal_budget_curve"]
+    budgets = [point["total_samples"] for point in curve]
+    spread = [point["spread_over_temperatures"] for point in curve]
+    axes.plot(budgets, spread, "k-o", label="spread over all temperatures")
+    axes.plot(budgets, [point["best_single_pass_at_k"] for point in curve], "s--", label="best single temperature")
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("samples per question (total budget)")
+    axes.set_ylabel("pass rate")
+    axes.set_ylim(-0.02, 1.02)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(paths[1], dpi=120)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(figsize=(6, 4))
     temperatures = [row["temperature"] for row in report["per_temperature"]]
     full = str(report["samples_per_temperature"])
     axes.plot(temperatures, [row["accuracy"] for row in report["per_temperature"]], "o-", label="accuracy (mean@K)")
@@ -196,7 +216,7 @@ def plot(report: dict[str, Any], out_dir: Path) -> list[Path]:
     axes.set_ylim(-0.02, 1.02)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(paths[1], dpi=120)
+    figure.savefig(paths[2], dpi=120)
     plt.close(figure)
     return paths
 
@@ -220,14 +240,16 @@ def print_table(report: dict[str, Any], console=None) -> None:
             f"{row['maj_at_k'][full]:.3f}",
         )
     console.print(table)
-    best = report["best_single_temperature"]
-    console.print(f"Pass@All: {report['pass_at_all']:.3f}   best single T={best['temperature']:g}: pass@{full} {best['pass_at_k']:.3f}")
-    equal = report["equal_budget_comparison"]
-    if equal is not None:
-        console.print(
-            f"Equal budget ({equal['total_samples']} samples): Pass@All {equal['pass_at_all']:.3f} vs "
-            f"best single T={equal['best_single_temperature']:g} {equal['best_single_pass_at_k']:.3f}"
-        )
+    best, equal = report["best_single_temperature"], report["equal_budget_curve"][-1]
+    total = report["samples_per_temperature"] * len(report["temperatures"])
+    console.print(
+        f"Pass@All ({total} samples per question): {report['pass_at_all']:.3f}   "
+        f"best single temperature T={best['temperature']:g}: pass@{full} {best['pass_at_k']:.3f}"
+    )
+    console.print(
+        f"Equal budget of {full} samples per question: spread over all temperatures "
+        f"{equal['spread_over_temperatures']:.3f} vs best single temperature {equal['best_single_pass_at_k']:.3f}"
+    )
     voting = report["voting"]
     console.print(
         f"Multi-temperature vote: accuracy {voting['accuracy']:.3f}, {voting['mean_samples_used']:.1f} of "
@@ -236,7 +258,9 @@ def print_table(report: dict[str, Any], console=None) -> None:
     )
 
 
-def write_report(out_dir: Path, report: dict[str, Any], rows, completions, answer_table, correct_table, votes) -> dict[str, str]:
+def write_report(
+    out_dir: Path, report: dict[str, Any], rows, completions, answer_table, correct_table, votes
+) -> dict[str, str]:
     """Write report.json, questions.csv, samples.jsonl and the plots; returns their paths by name."""
     out_dir.mkdir(parents=True, exist_ok=True)
     temperatures = report["temperatures"]
@@ -247,7 +271,7 @@ def write_report(out_dir: Path, report: dict[str, Any], rows, completions, answe
     }
     write_question_csv(paths["questions"], rows, temperatures, answer_table, correct_table, votes)
     write_samples_jsonl(paths["samples"], temperatures, completions, answer_table, correct_table)
-    paths["pass_at_k_plot"], paths["accuracy_plot"] = plot(report, out_dir)
+    paths["pass_at_k_plot"], paths["equal_budget_plot"], paths["accuracy_plot"] = plot(report, out_dir)
     files = {name: str(path) for name, path in paths.items()}
     paths["report"].write_text(json.dumps({**report, "files": files}, indent=2))
     return files

@@ -55,7 +55,9 @@ def sampling_config(model, tokenizer, max_new_tokens: int) -> GenerationConfig:
     return config
 
 
-def plan_calls(num_questions: int, temperatures: Sequence[float], samples: int, batch_size: int) -> list[list[tuple[int, int, int]]]:
+def plan_calls(
+    num_questions: int, temperatures: Sequence[float], samples: int, batch_size: int
+) -> list[list[tuple[int, int, int]]]:
     """Rows (question, temperature index, sample index) grouped into generate calls of <= batch_size rows.
 
     The unit of packing is one sample at every temperature of a question, so every call holds all

@@ -26,7 +26,7 @@ class WarmupSettings:
     task: str = "arithmetic"
     examples: int = 4000
     epochs: float = 2.0
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     batch_size: int = 64
     seed: int = 0
 

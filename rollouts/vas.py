@@ -17,7 +17,10 @@ batch is drawn before the current one's rewards reach `update`: the scores lag b
 
 Ranks: batch b of epoch e is drawn with a torch.Generator seeded from hash(seed, e, b) (the epoch's
 permutation from hash(seed, e)), so ranks with equal seeds and equal scores draw equal indices, and
-replaying or skipping batches does not shift later draws. The sampler does no communication: the trainer
+replaying or skipping batches does not shift later draws. The batches drawn in the current epoch are kept
+(in the state dict too) and a batch asked for again is replayed, not redrawn: a run resumed from a
+checkpoint then gets back the read-ahead batches exactly as the uninterrupted run drew them, from the
+scores of that earlier moment. The sampler does no communication: the trainer
 all-gathers rollouts and passes the same, identically ordered, data to `update` / `rescore` on every rank.
 
 Scores: prompts never scored carry `prior_score` (default alpha/4 + beta, the largest VPS, so they get
@@ -140,6 +143,7 @@ class VarianceAwareSampler(Sampler[int]):
         self.uniform_draws = 0
         self.epoch = 0
         self.position = 0  # batches of the current epoch already drawn
+        self.drawn_batches: dict[int, list[int]] = {}  # this epoch's draws by position, replayed if asked again
 
     # ---- sampling -------------------------------------------------------------------------------
 
@@ -161,7 +165,7 @@ class VarianceAwareSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         """Called by accelerate / Trainer at each epoch; a new epoch number restarts at its first batch."""
         if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
+            self.epoch, self.position, self.drawn_batches = epoch, 0, {}
 
     def __len__(self) -> int:
         return self.batches_per_epoch * self.batch_size * self.mini_repeat_count * self.repeat_count
@@ -170,13 +174,15 @@ class VarianceAwareSampler(Sampler[int]):
         epoch = self.epoch
         uniform_order = self._uniform_order(epoch)
         while self.position < self.batches_per_epoch:
-            batch = self._draw_batch(epoch, self.position, uniform_order)
+            batch = self.drawn_batches.get(self.position)
+            if batch is None:
+                batch = self.drawn_batches[self.position] = self._draw_batch(epoch, self.position, uniform_order)
             self.position += 1
             for _ in range(self.repeat_count):
                 for index in batch:
                     for _ in range(self.mini_repeat_count):
                         yield index
-        self.epoch, self.position = epoch + 1, 0
+        self.epoch, self.position, self.drawn_batches = epoch + 1, 0, {}
 
     def _generator(self, *key: int) -> torch.Generator:
         digest = hashlib.blake2b(repr((self.seed, *key)).encode(), digest_size=8).digest()
@@ -267,7 +273,8 @@ class VarianceAwareSampler(Sampler[int]):
         if not bool(((rewards >= 0) & (rewards <= 1)).all()):
             raise ValueError(
                 f"rewards must lie in [0, 1] when success_threshold is None, got {rewards.tolist()}; "
-                "set success_threshold to count reward > threshold as a success"
+                "set success_threshold (ThermoGRPOConfig: vas_success_threshold) to count reward > threshold "
+                "as a success"
             )
         return rewards
 
@@ -319,12 +326,13 @@ class VarianceAwareSampler(Sampler[int]):
         }
 
     def state_dict(self) -> dict:
-        """Scores, counters and the stream position (epoch, batches drawn in it); torch.save-able.
+        """Scores, counters, the stream position (epoch, batches drawn in it) and this epoch's draws; torch.save-able.
 
         The draws are keyed by (seed, epoch, batch), so this is the whole generator state. Under
         `transformers.Trainer`, resuming replays the resumed epoch's first batches (skip_first_batches)
-        unless `ignore_data_skip`: load with `state["position"] = 0` then, or the skip is applied twice.
-        The DataLoader reads ahead, so `position` may count batches not yet trained on.
+        unless `ignore_data_skip`: load with `state["position"] = 0` then, or the skip is applied twice;
+        the replay returns the kept draws, so the read-ahead batches (drawn before the checkpoint but not
+        trained on: `position` counts them) come back as they were.
         """
         return {
             "seed": self.seed,
@@ -332,6 +340,7 @@ class VarianceAwareSampler(Sampler[int]):
             "batch_size": self.batch_size,
             "epoch": self.epoch,
             "position": self.position,
+            "drawn_batches": {position: list(batch) for position, batch in self.drawn_batches.items()},
             "pass_rate": self.pass_rate.clone(),
             "diversity_score": self.diversity_score.clone(),
             "rollouts_seen": self.rollouts_seen.clone(),
@@ -346,6 +355,7 @@ class VarianceAwareSampler(Sampler[int]):
                 raise ValueError(f"state_dict has {name}={state[name]}, this sampler has {name}={getattr(self, name)}")
         self.epoch = state["epoch"]
         self.position = state["position"]
+        self.drawn_batches = {int(position): list(batch) for position, batch in state["drawn_batches"].items()}
         self.pass_rate = state["pass_rate"].clone()
         self.diversity_score = state["diversity_score"].clone()
         self.rollouts_seen = state["rollouts_seen"].clone()

@@ -24,6 +24,7 @@ from thermorl.evaluation import (
     pass_at_k,
     vote,
 )
+from thermorl.evaluation.metrics import spread_pass_at_budget
 from thermorl.evaluation.sampling import plan_calls, sample_completions
 from thermorl.models.tiny import build_char_tokenizer, build_tiny_model
 
@@ -86,6 +87,34 @@ def test_pass_at_all_and_best_single_temperature_on_a_hand_made_table():
     assert best_single_temperature(table, [0.2, 0.8], 1) == (0.2, pytest.approx(1 / 3))
     assert best_single_temperature(table, [0.2, 0.8], 2) == (0.2, pytest.approx(1 / 3))
     assert best_single_temperature(table, [0.2, 0.8], 3) is None  # beyond the samples drawn
+
+
+def brute_force_spread(table, budget):
+    """Average over every way to give budget % T temperatures one extra sample, by enumeration."""
+    num_temperatures = len(table[0])
+    base, extra = divmod(budget, num_temperatures)
+    solved = 0.0
+    for question in table:
+        outcomes = []
+        for lucky in itertools.combinations(range(num_temperatures), extra):
+            fail = 1.0
+            for t, samples in enumerate(question):
+                k = base + (t in lucky)
+                if k:
+                    fail *= 1 - brute_force_pass_at_k(len(samples), sum(samples), k)
+            outcomes.append(1 - fail)
+        solved += sum(outcomes) / len(outcomes)
+    return solved / len(table)
+
+
+def test_spread_budget_matches_enumeration():
+    generator = torch.Generator().manual_seed(0)
+    table = (torch.rand(5, 3, 4, generator=generator) < 0.3).tolist()  # 5 questions, 3 temperatures, 4 samples
+    for budget in range(1, 13):
+        assert spread_pass_at_budget(table, budget) == pytest.approx(brute_force_spread(table, budget), abs=1e-12)
+    assert spread_pass_at_budget(table, 12) == pytest.approx(pass_at_all(table))
+    with pytest.raises(ValueError, match="cannot be spread"):
+        spread_pass_at_budget(table, 13)
 
 
 # ---------------------------------------------------------------- early-exit voting
@@ -240,6 +269,9 @@ def test_evaluate_on_fixed_logits_gives_the_known_accuracies():
     assert hot["accuracy"] == pytest.approx(0.5, abs=0.1)  # p("a") = 0.5 at T = 1
     assert hot["pass_at_k"]["4"] == pytest.approx(1 - 0.5**4, abs=0.05)
     assert report["pass_at_all"] == 1.0
+    # One sample spread over {greedy, T=1}: half the time greedy (always right), else one T=1 draw.
+    assert report["equal_budget_curve"][0]["spread_over_temperatures"] == pytest.approx(0.5 + 0.5 * hot["accuracy"])
+    assert report["equal_budget_curve"][0]["best_single_temperature"] == 0.0
     # T=1 holds "a" at ~50% < 0.8: no question can exit, the vote spends the full budget.
     assert report["voting"]["samples_used_fraction"] == 1.0 and report["voting"]["accuracy"] == 1.0
 
@@ -276,12 +308,15 @@ def test_eval_command_end_to_end(tiny_model_dir, tmp_path):
         assert list(row["pass_at_k"]) == ["1", "2", "4"]
         fractions += [row["accuracy"], *row["pass_at_k"].values(), *row["maj_at_k"].values()]
     fractions += [point["pass_at_all"] for point in report["pass_at_all_curve"]]
+    for point in report["equal_budget_curve"]:
+        fractions += [point["spread_over_temperatures"], point["best_single_pass_at_k"]]
+    assert [point["total_samples"] for point in report["equal_budget_curve"]] == [1, 2, 4]
     assert all(0.0 <= value <= 1.0 for value in fractions)
     assert 0 < report["voting"]["mean_samples_used"] <= report["voting"]["budget_per_question"] == 12
     lines = (out / "questions.csv").read_text().splitlines()
     assert len(lines) == 7 and lines[0].startswith("question,prompt,reference")
     assert len((out / "samples.jsonl").read_text().splitlines()) == 6 * 3 * 4
-    for name in ("pass_at_k.png", "accuracy_vs_temperature.png"):
+    for name in ("pass_at_k.png", "equal_budget.png", "accuracy_vs_temperature.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -327,7 +362,7 @@ def test_callback_logs_through_the_trainer_every_n_steps(tmp_path):
     train = Dataset.from_list([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}] * 8)
     args = TrainingArguments(
         output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, learning_rate=0.0, report_to=[],
-        logging_steps=100, save_strategy="no", use_cpu=True, disable_tqdm=True,
+        logging_steps=2, save_strategy="no", use_cpu=True, disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=TOKENIZER)
     eval_rows = Dataset.from_list([{"prompt": "x", "answer": "a"}])
@@ -338,6 +373,8 @@ def test_callback_logs_through_the_trainer_every_n_steps(tmp_path):
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "eval_multitemp/pass_at_all" in entry]
     assert [entry["step"] for entry in logged] == [2, 4]
+    # The trainer's own logs at those steps still happen.
+    assert [entry["step"] for entry in trainer.state.log_history if "loss" in entry] == [2, 4]
     for entry in logged:
         assert entry["eval_multitemp/accuracy_t0"] == 1.0  # greedy picks "a"
         assert 0.0 <= entry["eval_multitemp/accuracy_t1"] <= 1.0
@@ -402,7 +439,8 @@ def test_evaluate_rejects_bad_input_before_sampling(kwargs, message):
     [
         (["--temperatures", "0.1,x"], "'x' is not a number"),
         (["--temperatures", "-0.5"], ">= 0"),
-        (["--samples", "0"], "--samples must be >= 1"),
+        (["--samples", "0"], "samples must be an integer >= 1, got 0"),
+        (["--vote-threshold", "1.5"], "vote_threshold must be in (0, 1]"),
         (["--model", "./no/such/model"], "model path does not exist: ./no/such/model"),
     ],
 )

@@ -341,6 +341,24 @@ def test_state_dict_round_trip_continues_the_same_stream(tmp_path):
         other.load_state_dict(first.state_dict())
 
 
+def test_loaded_state_replays_the_epochs_kept_draws():
+    def make():
+        return VarianceAwareSampler(range(12), 1, 3, 1, seed=4, weighted_fraction=1.0, min_probability_floor=0.0)
+
+    only_prompt_11 = {i: ([1.0, 0.0] if i == 11 else [1.0, 1.0], None) for i in range(12)}
+    first = make()
+    drawn = list(itertools.islice(iter(first), 6))  # two batches from the prior: all prompts drawable
+    assert set(drawn) != {11}
+    state = first.state_dict()
+    resumed = make()
+    resumed.load_state_dict(state | {"position": 0})  # what a Trainer resume does before skipping batches
+    resumed.rescore(only_prompt_11)
+    # The two kept batches come back as drawn; the third is drawn from the current scores.
+    assert list(itertools.islice(iter(resumed), 9)) == drawn + [11] * 3
+    list(resumed)  # finish the epoch: the next one draws afresh
+    assert resumed.drawn_batches == {} and list(resumed) == [11] * 12
+
+
 WORKER = """
 import itertools, json, os
 import torch.distributed as dist

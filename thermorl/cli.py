@@ -11,6 +11,7 @@ commands:
   train RECIPE [--field value ...]   train with a recipe (a YAML path or a built-in name, e.g. quickstart)
   quickstart [--field value ...]     the offline main job: tiny model, SAPO, accuracy before and after
   eval --model PATH --task NAME ...  multi-temperature test-time-scaling evaluation (thermorl eval --help)
+  export --checkpoint DIR --out DIR  merge a LoRA checkpoint into its base model (thermorl export --help)
   list                               built-in recipes, losses and tasks
 """
 
@@ -45,6 +46,12 @@ def _eval(argv: list[str]) -> int:
     return eval_command(argv)
 
 
+def _export(argv: list[str]) -> int:
+    from .export import export_command
+
+    return export_command(argv)
+
+
 def _list(argv: list[str]) -> int:
     from .losses import LOSSES, loss_parameters
     from .tasks import TASKS
@@ -58,7 +65,7 @@ def _list(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "quickstart": _quickstart, "eval": _eval, "list": _list}
+COMMANDS = {"train": _train, "quickstart": _quickstart, "eval": _eval, "export": _export, "list": _list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -39,17 +39,23 @@ class ThermoScriptArguments:
     )
     warmup_examples: int = field(default=4000, metadata={"help": "SFT examples for the tiny model's warm-up."})
     warmup_epochs: float = field(default=2.0, metadata={"help": "SFT epochs for the tiny model's warm-up."})
-    resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest in output_dir."}
+    trainer: Literal["grpo", "adpo"] = field(
+        default="grpo",
+        metadata={"help": "'grpo': ThermoGRPOTrainer (online RL, ThermoGRPOConfig fields); 'adpo': ThermoADPOTrainer "
+                  "(offline preference data, ThermoADPOConfig fields)."},
     )
 
 
-def recipe_dataclasses() -> tuple[type, ...]:
+def recipe_dataclasses(trainer: str = "grpo") -> tuple[type, ...]:
+    """The dataclasses whose fields a recipe for `trainer` may set."""
     from trl import ModelConfig
 
-    from .trainers import ThermoGRPOConfig
+    from .trainers import ThermoADPOConfig, ThermoGRPOConfig
 
-    return (ModelConfig, ThermoGRPOConfig, ThermoScriptArguments)
+    configs = {"grpo": ThermoGRPOConfig, "adpo": ThermoADPOConfig}
+    if trainer not in configs:
+        raise ValueError(f"'trainer' must be one of {list(configs)}, got {trainer!r}.")
+    return (ModelConfig, configs[trainer], ThermoScriptArguments)
 
 
 def builtin_recipe_path(name: str) -> Path:
@@ -180,7 +186,7 @@ def load_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | dict
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     values.update(overrides or {})
-    dataclass_types = recipe_dataclasses()
+    dataclass_types = recipe_dataclasses(values.get("trainer", "grpo"))
     values = validate(values, dataclass_types)
     values.setdefault("output_dir", "outputs/thermorl-run")
     return HfArgumentParser(dataclass_types).parse_dict(values, allow_extra_keys=False)

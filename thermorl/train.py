@@ -1,4 +1,5 @@
-"""`thermorl train RECIPE`: build the dataset, rewards and model a recipe names, then run ThermoGRPOTrainer."""
+"""`thermorl train RECIPE`: build the dataset, rewards and model a recipe names, then run ThermoGRPOTrainer (or
+ThermoADPOTrainer for a recipe with `trainer: adpo`)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def build_datasets(script_args, seed: int):
 
 
 def build_trainer(model_args, training_args, script_args, callbacks: list | None = None):
+    if script_args.trainer == "adpo":
+        return build_adpo_trainer(model_args, training_args, script_args, callbacks)
     from trl import get_peft_config
 
     from .tasks import resolve_reward_funcs
@@ -60,8 +63,29 @@ def build_trainer(model_args, training_args, script_args, callbacks: list | None
     )
 
 
+def build_adpo_trainer(model_args, training_args, script_args, callbacks: list | None = None):
+    """ThermoADPOTrainer on preference data: a file or hub dataset in TRL's pairwise or thermorl's listwise format
+    (see trainers/adpo.py), or a built-in task turned into pairs, its answer preferred to another prompt's."""
+    from trl import get_peft_config
+
+    from .trainers import ThermoADPOTrainer
+    from .trainers.adpo import preference_pairs_from_task
+
+    train, held_out, task = build_datasets(script_args, training_args.seed)
+    if task is not None:
+        train = preference_pairs_from_task(task, train, seed=training_args.seed)
+    training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), **_model_init_kwargs(model_args)}
+    return ThermoADPOTrainer(
+        model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
+        args=training_args,
+        train_dataset=train,
+        peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
+    )
+
+
 def _model_init_kwargs(model_args) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
+    kwargs: dict[str, Any] = {}
     if model_args.dtype not in (None, "auto"):
         kwargs["dtype"] = model_args.dtype
     if model_args.attn_implementation is not None:
@@ -71,9 +95,11 @@ def _model_init_kwargs(model_args) -> dict[str, Any]:
     return kwargs
 
 
-def resume_checkpoint(script_args, output_dir: str) -> str | None:
-    if script_args.resume_from_checkpoint != "latest":
-        return script_args.resume_from_checkpoint
+def resume_checkpoint(training_args) -> str | None:
+    """TrainingArguments' `resume_from_checkpoint`: a checkpoint folder, or 'latest' for the newest in output_dir."""
+    requested, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
+    if requested != "latest":
+        return requested
     return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
 
 
@@ -81,7 +107,14 @@ def train(model_args, training_args, script_args, callbacks: list | None = None)
     """Run training; returns the trainer (its state holds the log history)."""
     if not training_args.model_init_kwargs and model_args.model_name_or_path is None:
         raise ValueError("The recipe needs model_name_or_path (a local folder, a hub name, or 'thermorl:tiny').")
+    # Issue 6: launch settings checked against the machine; W&B offline (and says so) when no API key is set.
+    from .launch_checks import check_launch
+    from .tracking import prepare_reporting
+
+    check_launch(model_args, training_args)
+    callbacks = [*(callbacks or []), *prepare_reporting(training_args)]
     trainer = build_trainer(model_args, training_args, script_args, callbacks)
-    trainer.train(resume_from_checkpoint=resume_checkpoint(script_args, training_args.output_dir))
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     trainer.save_model(training_args.output_dir)
+    trainer.save_state()
     return trainer

@@ -1,16 +1,322 @@
-"""Annealed-temperature rollouts (EAD) for ThermoGRPOTrainer: config fields and the trainer hooks they need."""
+"""Annealed-temperature rollouts (EAD, "Let it Calm", arXiv 2510.05251) for ThermoGRPOTrainer.
 
-from dataclasses import dataclass
+With `temperature_schedule` (or `temperature_portfolio`) set, TRL's Hugging Face `generate` samples token t of every
+completion at temperature tau_t through `ScheduledTemperatureProcessor`, which records the behaviour log-prob
+log pi_EAD(y_t) = log_softmax(logits_t / tau_t)[y_t]. Training stays on the temperature-1 policy; `ead_correction`
+handles the gap between the behaviour policy and pi_old, per token:
+
+    tis               w_t = min(pi_old(y_t) / pi_EAD(y_t), tis_cap), multiplied into the per-token loss
+    recompute_at_tau  the loss's ratio uses pi_old at tau_t: pi_theta(y_t) / pi_old(y_t; tau_t)
+    none              no correction
+
+pi_old(y_t; tau_t) needs no forward pass at tau_t (TRL's fused LM head has its temperature fixed at start-up): TRL
+samples with the very weights pi_old denotes, before any update on the batch, so the behaviour log-prob IS
+log pi_old(y_t; tau_t).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import LogitsProcessorList
+from trl.models.utils import disable_gradient_checkpointing
+
+from ..rollouts import ScheduledTemperatureProcessor, TemperatureSchedule, build_schedule, check_generation_config
+
+EAD_CORRECTIONS = ("tis", "none", "recompute_at_tau")
+
+
+def _json_or_value(name: str, value):
+    """Command lines pass dicts and lists as JSON strings; recipes pass them as YAML values."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{name} must be a schedule spec (dict, number or JSON string), got {value!r}: {error}"
+        ) from None
+
+
+def _built(name: str, spec) -> TemperatureSchedule:
+    try:
+        return build_schedule(spec)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
 
 
 @dataclass
 class AnnealedRolloutArguments:
-    """Config fields for annealed-temperature rollouts (filled in by the EAD work)."""
+    """Config fields for annealed-temperature rollouts (EAD) and temperature portfolios."""
+
+    temperature_schedule: dict[str, Any] | str | float | None = field(
+        default=None,
+        metadata={
+            "help": "Per-position sampling temperature for rollouts (None: off, TRL's `temperature` is used). A spec "
+            "for thermorl.rollouts.build_schedule: {'type': 'annealed', 'tau_max': 1.2, 'tau_min': 0.1, "
+            "'warmup_tokens': 10, 'd0': 25, 'alpha': 5, 'd_max': 40000, 'horizon_scale': 20} (EAD, the paper's "
+            "defaults), 'linear', 'reverse_annealed', 'constant', or a number (constant). Needs temperature=1.0, "
+            "top_k=0, top_p=1.0 and the transformers generate path (no vLLM, no continuous batching)."
+        },
+    )
+    temperature_portfolio: list[Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "A list of schedule specs (numbers for fixed temperatures, dicts for schedules) shared out over "
+            "the members of each group round-robin: member j of a group samples with spec j mod len(list). At most "
+            "num_generations specs; exclusive with temperature_schedule; same requirements."
+        },
+    )
+    ead_correction: str = field(
+        default="tis",
+        metadata={
+            "help": "Correction for sampling at tau_t while training the temperature-1 policy: 'tis' (per-token "
+            "weight min(pi_old / pi_behaviour, tis_cap) on the loss), 'recompute_at_tau' (pi_old in the loss's "
+            "ratio taken at tau_t) or 'none'."
+        },
+    )
+    tis_cap: float = field(
+        default=2.0,
+        metadata={"help": "Truncation cap of the 'tis' weights (EAD paper appendix: 2.0); must be >= 1."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.temperature_schedule = _json_or_value("temperature_schedule", self.temperature_schedule)
+        self.temperature_portfolio = _json_or_value("temperature_portfolio", self.temperature_portfolio)
+        if self.ead_correction not in EAD_CORRECTIONS:
+            raise ValueError(f"ead_correction must be one of {list(EAD_CORRECTIONS)}, got {self.ead_correction!r}")
+        if isinstance(self.tis_cap, bool) or not isinstance(self.tis_cap, (int, float)) or not self.tis_cap >= 1.0:
+            raise ValueError(
+                f"tis_cap must be a number >= 1 (a cap below 1 down-weights on-policy tokens), got {self.tis_cap!r}"
+            )
+        if self.temperature_schedule is not None and self.temperature_portfolio is not None:
+            raise ValueError("Set temperature_schedule or temperature_portfolio, not both.")
+        rollout_schedules(self)
+        if self.temperature_schedule is not None or self.temperature_portfolio is not None:
+            self._check_sampling_settings()
+
+    def _check_sampling_settings(self):
+        option = "temperature_schedule" if self.temperature_schedule is not None else "temperature_portfolio"
+        if self.temperature != 1.0:
+            raise ValueError(
+                f"{option} sets the sampling temperature, so temperature must be 1.0 (the two would multiply, and "
+                f"training stays on the temperature-1 policy), got temperature={self.temperature}."
+            )
+        if self.top_k != 0 or self.top_p != 1.0 or self.min_p not in (None, 0, 0.0):
+            raise ValueError(
+                f"{option} needs plain sampling after the schedule (top_k=0, top_p=1.0, min_p=None), got "
+                f"top_k={self.top_k}, top_p={self.top_p}, min_p={self.min_p}: truncation would change the sampled "
+                "distribution behind the recorded behaviour log-probs."
+            )
+        if self.use_vllm:
+            raise ValueError(
+                f"{option} is not implemented for vLLM (use_vllm=True): vLLM V1 has no per-request logits processors; "
+                "it would need a batch-level LogitsProcessor registered at engine start. Use the transformers "
+                "generate path (use_vllm=False)."
+            )
+        if self.use_transformers_continuous_batching:
+            raise ValueError(
+                f"{option} is not implemented for transformers continuous batching "
+                "(use_transformers_continuous_batching / use_transformers_paged): use plain generate."
+            )
+        if self.temperature_portfolio is not None and len(self.temperature_portfolio) > self.num_generations:
+            raise ValueError(
+                f"temperature_portfolio has {len(self.temperature_portfolio)} specs but a group has only "
+                f"num_generations={self.num_generations} members: the extra specs would never be sampled."
+            )
+
+
+def rollout_schedules(args) -> list[TemperatureSchedule] | None:
+    """The schedules a config samples with: [schedule], the portfolio's, or None when TRL's temperature is used."""
+    if args.temperature_schedule is not None:
+        return [_built("temperature_schedule", args.temperature_schedule)]
+    if args.temperature_portfolio is None:
+        return None
+    if not isinstance(args.temperature_portfolio, list) or not args.temperature_portfolio:
+        raise ValueError(
+            f"temperature_portfolio must be a non-empty list of schedule specs, got {args.temperature_portfolio!r}"
+        )
+    return [_built(f"temperature_portfolio[{i}]", spec) for i, spec in enumerate(args.temperature_portfolio)]
+
+
+def portfolio_members(first_row: int, num_rows: int, num_generations: int, num_schedules: int) -> torch.LongTensor:
+    """Schedule index of each row: rows first_row.. of the global batch, groups of num_generations consecutive rows,
+    member j of a group -> schedule j mod num_schedules."""
+    rows = torch.arange(first_row, first_row + num_rows)
+    return (rows % num_generations) % num_schedules
+
+
+def truncated_importance_weights(old_logps: torch.Tensor, behaviour_logps: torch.Tensor, cap: float) -> torch.Tensor:
+    """w_t = min(pi_old(y_t) / pi_behaviour(y_t), cap) = exp(min(old - behaviour, log cap)) (EAD, arXiv 2510.05251)."""
+    return torch.exp(torch.clamp(old_logps - behaviour_logps, max=math.log(cap)))
+
+
+def fit_width(values: torch.Tensor, width: int) -> torch.Tensor:
+    """Right-pad with zeros or cut the columns of a (B, T) tensor to `width`."""
+    if values.size(1) >= width:
+        return values[:, :width]
+    return torch.nn.functional.pad(values, (0, width - values.size(1)))
+
+
+@contextmanager
+def generate_through(model, processor: ScheduledTemperatureProcessor):
+    """Inside the block, `model.generate` also applies `processor` (last, after any caller's processors), resetting
+    it to the call's padded prompt width. Yields a dict that receives each call's completion columns."""
+    sampled = {}
+    own_attribute = model.__dict__.get("generate")
+    original = model.generate
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        processor.reset(input_ids.shape[1], processor.step)
+        processors = LogitsProcessorList([*(kwargs.pop("logits_processor", None) or []), processor])
+        sequences = original(*args, logits_processor=processors, **kwargs)
+        sampled["completion_ids"] = sequences[:, input_ids.shape[1] :]
+        return sequences
+
+    model.generate = generate
+    try:
+        yield sampled
+    finally:
+        if own_attribute is None:
+            del model.generate
+        else:
+            model.generate = own_attribute
 
 
 class AnnealedRolloutMixin:
-    """Trainer hooks for annealed-temperature rollouts (filled in by the EAD work)."""
+    """Trainer hooks for annealed-temperature rollouts (EAD) and temperature portfolios.
+
+    Sampling: `_generate_single_turn` routes TRL's `generate` call through a ScheduledTemperatureProcessor at step
+    `state.global_step` (so a resumed run continues EAD's growing horizon d_s). Batch: `_generate_and_score_completions`
+    adds `behaviour_per_token_logps` and `behaviour_per_token_temperatures` (B, T), and pi_old for the correction.
+    Loss: `_rollout_token_weights` gives the TIS weights.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rollout_schedules = rollout_schedules(self.args)
+        self._pending_rollout = None
+        if self.rollout_schedules is None:
+            return
+        if self.tools or self.rollout_func is not None or self.environment_factories is not None:
+            raise ValueError(
+                "temperature_schedule / temperature_portfolio support single-turn generation only, not tools, "
+                "environments or rollout_func."
+            )
+        try:
+            check_generation_config(self.generation_config, self.model.generation_config)
+        except ValueError as error:
+            raise ValueError(
+                f"temperature_schedule / temperature_portfolio: {error} (check generation_kwargs)"
+            ) from None
+
+    def _row_schedules(self, num_rows: int, num_generations: int):
+        if len(self.rollout_schedules) == 1:
+            return self.rollout_schedules[0]
+        first_row = self.accelerator.process_index * num_rows
+        members = portfolio_members(first_row, num_rows, num_generations, len(self.rollout_schedules))
+        return [self.rollout_schedules[m] for m in members.tolist()]
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self.rollout_schedules is None:
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        processor = ScheduledTemperatureProcessor(
+            self._row_schedules(len(prompt_ids), num_generations), prompt_length=0, step=self.state.global_step
+        )
+        with generate_through(self.accelerator.unwrap_model(self.model_wrapped), processor) as sampled:
+            completion_ids, logprobs = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        if "completion_ids" not in sampled:
+            raise RuntimeError(
+                "TRL's generate call did not go through the temperature schedule; refusing to train on it."
+            )
+        behaviour_logps, _ = processor.finalize(sampled["completion_ids"])
+        self._pending_rollout = (processor, sampled["completion_ids"], behaviour_logps)
+        return completion_ids, logprobs
+
+    def _generate_and_score_completions(self, inputs):
+        batch = super()._generate_and_score_completions(inputs)
+        if self.rollout_schedules is None:
+            return batch
+        if self._pending_rollout is None:
+            raise RuntimeError("No rollout was sampled under the temperature schedule for this batch.")
+        processor, sampled_ids, behaviour_logps = self._pending_rollout
+        self._pending_rollout = None
+        completion_ids = batch["completion_ids"]
+        mask = batch["completion_mask"] if "tool_mask" not in batch else batch["completion_mask"] * batch["tool_mask"]
+        width = completion_ids.size(1)
+        if sampled_ids.shape[0] != completion_ids.shape[0] or not torch.equal(
+            fit_width(sampled_ids, width)[mask.bool()], completion_ids[mask.bool()]
+        ):
+            raise RuntimeError("The batch's completions are not the ones sampled under the temperature schedule.")
+        behaviour_logps = fit_width(behaviour_logps, width).to(completion_ids.device)
+        temperatures = processor.temperature_table(len(completion_ids), width).to(completion_ids.device)
+        batch["behaviour_per_token_logps"] = behaviour_logps
+        batch["behaviour_per_token_temperatures"] = temperatures
+        self._log_rollout_temperatures(processor, temperatures, mask)
+        if self.args.ead_correction == "recompute_at_tau":
+            batch["old_per_token_logps"] = behaviour_logps
+        elif self.args.ead_correction == "tis" and "old_per_token_logps" not in batch:
+            # TRL skips pi_old when one update follows each rollout; TIS needs it, and the hook gets no logps.
+            batch["old_per_token_logps"] = self._temperature_one_logps(batch)
+        return batch
+
+    def _temperature_one_logps(self, batch) -> torch.Tensor:
+        from .grpo import _FORWARD_KEYS  # grpo imports this module
+
+        mode = "train" if self.model.training else "eval"
+        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1),
+                torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1),
+                batch["completion_ids"].size(1),
+                batch_size=batch_size,
+                **{key: batch.get(key) for key in _FORWARD_KEYS},
+            )
+        return logps
+
+    def _log_rollout_temperatures(self, processor, temperatures, mask):
+        """ead/temperature_mean and ead/share_at_tau_min (share of tokens at their schedule's tau_min) over tokens."""
+        valid = mask.bool()
+        floors = torch.tensor(
+            [getattr(schedule, "tau_min", math.nan) for schedule in processor.unique_schedules], dtype=torch.float32
+        )[processor.row_to_schedule].to(temperatures.device)
+        at_floor = temperatures <= floors[:, None] + 1e-6
+        stats = torch.stack([temperatures[valid].sum(), at_floor[valid].sum(), valid.sum()]).double()
+        totals = self.accelerator.gather(stats[None]).sum(dim=0)
+        count = totals[2].clamp(min=1.0)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["ead/temperature_mean"].append((totals[0] / count).item())
+        self._metrics[mode]["ead/share_at_tau_min"].append((totals[1] / count).item())
 
     def _rollout_token_weights(self, inputs, mask):
         """Per-token correction of the policy loss for the behaviour policy's temperatures; None when off."""
-        return None
+        if self.rollout_schedules is None or self.args.ead_correction != "tis":
+            return None
+        old_logps, behaviour_logps = inputs["old_per_token_logps"], inputs["behaviour_per_token_logps"]
+        weights = truncated_importance_weights(old_logps, behaviour_logps, self.args.tis_cap)
+        valid = mask.bool()
+        truncated = (old_logps - behaviour_logps > math.log(self.args.tis_cap))[valid]
+        largest = weights[valid].max() if valid.any() else weights.new_zeros(())
+        stats = torch.stack([weights[valid].sum(), valid.sum(), truncated.sum(), largest]).double()
+        gathered = self.accelerator.gather(stats[None])
+        count = gathered[:, 1].sum().clamp(min=1.0)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["ead/tis_weight_mean"].append((gathered[:, 0].sum() / count).item())
+        self._metrics[mode]["ead/tis_weight_max"].append(gathered[:, 3].max().item())
+        self._metrics[mode]["ead/tis_truncated_share"].append((gathered[:, 2].sum() / count).item())
+        return weights

@@ -1,0 +1,270 @@
+"""Variance-aware prompt sampling vs uniform sampling where many prompts start all-wrong or all-right (issue 4).
+
+The tiny model warmed up on 2-digit addition (the quickstart task and warm-up, cached) is trained with SAPO on a mix
+of two difficulties: 2-digit additions (the quickstart task: at T=1 about half the prompts come back all-wrong in 8
+samples, the rest right now and then) and 3-digit additions (never seen: all-wrong). The tiny model gets no prompt
+all-right at T=1, so here the zero-variance groups are all-wrong ones. Each arm (see ARMS) runs the same number of
+steps for each seed.
+Measured per run:
+  - zero-variance share: TRL's frac_reward_zero_std, the share of groups in the training batches whose rewards are
+    all equal (no gradient from them), averaged over the run and over its last quarter;
+  - training reward (what the sampled batches scored: VAS picks harder prompts, so it is not a skill measure);
+  - the final policy's pass rate over the whole prompt set, `--eval-samples` completions per prompt at T=1, every
+    prompt weighted equally (a fair "reward after equal steps"), and its share of prompts at pass rate 0 or 1;
+  - cost: wall time, and for rollout mode the re-roll's completions and tokens relative to training's.
+Writes `--out`/results.json (every run) and `--out`/vas_zero_variance.png. Defaults (5 arms x 3 seeds x 60 steps)
+take ~15 minutes on 2 CPU cores; `--arms uniform online rollout` about 10.
+
+    python benchmarks/vas_zero_variance.py --steps 60 --seeds 0 1 2 --out outputs/vas_zero_variance
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+WARM_TASK = "arithmetic:digits=2,ops=+"
+LEVELS = ("arithmetic:digits=2,ops=+", "arithmetic:digits=3,ops=+")
+# Sampling arms: TRL's uniform RepeatSampler, VAS with the paper's VPS weights (alpha 0.8, beta 0.2) in both modes,
+# and both modes with the outcome variance alone (beta 0): diverse wrong answers give all-wrong prompts TDS > 0.
+ARMS = {
+    "uniform": {},
+    "online": {"vas_mode": "online"},
+    "rollout": {"vas_mode": "rollout"},
+    "online-ovs": {"vas_mode": "online", "vas_beta": 0.0},
+    "rollout-ovs": {"vas_mode": "rollout", "vas_beta": 0.0},
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=60, help="Optimizer steps per run.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--prompts-per-level", type=int, default=96, help="Prompts of each difficulty.")
+    parser.add_argument("--update-interval", type=int, default=20, help="vas_update_interval (rollout mode).")
+    parser.add_argument("--rollouts-per-prompt", type=int, default=8, help="vas_rollouts_per_prompt (rollout mode).")
+    parser.add_argument("--eval-samples", type=int, default=16, help="Completions per prompt for the pass rates.")
+    parser.add_argument("--batch-prompts", type=int, default=8, help="Prompts per step (x num_generations 8).")
+    parser.add_argument("--out", default="outputs/vas_zero_variance", help="results.json, vas_zero_variance.png, runs/")
+    parser.add_argument("--replot", action="store_true", help="Only redraw the PNG from `--out`/results.json.")
+    return parser.parse_args(argv)
+
+
+def mixed_dataset(prompts_per_level: int):
+    from datasets import concatenate_datasets
+
+    from thermorl.tasks import task_from_spec
+
+    parts = []
+    for level, spec in enumerate(LEVELS):
+        part = task_from_spec(spec).make_dataset(prompts_per_level, seed=10_000 + level)
+        parts.append(part.add_column("level", [level] * len(part)))
+    return concatenate_datasets(parts)
+
+
+@torch.no_grad()
+def pass_rates(model, tokenizer, dataset, samples: int, max_new_tokens: int, seed: int) -> list[float]:
+    """Per-prompt share of `samples` completions at T=1 that the verifier accepts."""
+    from thermorl.tasks import task_from_spec
+
+    task = task_from_spec(WARM_TASK)  # every level shares the arithmetic verifier: the row's answer decides
+    torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    rates = []
+    for start in range(0, len(dataset), 64):
+        rows = dataset.select(range(start, min(start + 64, len(dataset))))
+        encoded = tokenizer(list(rows["prompt"]), return_tensors="pt", padding=True, padding_side="left")
+        output = model.generate(
+            **encoded, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+            num_return_sequences=samples, pad_token_id=tokenizer.pad_token_id,
+        )
+        texts = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+        for i, row in enumerate(rows):
+            group = texts[i * samples : (i + 1) * samples]
+            rates.append(sum(task.is_correct(text, row) for text in group) / samples)
+    model.train(was_training)
+    return rates
+
+
+def summarize_rates(rates: list[float], levels: list[int]) -> dict:
+    return {
+        "pass_rate": statistics.fmean(rates),
+        "zero_variance_prompt_share": statistics.fmean(float(r in (0.0, 1.0)) for r in rates),
+        "pass_rate_by_level": [
+            statistics.fmean(r for r, lv in zip(rates, levels, strict=True) if lv == level)
+            for level in range(len(LEVELS))
+        ],
+        "all_wrong_share": statistics.fmean(float(r == 0.0) for r in rates),
+        "all_right_share": statistics.fmean(float(r == 1.0) for r in rates),
+    }
+
+
+def run(arm: str, seed: int, model_path: str, dataset, options) -> dict:
+    from transformers import AutoTokenizer
+
+    from thermorl.tasks import task_from_spec
+    from thermorl.trainers import ThermoGRPOConfig, ThermoGRPOTrainer
+
+    vas = ARMS[arm]
+    if vas:
+        vas = vas | {"vas_update_interval": options.update_interval, "vas_rollouts_per_prompt": options.rollouts_per_prompt}
+    args = ThermoGRPOConfig(
+        output_dir=os.path.join(options.out, "runs", f"{arm}-{seed}"), use_cpu=True, bf16=False, seed=seed,
+        policy_loss="sapo", learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0, beta=0.0,
+        max_steps=options.steps, per_device_train_batch_size=8 * options.batch_prompts, num_generations=8,
+        max_completion_length=5, temperature=1.0, logging_steps=1, save_strategy="no", report_to=[],
+        gradient_checkpointing=False, disable_tqdm=True, **vas,
+    )
+    trainer = ThermoGRPOTrainer(
+        model=model_path, reward_funcs=task_from_spec(WARM_TASK).reward_funcs, args=args, train_dataset=dataset
+    )
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    logs = [entry for entry in trainer.state.log_history if "reward" in entry]
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    rates = pass_rates(trainer.model, tokenizer, dataset, options.eval_samples, 5, seed=1_000 + seed)
+    last_quarter = logs[-max(1, len(logs) // 4) :]
+    result = {
+        "arm": arm,
+        "seed": seed,
+        "seconds": seconds,
+        "zero_std_curve": [entry["frac_reward_zero_std"] for entry in logs],
+        "reward_curve": [entry["reward"] for entry in logs],
+        "zero_std_mean": statistics.fmean(entry["frac_reward_zero_std"] for entry in logs),
+        "zero_std_last_quarter": statistics.fmean(entry["frac_reward_zero_std"] for entry in last_quarter),
+        "train_reward_mean": statistics.fmean(entry["reward"] for entry in logs),
+        "train_completions": len(logs) * args.generation_batch_size,
+        "train_completion_tokens": sum(entry["completions/mean_length"] for entry in logs) * args.generation_batch_size,
+        "final": summarize_rates(rates, list(dataset["level"])),
+    }
+    if vas.get("vas_mode") == "rollout":
+        result["rescore_completions"] = logs[-1]["vas/rescore_completions"]
+        result["rescore_tokens"] = logs[-1]["vas/rescore_tokens"]
+        result["rescore_seconds"] = logs[-1]["vas/rescore_seconds"]
+    return result
+
+
+def aggregate(runs: list[dict], arms) -> dict:
+    def mean_std(values):
+        values = list(values)
+        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+    summary = {}
+    uniform_seconds = {r["seed"]: r["seconds"] for r in runs if r["arm"] == "uniform"}
+    for arm in arms:
+        mine = [r for r in runs if r["arm"] == arm]
+        summary[arm] = {
+            "zero_std_mean": mean_std(r["zero_std_mean"] for r in mine),
+            "zero_std_last_quarter": mean_std(r["zero_std_last_quarter"] for r in mine),
+            "train_reward_mean": mean_std(r["train_reward_mean"] for r in mine),
+            "final_pass_rate": mean_std(r["final"]["pass_rate"] for r in mine),
+            "final_zero_variance_prompt_share": mean_std(r["final"]["zero_variance_prompt_share"] for r in mine),
+            "seconds": mean_std(r["seconds"] for r in mine),
+        }
+        if "rescore_completions" in mine[0]:
+            summary[arm]["rescore_to_train_completions"] = mean_std(
+                r["rescore_completions"] / r["train_completions"] for r in mine
+            )
+            summary[arm]["rescore_to_train_tokens"] = mean_std(
+                r["rescore_tokens"] / r["train_completion_tokens"] for r in mine
+            )
+            summary[arm]["rescore_share_of_wall_time"] = mean_std(r["rescore_seconds"] / r["seconds"] for r in mine)
+        if uniform_seconds and arm != "uniform":
+            summary[arm]["wall_time_vs_uniform"] = mean_std(
+                r["seconds"] / uniform_seconds[r["seed"]] for r in mine if r["seed"] in uniform_seconds
+            )
+    return summary
+
+
+def plot(runs: list[dict], summary: dict, start: dict, path: str, arms) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {
+        "uniform": "tab:gray", "online": "tab:blue", "rollout": "tab:orange", "online-ovs": "tab:cyan",
+        "rollout-ovs": "tab:red",
+    }
+    figure, (curves, shares, rates) = plt.subplots(1, 3, figsize=(12, 3.4), dpi=80)
+    window = 10
+    for arm in arms:
+        mine = [r["zero_std_curve"] for r in runs if r["arm"] == arm]
+        mean = [statistics.fmean(values) for values in zip(*mine, strict=True)]
+        smooth = [statistics.fmean(mean[max(0, i - window + 1) : i + 1]) for i in range(len(mean))]
+        curves.plot(range(1, len(smooth) + 1), smooth, label=arm, color=colors[arm])
+    curves.set(xlabel="step", ylabel="share of groups", title=f"Zero-variance groups ({window}-step mean)")
+    curves.legend(fontsize=8)
+    for axes, key, title in (
+        (shares, "zero_std_mean", "Zero-variance groups, run mean"),
+        (rates, "final_pass_rate", "Pass rate after training (all prompts)"),
+    ):
+        values = [summary[arm][key] for arm in arms]
+        axes.bar(range(len(arms)), [v["mean"] for v in values], yerr=[v["std"] for v in values], capsize=3,
+                 color=[colors[arm] for arm in arms])
+        axes.set_xticks(range(len(arms)), arms, rotation=20, fontsize=8)
+        axes.set_title(title + " (sd: seeds)", fontsize=10)
+    rates.axhline(start["pass_rate"], color="black", linestyle="--", linewidth=1, label="before training")
+    rates.legend(fontsize=8)
+    low = min(summary[arm]["zero_std_mean"]["mean"] - summary[arm]["zero_std_mean"]["std"] for arm in arms)
+    shares.set_ylim(max(0.0, low - 0.1), 1.0)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def main(argv=None) -> int:
+    torch.set_num_threads(1)
+    options = parse_args(argv)
+    out = Path(options.out)
+    if options.replot:
+        report = json.loads((out / "results.json").read_text())
+        arms = list(report["summary"])
+        plot(report["runs"], report["summary"], report["start"], str(out / "vas_zero_variance.png"), arms)
+        return 0
+    from thermorl.models.warmup import WarmupSettings, warm_tiny_model
+
+    model_path = warm_tiny_model(WarmupSettings(task=WARM_TASK, examples=6000, epochs=4))
+    dataset = mixed_dataset(options.prompts_per_level)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start_rates = pass_rates(
+        AutoModelForCausalLM.from_pretrained(model_path), AutoTokenizer.from_pretrained(model_path), dataset,
+        options.eval_samples, 5, seed=999,
+    )
+    start = summarize_rates(start_rates, list(dataset["level"]))
+    print(f"start: {json.dumps(start)}", flush=True)
+
+    runs = []
+    for seed in options.seeds:
+        for arm in options.arms:
+            result = run(arm, seed, model_path, dataset, options)
+            runs.append(result)
+            print(
+                f"{arm:10s} seed {seed}: zero-variance groups {result['zero_std_mean']:.3f} "
+                f"(last quarter {result['zero_std_last_quarter']:.3f}), final pass rate "
+                f"{result['final']['pass_rate']:.3f}, {result['seconds']:.0f} s",
+                flush=True,
+            )
+    summary = aggregate(runs, options.arms)
+    report = {"settings": vars(options), "levels": LEVELS, "warm_task": WARM_TASK, "start": start,
+              "summary": summary, "runs": runs}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    plot(runs, summary, start, str(out / "vas_zero_variance.png"), options.arms)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""`thermorl export`: merge a LoRA (PEFT) checkpoint into its base model and save a plain Hugging Face model.
+
+W = W_base + (alpha / r) B A for every adapted layer (LoRA, arXiv 2106.09685); the result loads with
+`AutoModelForCausalLM.from_pretrained` alone, needs no peft, and generates as fast as the base model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def export_merged(checkpoint: str | Path, out: str | Path, base_model: str | None = None) -> Path:
+    """Merge the adapter in `checkpoint` (a training output_dir or a `checkpoint-N` folder) into its base model
+    (`base_model`, default the one recorded in adapter_config.json) and save model and tokenizer to `out`."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    config_path = checkpoint / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{checkpoint} has no {ADAPTER_CONFIG}: not a LoRA/PEFT checkpoint (a full-model checkpoint needs no "
+            "merging; load it directly)."
+        )
+    base = base_model or json.loads(config_path.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{config_path} does not name its base model; pass --base MODEL.")
+    if out.resolve() == checkpoint.resolve():
+        raise ValueError(f"--out must differ from --checkpoint ({checkpoint}): the adapter would be overwritten.")
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+    merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
+    merged.save_pretrained(out)
+    has_tokenizer = any((checkpoint / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    AutoTokenizer.from_pretrained(checkpoint if has_tokenizer else base).save_pretrained(out)
+    return out
+
+
+def export_command(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="thermorl export", description="Merge a LoRA checkpoint into its base model and save a full model."
+    )
+    parser.add_argument("--checkpoint", required=True, help="LoRA output_dir or checkpoint-N folder (adapter_config.json)")
+    parser.add_argument("--out", required=True, help="folder for the merged model and tokenizer")
+    parser.add_argument("--base", default=None, help="base model (default: base_model_name_or_path of the adapter)")
+    args = parser.parse_args(argv)
+    out = export_merged(args.checkpoint, args.out, args.base)
+    print(f"Merged model written to {out}")
+    return 0
