@@ -49,14 +49,9 @@ def full_parameters(trainer) -> dict[str, torch.Tensor]:
 
 
 def main(recipe: str, out_dir: str) -> None:
-    import thermorl.trainers
     from thermorl.recipe import load_recipe
     from thermorl.train import train
     from thermorl.trainers import ThermoGRPOTrainer
-    from thermorl.trainers.atomic_checkpoint import AtomicCheckpointMixin
-
-    if not issubclass(ThermoGRPOTrainer, AtomicCheckpointMixin):  # until the trainer composes it itself
-        thermorl.trainers.ThermoGRPOTrainer = type("ThermoGRPOTrainer", (AtomicCheckpointMixin, ThermoGRPOTrainer), {})
 
     drawn: list[int] = []
     make_sampler = ThermoGRPOTrainer._get_train_sampler

@@ -2,8 +2,8 @@
 and launch/cpu_zero*.yaml: ThermoGRPOTrainer (SAPO; EAD and VAS where the config has their fields) trains, and the
 ranks end with identical weights after drawing identical prompt indices.
 
-The first DeepSpeed launch on a machine JIT-compiles DeepSpeed's shared-memory comm op (g++ and ninja, about a
-minute; cached in ~/.cache/torch_extensions), so the first test takes longer than the others.
+The first DeepSpeed launch on a machine JIT-compiles DeepSpeed's shared-memory comm op (g++ and ninja; 2-3 minutes
+on 2 busy cores, cached in ~/.cache/torch_extensions), so the first launch takes longer than later ones.
 """
 
 import dataclasses
@@ -148,7 +148,8 @@ def test_every_launch_config_loads_in_accelerate_and_says_what_it_is():
         path = REPO / "launch" / name
         assert path.read_text().startswith("# "), f"{name} lacks its one-line description"
         config = ClusterConfig.from_yaml_file(path)  # rejects keys accelerate does not know
-        assert (config.distributed_type.value, config.num_processes, config.mixed_precision) == (kind, processes, precision)
+        described = (config.distributed_type.value, config.num_processes, config.mixed_precision)
+        assert described == (kind, processes, precision), name
         ds = config.deepspeed_config
         assert ds.get("zero_stage") == stage, name
         if offload is not None:
@@ -201,7 +202,8 @@ def test_offload_on_the_cpu_names_the_offload_setting(monkeypatch, tmp_path):
 
     env = {**launch_environment("zero3_offload.yaml"), "ACCELERATE_MIXED_PRECISION": "no"}
     model_args, args = settings_under(monkeypatch, tmp_path, env)
-    with pytest.raises(ValueError, match=r"`offload_optimizer_device: cpu`.*already on the CPU.*`offload_optimizer_device: none`"):
+    message = r"`offload_optimizer_device: cpu`.*already on the CPU.*`offload_optimizer_device: none`"
+    with pytest.raises(ValueError, match=message):
         check_launch(model_args, args)
 
 
@@ -234,7 +236,8 @@ def test_zero3_refuses_what_it_cannot_honour_on_a_gpu():
     with pytest.raises(ValueError, match=r"`ds3_gather_for_generation: false` with `use_vllm: true`"):
         check_deepspeed(LaunchSettings(**zero3, use_vllm=True, ds3_gather_for_generation=False))
     check_deepspeed(LaunchSettings(**zero3, use_vllm=True, ds3_gather_for_generation=True))
-    check_deepspeed(LaunchSettings(**zero3, deepspeed_config={"zero_optimization": {"offload_param": {"device": "cpu"}}}))
+    offload = {"zero_optimization": {"offload_param": {"device": "cpu"}}}
+    check_deepspeed(LaunchSettings(**zero3, deepspeed_config=offload))
     check_precision(LaunchSettings(**zero3, bf16=True, deepspeed_config={"bf16": {"enabled": True}}))
     with pytest.raises(ValueError, match=r"DeepSpeed config sets `bf16.enabled: true`, but this run is on the CPU"):
         check_precision(LaunchSettings(device_type="cpu", zero_stage=2, deepspeed_config={"bf16": {"enabled": True}}))

@@ -18,7 +18,7 @@ from thermorl.cli import main as thermorl_main
 from thermorl.recipe import load_recipe
 from thermorl.train import train
 from thermorl.trainers import ThermoGRPOConfig, ThermoGRPOTrainer
-from thermorl.trainers.atomic_checkpoint import STAGING_PREFIX, AtomicCheckpointMixin
+from thermorl.trainers.atomic_checkpoint import STAGING_PREFIX
 
 DRIVER = Path(__file__).with_name("distributed_driver.py")
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(ThermoGRPOConfig)}
@@ -78,7 +78,8 @@ def base_model(model_dir):
 
 # ---- LoRA ----------------------------------------------------------------------------------------------------
 
-LORA = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0}
+LORA = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["q_proj", "v_proj"],
+        "lora_dropout": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -320,12 +321,6 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_model_dir, tmp_
 # ---- atomic checkpoints ---------------------------------------------------------------------------------------
 
 
-def atomic_trainer_class():
-    if issubclass(ThermoGRPOTrainer, AtomicCheckpointMixin):
-        return ThermoGRPOTrainer
-    return type("AtomicThermoGRPOTrainer", (AtomicCheckpointMixin, ThermoGRPOTrainer), {})
-
-
 def make_trainer(trainer_class, model_dir, output_dir, **overrides):
     from datasets import Dataset
 
@@ -352,7 +347,7 @@ def crash_while_saving_step(trainer, step: int):
 
 def test_a_crash_mid_save_leaves_the_last_complete_checkpoint_in_charge(tiny_model_dir, tmp_path):
     output_dir = tmp_path / "run"
-    trainer = make_trainer(atomic_trainer_class(), tiny_model_dir, output_dir)
+    trainer = make_trainer(ThermoGRPOTrainer, tiny_model_dir, output_dir)
     crash_while_saving_step(trainer, 2)
     with pytest.raises(KeyboardInterrupt, match="killed mid-save"):
         trainer.train()
@@ -363,7 +358,7 @@ def test_a_crash_mid_save_leaves_the_last_complete_checkpoint_in_charge(tiny_mod
     assert last == str(output_dir / "checkpoint-1")
     AutoModelForCausalLM.from_pretrained(last)
 
-    again = make_trainer(atomic_trainer_class(), tiny_model_dir, output_dir)
+    again = make_trainer(ThermoGRPOTrainer, tiny_model_dir, output_dir)
     again.train(resume_from_checkpoint=last)
     assert again.state.global_step == 2
     assert json.loads((output_dir / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
@@ -390,7 +385,7 @@ def test_atomic_save_keeps_rotation_and_the_best_checkpoint(tiny_model_dir, tmp_
                 state.best_global_step = 2
 
     output_dir = tmp_path / "run"
-    trainer = make_trainer(atomic_trainer_class(), tiny_model_dir, output_dir, max_steps=4, save_total_limit=2)
+    trainer = make_trainer(ThermoGRPOTrainer, tiny_model_dir, output_dir, max_steps=4, save_total_limit=2)
     trainer.add_callback(BestAtStep2())
     trainer.train()
     best = str(output_dir / "checkpoint-2")

@@ -18,7 +18,8 @@ def test_every_builtin_recipe_parses_and_validates(name):
     overrides = {"bf16": False, "use_cpu": True} if values.get("bf16") else {}
     model_args, training_args, script_args = load_recipe(name, overrides)
     assert model_args.model_name_or_path == values["model_name_or_path"]
-    assert training_args.policy_loss == values.get("policy_loss", "sapo")
+    if "policy_loss" in values:
+        assert training_args.policy_loss == values["policy_loss"]
     for key, value in values.get("policy_loss_kwargs", {}).items():
         assert training_args.policy_loss_kwargs[key] == value
     assert script_args.dataset == values["dataset"]

@@ -180,3 +180,17 @@ def test_vas_needs_an_indexable_train_set(tiny_model_dir, varied_reward, fast_gr
     taken = Dataset.from_dict({"prompt": PROMPTS, PROMPT_INDEX_COLUMN: list(range(8))})
     with pytest.raises(ValueError, match="reserves"):
         ThermoGRPOTrainer(model=tiny_model_dir, reward_funcs=varied_reward, args=args, train_dataset=taken)
+
+
+def test_rollout_rerolls_go_through_the_ead_schedule(tiny_model_dir, fast_grpo_kwargs):
+    # The re-roll uses the trainer's generation path (here EAD's scheduled sampling) before the training batch's own
+    # generation, whose behaviour log-probs EAD checks against the batch: both must hold together.
+    reward = RecordingReward()
+    trainer = make_trainer(
+        tiny_model_dir, reward, fast_grpo_kwargs, vas_mode="rollout", vas_rollouts_per_prompt=3,
+        temperature_schedule=0.7, max_steps=2,
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logs[0]["vas/rescore_completions"] == 8 * 3
+    assert logs[0]["ead/temperature_mean"] == pytest.approx(0.7)

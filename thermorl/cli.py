@@ -25,8 +25,9 @@ def _train(argv: list[str]) -> int:
               "any ModelConfig / ThermoGRPOConfig / script field can be overridden after it.")
         return 0 if argv else 2
     model_args, training_args, script_args = load_recipe(argv[0], argv[1:])
-    train(model_args, training_args, script_args)
-    print(f"Model and checkpoints written to {training_args.output_dir}")
+    trainer = train(model_args, training_args, script_args)
+    if trainer.accelerator.is_main_process:
+        print(f"Model and checkpoints written to {training_args.output_dir}")
     return 0
 
 

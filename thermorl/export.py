@@ -44,7 +44,9 @@ def export_command(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="thermorl export", description="Merge a LoRA checkpoint into its base model and save a full model."
     )
-    parser.add_argument("--checkpoint", required=True, help="LoRA output_dir or checkpoint-N folder (adapter_config.json)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="LoRA output_dir or checkpoint-N folder (holds adapter_config.json)"
+    )
     parser.add_argument("--out", required=True, help="folder for the merged model and tokenizer")
     parser.add_argument("--base", default=None, help="base model (default: base_model_name_or_path of the adapter)")
     args = parser.parse_args(argv)

@@ -95,8 +95,8 @@ def check_deepspeed(s: LaunchSettings) -> None:
         return
     zero = s.deepspeed_config.get("zero_optimization", {})
     if s.device_type == "cpu":
-        for section, key in (("offload_optimizer", "offload_optimizer_device"), ("offload_param", "offload_param_device")):
-            device = (zero.get(section) or {}).get("device", "none")
+        for section in ("offload_optimizer", "offload_param"):
+            key, device = f"{section}_device", (zero.get(section) or {}).get("device", "none")
             if device not in (None, "none"):
                 raise ValueError(
                     f"`{key}: {device}` offloads from GPU memory, but this run is already on the CPU and has nothing "

@@ -85,7 +85,12 @@ def build_adpo_trainer(model_args, training_args, script_args, callbacks: list |
 
 
 def _model_init_kwargs(model_args) -> dict[str, Any]:
+    from trl import get_quantization_config
+
     kwargs: dict[str, Any] = {}
+    quantization = get_quantization_config(model_args)  # load_in_4bit / load_in_8bit (QLoRA)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
     if model_args.dtype not in (None, "auto"):
         kwargs["dtype"] = model_args.dtype
     if model_args.attn_implementation is not None:

@@ -16,6 +16,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from ..losses import get_loss, loss_inputs, validate_loss_kwargs
 from .annealed import AnnealedRolloutArguments, AnnealedRolloutMixin
+from .atomic_checkpoint import AtomicCheckpointMixin
 from .reward_guard import guard_reward_func
 from .variance_aware import VarianceAwareSamplingArguments, VarianceAwareSamplingMixin
 
@@ -60,7 +61,7 @@ class ThermoGRPOConfig(AnnealedRolloutArguments, VarianceAwareSamplingArguments,
         validate_loss_kwargs(self.policy_loss, self.policy_loss_kwargs)
 
 
-class ThermoGRPOTrainer(AnnealedRolloutMixin, VarianceAwareSamplingMixin, GRPOTrainer):
+class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwareSamplingMixin, GRPOTrainer):
     """A GRPOTrainer whose loss is `thermorl.losses.get_loss(args.policy_loss)`."""
 
     _tag_names = ["trl", "grpo", "thermorl"]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl.data_utils import is_conversational
 
@@ -270,7 +271,8 @@ class VarianceAwareSamplingMixin:
         super()._save_checkpoint(model, trial)
         if self.vas_sampler is None or not self.args.should_save:
             return
-        checkpoint = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        checkpoint = os.path.join(self._get_output_dir(trial=trial), folder)
         state = {"sampler": self.vas_sampler.state_dict(), "rescored_window": self._vas_rescored_window,
                  "cost": dict(self._vas_cost)}
         torch.save(state, os.path.join(checkpoint, STATE_FILE))
@@ -294,6 +296,7 @@ class VarianceAwareSamplingMixin:
 
 
 def _with_prompt_indices(train_dataset):
+    """The train set with each row's index in PROMPT_INDEX_COLUMN, which the scores are keyed by."""
     if not isinstance(train_dataset, Dataset):
         raise ValueError(
             f"vas_mode needs a map-style datasets.Dataset as train_dataset (prompts it can index and score), "
