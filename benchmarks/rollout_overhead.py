@@ -1,12 +1,14 @@
 """Rollout time of ThermoGRPOTrainer with a temperature schedule vs TRL's own fixed temperature.
 
 Same model, same prompts, same batch; every completion is forced to --max-new-tokens tokens (min_new_tokens) so
-every arm decodes the same number of steps. Arms run alternately, --repeats times each; medians are compared in
-this one run. Two timings:
+every arm decodes the same number of steps. Arms run in turn (order reversed every other repeat), --repeats times
+each; medians are compared in this one run. Three timings:
 
-- generate: `_generate_single_turn`, the sampling call (processor, behaviour log-probs included);
-- rollout:  `_generate_and_score_completions`, also rewards and, for EAD with TIS, the extra forward pass that
-            computes pi_old at temperature 1 (TRL skips it when one update follows each rollout).
+- generate:  `_generate_single_turn`, the sampling call (processor, behaviour log-probs included);
+- processor: the time spent inside the schedule's logits processor during that call (its share of the call is
+             immune to the run-to-run noise of a shared machine, which the ratios are not);
+- rollout:   `_generate_and_score_completions`, also rewards and, for EAD with TIS, the extra forward pass that
+             computes pi_old at temperature 1 (TRL skips it when one update follows each rollout).
 
     python benchmarks/rollout_overhead.py                          # tiny random model, 64 rows x 64 tokens
     python benchmarks/rollout_overhead.py --model PATH --max-new-tokens 256 --threads 2
@@ -21,6 +23,7 @@ import torch
 from datasets import Dataset
 
 from thermorl.models.tiny import build_tiny_model
+from thermorl.rollouts import ScheduledTemperatureProcessor
 from thermorl.trainers import ThermoGRPOConfig, ThermoGRPOTrainer
 
 PAPER_SCHEDULE = {"type": "annealed", "tau_max": 1.2, "tau_min": 0.1, "warmup_tokens": 10, "d0": 25.0, "alpha": 5.0,
@@ -42,6 +45,27 @@ def make_trainer(model, args, output_dir, **config):
                                 args=ThermoGRPOConfig(**settings, **config), train_dataset=dataset)
     trainer.model.eval()
     return trainer
+
+
+class ProcessorClock:
+    """Accumulates the wall time of every ScheduledTemperatureProcessor call (installed for the benchmark only)."""
+
+    def __init__(self):
+        self.total = 0.0
+        call, finalize = ScheduledTemperatureProcessor.__call__, ScheduledTemperatureProcessor.finalize
+
+        def timed(method):
+            def wrapper(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return method(*args, **kwargs)
+                finally:
+                    self.total += time.perf_counter() - start
+
+            return wrapper
+
+        ScheduledTemperatureProcessor.__call__ = timed(call)
+        ScheduledTemperatureProcessor.finalize = timed(finalize)
 
 
 def seconds(function) -> float:
@@ -77,14 +101,18 @@ def main():
         prompts = [f"{i % 10}+{i % 7}=" for i in range(args.rows // args.generations) for _ in range(args.generations)]
         prompt_ids = [list(ids) for ids in arms["fixed 1.2 (TRL temperature)"].processing_class(prompts)["input_ids"]]
         inputs = [{"prompt": prompt} for prompt in prompts]
-        timings = {name: {"generate": [], "rollout": []} for name in arms}
+        timings = {name: {"generate": [], "processor": [], "rollout": []} for name in arms}
         for name, trainer in arms.items():  # warm-up, untimed
             trainer._generate_single_turn(prompt_ids, None, {}, args.generations)
-        for _ in range(args.repeats):
-            for name, trainer in arms.items():
+        clock = ProcessorClock()
+        for repeat in range(args.repeats):
+            for name in list(arms)[:: 1 if repeat % 2 == 0 else -1]:
+                trainer = arms[name]
+                clock.total = 0.0
                 timings[name]["generate"].append(
                     seconds(lambda t=trainer: t._generate_single_turn(prompt_ids, None, {}, args.generations))
                 )
+                timings[name]["processor"].append(clock.total)
                 timings[name]["rollout"].append(seconds(lambda t=trainer: t._generate_and_score_completions(inputs)))
 
     baseline = "fixed 1.2 (TRL temperature)"
@@ -94,7 +122,12 @@ def main():
         reference = statistics.median(timings[baseline][phase])
         for name in arms:
             median = statistics.median(timings[name][phase])
-            print(f"  {phase:8s} {name:32s} median {median * 1000:8.1f} ms   ratio vs fixed {median / reference:.3f}")
+            print(f"  {phase:9s} {name:32s} median {median * 1000:8.1f} ms   ratio vs fixed {median / reference:.3f}")
+        if phase == "generate":
+            for name in list(arms)[1:]:
+                shares = [p / g for p, g in zip(timings[name]["processor"], timings[name]["generate"], strict=True)]
+                print(f"  processor {name:32s} median {statistics.median(timings[name]['processor']) * 1000:8.1f} ms"
+                      f"   share of its generate call {statistics.median(shares):.3f}")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,12 @@ def test_overrides_from_the_command_line_win():
     assert training_args.policy_loss_kwargs == {"tau_pos": 0.5}
 
 
+def test_override_text_is_converted_by_the_field_type_not_by_yaml():
+    # YAML would read "no" as False; save_strategy is a string field whose value "no" means no checkpoints.
+    _, training_args, _ = load_recipe("sapo", ["--save_strategy", "no", "--bf16", "false", "--report_to", "[]"])
+    assert training_args.save_strategy == "no" and training_args.bf16 is False and training_args.report_to == []
+
+
 def test_loss_parameters_are_validated_through_the_recipe():
     with pytest.raises(ValueError, match="'eps' for loss 'grpo'"):
         load_recipe({**CPU, "policy_loss": "grpo", "policy_loss_kwargs": {"eps": 0.2}})

@@ -82,7 +82,11 @@ def read_recipe(recipe: str | Path) -> dict[str, Any]:
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
-    """['--learning_rate', '1e-5', '--bf16=false'] -> {'learning_rate': '1e-5', 'bf16': False}."""
+    """['--learning_rate', '1e-5', '--bf16=false'] -> {'learning_rate': '1e-5', 'bf16': 'false'}.
+
+    Values stay text (the field's type converts them, so `--save_strategy no` stays the string "no"), except
+    YAML flow collections (`[a, b]`, `{k: v}`) and `null`.
+    """
     overrides: dict[str, Any] = {}
     i = 0
     while i < len(argv):
@@ -95,7 +99,9 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
                 raise ValueError(f"Override '--{key}' has no value.")
             value = argv[i + 1]
             i += 1
-        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+        if value.strip().startswith(("[", "{")) or value.strip() in ("null", "~"):
+            value = yaml.safe_load(value)
+        overrides[key.replace("-", "_")] = value
         i += 1
     return overrides
 
@@ -121,7 +127,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             raise ValueError(f"'{key}' must be one of {list(typing.get_args(annotation))}, got {value!r}.")
         return value
     if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        elif not isinstance(value, list | tuple):
             value = [value] if not isinstance(value, dict) else value
         if not isinstance(value, list | tuple):
             raise ValueError(f"'{key}' expects a list, got {value!r}.")
@@ -136,6 +144,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
         raise ValueError(f"'{key}' expects true/false, got {value!r}.")
     if annotation is float:
         if isinstance(value, bool):
@@ -145,6 +155,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         except (TypeError, ValueError):
             raise ValueError(f"'{key}' expects a number, got {value!r}.") from None
     if annotation is int:
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                raise ValueError(f"'{key}' expects an integer, got {value!r}.") from None
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise ValueError(f"'{key}' expects an integer, got {value!r}.")
         return int(value)

@@ -30,6 +30,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
 from ..losses.adpo_preference import adpo_preference_loss, pairwise_target_probs, score_target_probs
+from .metrics import log_mean_metrics
 
 PREFERENCE_PROBABILITY = "preference_probability"
 COMPLETIONS = "completions"
@@ -281,21 +282,13 @@ class ThermoADPOTrainer(DPOTrainer):
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
             metrics["aux_loss"] = outputs.aux_loss.item()
-        self._log_mean_metrics(mode, metrics)
+        log_mean_metrics(self, mode, metrics)
 
         if return_outputs:  # TRL's deprecated path for compute_metrics: the fused head built no logits
             with torch.no_grad():
                 outputs = model(**model_kwargs)
             return loss, outputs
         return loss
-
-    def _log_mean_metrics(self, mode: str, metrics: dict[str, float]) -> None:
-        """Average scalar metrics over processes with a single collective call."""
-        names = sorted(metrics)
-        values = torch.tensor([float(metrics[n]) for n in names], device=self.accelerator.device)
-        values = self.accelerator.gather(values.unsqueeze(0)).mean(dim=0)
-        for name, value in zip(names, values.tolist(), strict=True):
-            self._metrics[mode][name].append(value)
 
 
 def preference_pairs_from_task(task, rows: Dataset, seed: int = 0) -> Dataset:

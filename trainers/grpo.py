@@ -17,6 +17,7 @@ from trl import GRPOConfig, GRPOTrainer
 from ..losses import get_loss, loss_inputs, validate_loss_kwargs
 from .annealed import AnnealedRolloutArguments, AnnealedRolloutMixin
 from .atomic_checkpoint import AtomicCheckpointMixin
+from .metrics import log_mean_metrics
 from .reward_guard import guard_reward_func
 from .variance_aware import VarianceAwareSamplingArguments, VarianceAwareSamplingMixin
 
@@ -181,13 +182,5 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
             loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
 
         entropy = (entropies * mask).sum() / mask.sum().clamp(min=1.0)
-        self._log_mean_metrics(mode, {"entropy": entropy.item(), **metrics})
+        log_mean_metrics(self, mode, {"entropy": entropy.item(), **metrics})
         return loss
-
-    def _log_mean_metrics(self, mode: str, metrics: dict[str, float]) -> None:
-        """Average scalar metrics over processes with a single collective call."""
-        names = sorted(metrics)
-        values = torch.tensor([float(metrics[n]) for n in names], device=self.accelerator.device)
-        values = self.accelerator.gather(values.unsqueeze(0)).nanmean(dim=0)
-        for name, value in zip(names, values.tolist(), strict=True):
-            self._metrics[mode][name].append(value)
