@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from transformers import LogitsProcessorList
-from trl.models.utils import disable_gradient_checkpointing
 
 from ..rollouts import ScheduledTemperatureProcessor, TemperatureSchedule, build_schedule, check_generation_config
 
@@ -268,26 +267,7 @@ class AnnealedRolloutMixin:
         self._log_rollout_temperatures(processor, temperatures, mask)
         if self.args.ead_correction == "recompute_at_tau":
             batch["old_per_token_logps"] = behaviour_logps
-        elif self.args.ead_correction == "tis" and "old_per_token_logps" not in batch:
-            # TRL skips pi_old when one update follows each rollout; TIS needs it, and the hook gets no logps.
-            batch["old_per_token_logps"] = self._temperature_one_logps(batch)
         return batch
-
-    def _temperature_one_logps(self, batch) -> torch.Tensor:
-        from .grpo import _FORWARD_KEYS  # grpo imports this module
-
-        mode = "train" if self.model.training else "eval"
-        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            logps, _, _ = self._get_per_token_logps_and_entropies(
-                self.model,
-                torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1),
-                torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1),
-                batch["completion_ids"].size(1),
-                batch_size=batch_size,
-                **{key: batch.get(key) for key in _FORWARD_KEYS},
-            )
-        return logps
 
     def _log_rollout_temperatures(self, processor, temperatures, mask):
         """ead/temperature_mean and ead/share_at_tau_min (share of tokens at their schedule's tau_min) over tokens."""
@@ -303,11 +283,14 @@ class AnnealedRolloutMixin:
         self._metrics[mode]["ead/temperature_mean"].append((totals[0] / count).item())
         self._metrics[mode]["ead/share_at_tau_min"].append((totals[1] / count).item())
 
-    def _rollout_token_weights(self, inputs, mask):
+    def _rollout_token_weights(self, inputs, per_token_logps, mask):
         """Per-token correction of the policy loss for the behaviour policy's temperatures; None when off."""
         if self.rollout_schedules is None or self.args.ead_correction != "tis":
             return None
-        old_logps, behaviour_logps = inputs["old_per_token_logps"], inputs["behaviour_per_token_logps"]
+        # Without old log-probs in the batch TRL has made no update since the rollout: pi_theta is pi_old.
+        old_logps = inputs.get("old_per_token_logps")
+        old_logps = per_token_logps.detach() if old_logps is None else old_logps
+        behaviour_logps = inputs["behaviour_per_token_logps"]
         weights = truncated_importance_weights(old_logps, behaviour_logps, self.args.tis_cap)
         valid = mask.bool()
         truncated = (old_logps - behaviour_logps > math.log(self.args.tis_cap))[valid]

@@ -113,7 +113,7 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
         """Per-token multipliers on the policy loss: the rollout's own correction (e.g. EAD's truncated importance
         sampling) and TRL's options (entropy mask, vLLM IS, OPSM)."""
         weights = []
-        rollout_weights = self._rollout_token_weights(inputs, mask)
+        rollout_weights = self._rollout_token_weights(inputs, per_token_logps, mask)
         if rollout_weights is not None:
             weights.append(rollout_weights)
         if self.top_entropy_quantile < 1.0:
