@@ -48,8 +48,11 @@ def step_times(trainer) -> list[float]:
 def loss_hook_times(trainers: dict, repeats: int) -> dict[str, list[float]]:
     thermo = trainers["thermorl"]
     thermo.model.train()
-    batch = thermo._generate_and_score_completions([{"prompt": p} for p in thermo.train_dataset["prompt"][:64]])
+    rows = thermo.train_dataset.select(range(8))
+    batch = thermo._generate_and_score_completions([row for row in rows for _ in range(8)])
     times = {kind: [] for kind in trainers}
+    for trainer in trainers.values():  # set by the Trainer's loop, which this measurement bypasses
+        trainer.current_gradient_accumulation_steps = 1
     for i in range(repeats):
         order = list(trainers) if i % 2 == 0 else list(reversed(trainers))
         for kind in order:

@@ -196,7 +196,8 @@ class AnnealedRolloutMixin:
 
     Sampling: `_generate_single_turn` routes TRL's `generate` call through a ScheduledTemperatureProcessor at step
     `state.global_step` (so a resumed run continues EAD's growing horizon d_s). Batch: `_generate_and_score_completions`
-    adds `behaviour_per_token_logps` and `behaviour_per_token_temperatures` (B, T), and pi_old for the correction.
+    adds `behaviour_per_token_logps` and `behaviour_per_token_temperatures` (B, T) (and, for recompute_at_tau,
+    pi_old at tau_t).
     Loss: `_rollout_token_weights` gives the TIS weights.
     """
 
