@@ -12,7 +12,6 @@ import argparse
 import copy
 import statistics
 import tempfile
-import time
 
 import torch
 
@@ -21,6 +20,8 @@ from thermorl.evaluation.pipeline import parse_temperatures
 from thermorl.evaluation.sampling import sample_completions
 from thermorl.models.tiny import build_tiny_model
 from thermorl.tasks import get_task
+
+from timing import seconds  # benchmarks/timing.py, beside this script
 
 
 def per_temperature_loop(model, tokenizer, prompts, temperatures, samples, max_new_tokens):
@@ -49,17 +50,11 @@ def batched(model, tokenizer, prompts, temperatures, samples, max_new_tokens, ba
 
 def timed(functions, repeats):
     """Median seconds of each function; runs are interleaved so that a change in machine load hits both."""
-    seconds = [[] for _ in functions]
+    times = [[] for _ in functions]
     for _ in range(repeats):
-        for function, record in zip(functions, seconds):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            function()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            record.append(time.perf_counter() - start)
-    return [statistics.median(record) for record in seconds]
+        for function, record in zip(functions, times):
+            record.append(seconds(function))
+    return [statistics.median(record) for record in times]
 
 
 def main():

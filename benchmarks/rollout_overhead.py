@@ -26,6 +26,8 @@ from thermorl.models.tiny import build_tiny_model
 from thermorl.rollouts import ScheduledTemperatureProcessor
 from thermorl.trainers import ThermoGRPOConfig, ThermoGRPOTrainer
 
+from timing import seconds  # benchmarks/timing.py, beside this script
+
 PAPER_SCHEDULE = {"type": "annealed", "tau_max": 1.2, "tau_min": 0.1, "warmup_tokens": 10, "d0": 25.0, "alpha": 5.0,
                   "d_max": 40000.0, "horizon_scale": 20.0}
 
@@ -66,16 +68,6 @@ class ProcessorClock:
 
         ScheduledTemperatureProcessor.__call__ = timed(call)
         ScheduledTemperatureProcessor.finalize = timed(finalize)
-
-
-def seconds(function) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    function()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main():
