@@ -83,7 +83,22 @@ def _group_order(group_ids: torch.Tensor | None, batch_size: int, group_size: in
 ADPO_INPUTS = ("group_size", "anchor_per_token_logps", "group_ids", "entropies", "rewards", "vocab_size")
 
 
-@register_loss("adpo", inputs=ADPO_INPUTS)
+def _check_tau_bounds(params: dict) -> None:
+    if params["tau_min"] > params["tau_max"]:
+        raise ValueError(f"tau_min={params['tau_min']} must not exceed tau_max={params['tau_max']}")
+
+
+ADPO_RANGES = {
+    "tau_anc": "(0, inf)",
+    "beta_r": "(0, inf)",
+    "tau_alpha": "[0, inf)",
+    "tau_beta": "[0, inf)",
+    "tau_min": "(0, inf)",
+    "tau_max": "(0, inf)",
+}
+
+
+@register_loss("adpo", inputs=ADPO_INPUTS, ranges=ADPO_RANGES, check=_check_tau_bounds)
 def adpo_loss(
     per_token_logps: torch.Tensor,
     old_per_token_logps: torch.Tensor,
@@ -93,6 +108,8 @@ def adpo_loss(
     group_size: int,
     token_weights: torch.Tensor | None = None,
     ref_per_token_logps: torch.Tensor | None = None,
+    max_completion_length: int | None = None,
+    tokens_per_micro_batch: float | torch.Tensor | None = None,
     beta: float = 0.0,
     aggregation: str = "seq_mean_token_mean",
     tau_anc: float = 0.8,
@@ -147,6 +164,13 @@ def adpo_loss(
         }
     if beta != 0.0:
         per_token_kl = k3_kl(per_token_logps, ref_per_token_logps)
-        loss = loss + beta * aggregate(per_token_kl, mask, aggregation)
+        kl = aggregate(
+            per_token_kl,
+            mask,
+            aggregation,
+            max_completion_length=max_completion_length,
+            tokens_per_micro_batch=tokens_per_micro_batch,
+        )
+        loss = loss + beta * kl
         metrics["kl"] = masked_mean(per_token_kl.detach(), mask).item()
     return loss, metrics

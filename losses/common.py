@@ -8,7 +8,11 @@ import torch
 # verl clamps log-ratios to this range: exp(20) ~ 5e8 stays finite in fp32 and in its backward pass.
 LOG_RATIO_CLAMP = 20.0
 
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+# Valid ranges of the clip parameters: 1 - eps_low must stay a positive ratio; a cap delta <= 1 would cut every
+# ratio above 1, which is no longer clipping.
+CLIP_RANGES = {"eps_low": "[0, 1)", "eps_high": "[0, inf)", "delta": "(1, inf)"}
+
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "seq_mean_token_sum", "batch_token_mean")
 
 
 def clamped_log_ratio(per_token_logps: torch.Tensor, base_per_token_logps: torch.Tensor) -> torch.Tensor:
@@ -45,19 +49,37 @@ def check_aggregation(aggregation: str) -> None:
         raise ValueError(f"Unknown aggregation {aggregation!r}; valid aggregations: {', '.join(AGGREGATIONS)}")
 
 
-def aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor, aggregation: str) -> torch.Tensor:
+def aggregate(
+    per_token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: str,
+    *,
+    max_completion_length: int | None = None,
+    tokens_per_micro_batch: float | torch.Tensor | None = None,
+) -> torch.Tensor:
     """Reduce a (B, T) per-token loss to a scalar.
 
-    token_mean: sum over all masked tokens / their count (DAPO, TRL "bnpo").
+    token_mean: sum over all masked tokens / their count (TRL "bnpo").
     seq_mean_token_mean: mean over each sequence's tokens, then over sequences (GRPO paper, TRL "grpo").
-    seq_mean_token_sum_norm: each sequence's token sum / T (constant), then mean (Dr. GRPO, arXiv 2503.20783).
+    seq_mean_token_sum_norm: each sequence's token sum / max_completion_length, then mean (Dr. GRPO,
+        arXiv 2503.20783; TRL "dr_grpo"). Without `max_completion_length` the mask width T stands in for it.
+    seq_mean_token_sum: each sequence's token sum, then mean (LUSPO, TRL "luspo").
+    batch_token_mean: token sum / `tokens_per_micro_batch`, the optimizer step's completion tokens per micro-batch,
+        so every token of the step weighs the same whatever micro-batch it lands in (DAPO, TRL "dapo").
     """
     check_aggregation(aggregation)
+    masked = per_token_loss * mask.to(per_token_loss.dtype)
     if aggregation == "token_mean":
         return masked_mean(per_token_loss, mask)
     if aggregation == "seq_mean_token_mean":
         return masked_mean(per_token_loss, mask, dim=-1).mean()
-    return (per_token_loss * mask.to(per_token_loss.dtype)).sum(-1).div(mask.shape[-1]).mean()
+    if aggregation == "seq_mean_token_sum_norm":
+        return masked.sum() / (mask.shape[0] * (max_completion_length or mask.shape[-1]))
+    if aggregation == "seq_mean_token_sum":
+        return masked.sum(-1).mean()
+    if tokens_per_micro_batch is None:
+        raise ValueError("aggregation='batch_token_mean' needs tokens_per_micro_batch (supplied by the trainer)")
+    return masked.sum() / tokens_per_micro_batch
 
 
 def check_kl_inputs(beta: float, ref_per_token_logps: torch.Tensor | None) -> None:
@@ -74,8 +96,15 @@ def reduce_policy_loss(
     ref_per_token_logps: torch.Tensor | None,
     beta: float,
     aggregation: str,
+    kl_ratio: torch.Tensor | None = None,
+    max_completion_length: int | None = None,
+    tokens_per_micro_batch: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weight the per-token policy loss, add beta * k3 KL, aggregate; returns (loss, {"kl": ...} if beta)."""
+    """Weight the per-token policy loss, add beta * k3 KL, aggregate; returns (loss, {"kl": ...} if beta).
+
+    `kl_ratio` (the importance ratio, with its gradient) multiplies the KL term: DeepSeek-V3.2's bias-corrected
+    KL (arXiv 2512.02556), TRL's `use_bias_correction_kl`. The logged KL is the corrected one, as in TRL.
+    """
     check_aggregation(aggregation)
     check_kl_inputs(beta, ref_per_token_logps)
     per_token_loss = per_token_policy_loss
@@ -84,14 +113,31 @@ def reduce_policy_loss(
     metrics = {}
     if beta != 0.0:
         per_token_kl = k3_kl(per_token_logps, ref_per_token_logps)
+        if kl_ratio is not None:
+            per_token_kl = per_token_kl * kl_ratio
         per_token_loss = per_token_loss + beta * per_token_kl
         metrics["kl"] = masked_mean(per_token_kl.detach(), mask).item()
-    return aggregate(per_token_loss, mask, aggregation), metrics
+    loss = aggregate(
+        per_token_loss,
+        mask,
+        aggregation,
+        max_completion_length=max_completion_length,
+        tokens_per_micro_batch=tokens_per_micro_batch,
+    )
+    return loss, metrics
 
 
-def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float) -> torch.Tensor:
-    """PPO clip per token: -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)."""
+def clipped_surrogate(
+    ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float, delta: float | None = None
+) -> torch.Tensor:
+    """PPO clip per token: -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A).
+
+    With `delta` the unclipped ratio is capped at delta as well (two-sided clipping, arXiv 2505.22617 via TRL's
+    `delta`): a negative advantage times a huge ratio no longer gives an unbounded loss.
+    """
     clipped_ratio = ratio.clamp(1 - eps_low, 1 + eps_high)
+    if delta is not None:
+        ratio = ratio.clamp(max=delta)
     return -torch.min(ratio * advantages, clipped_ratio * advantages)
 
 
@@ -126,27 +172,29 @@ def clipped_policy_loss(
     *,
     eps_low: float,
     eps_high: float,
+    delta: float | None,
     per_sequence: bool,
-    token_weights: torch.Tensor | None,
-    ref_per_token_logps: torch.Tensor | None,
-    beta: float,
-    aggregation: str,
+    kl_bias_correction: bool,
+    **reduction,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO-clip loss on `ratio` ((B, T) per token, or (B, 1) per sequence), with clip and ratio metrics."""
+    """PPO-clip loss on `ratio` ((B, T) per token, or (B, 1) per sequence), with clip and ratio metrics.
+
+    `reduction`: the keyword arguments of `reduce_policy_loss` (token weights, KL, aggregation and its constants).
+    """
     token_adv = token_advantages(advantages)
     loss, metrics = reduce_policy_loss(
-        clipped_surrogate(ratio, token_adv, eps_low, eps_high),
+        clipped_surrogate(ratio, token_adv, eps_low, eps_high, delta),
         completion_mask,
         per_token_logps=per_token_logps,
-        token_weights=token_weights,
-        ref_per_token_logps=ref_per_token_logps,
-        beta=beta,
-        aggregation=aggregation,
+        kl_ratio=ratio if kl_bias_correction else None,
+        **reduction,
     )
-    metrics.update(clip_metrics(ratio, token_adv, completion_mask, eps_low, eps_high, per_sequence=per_sequence))
-    ratio = ratio.detach().expand(completion_mask.shape)
-    if per_sequence:
+    # TRL counts clipping on the delta-capped ratio
+    capped = ratio if delta is None else ratio.clamp(max=delta)
+    metrics.update(clip_metrics(capped, token_adv, completion_mask, eps_low, eps_high, per_sequence=per_sequence))
+    ratio = ratio.detach()
+    if per_sequence:  # (B, 1): one ratio per sequence that has tokens
         metrics["ratio/mean"] = masked_mean(ratio[:, 0], completion_mask.sum(-1) > 0).item()
     else:
-        metrics["ratio/mean"] = masked_mean(ratio, completion_mask).item()
+        metrics["ratio/mean"] = masked_mean(ratio.expand(completion_mask.shape), completion_mask).item()
     return loss, metrics

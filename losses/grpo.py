@@ -1,18 +1,20 @@
 """GRPO policy loss: PPO's clipped surrogate per token (DeepSeekMath, arXiv 2402.03300).
 
-    loss = agg_t  -min(r_t A, clip(r_t, 1 - eps_low, 1 + eps_high) A),   r_t = pi_theta / pi_old
+    loss = agg_t  -min(min(r_t, delta) A, clip(r_t, 1 - eps_low, 1 + eps_high) A),   r_t = pi_theta / pi_old
 
-eps_high > eps_low is DAPO's clip-higher (arXiv 2503.14476, eps_high = 0.28). Default aggregation is the
-GRPO paper's (mean over each response's tokens, then over responses), TRL's `loss_type="grpo"`.
+eps_high > eps_low is DAPO's clip-higher (arXiv 2503.14476, eps_high = 0.28); `delta` (off by default) caps the
+unclipped ratio too (two-sided clipping). Default aggregation is the GRPO paper's (mean over each response's tokens,
+then over responses), TRL's `loss_type="grpo"`; TRL's dapo, bnpo, dr_grpo and luspo are this loss with another
+aggregation (see `thermorl.trainers.trl_loss`).
 """
 
 import torch
 
-from .common import clamped_log_ratio, clipped_policy_loss
+from .common import CLIP_RANGES, clamped_log_ratio, clipped_policy_loss
 from .registry import register_loss
 
 
-@register_loss("grpo")
+@register_loss("grpo", ranges=CLIP_RANGES)
 def grpo_loss(
     per_token_logps: torch.Tensor,
     old_per_token_logps: torch.Tensor,
@@ -21,10 +23,14 @@ def grpo_loss(
     *,
     token_weights: torch.Tensor | None = None,
     ref_per_token_logps: torch.Tensor | None = None,
+    max_completion_length: int | None = None,
+    tokens_per_micro_batch: float | torch.Tensor | None = None,
     beta: float = 0.0,
     aggregation: str = "seq_mean_token_mean",
     eps_low: float = 0.2,
     eps_high: float = 0.2,
+    delta: float | None = None,
+    kl_bias_correction: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     ratio = torch.exp(clamped_log_ratio(per_token_logps, old_per_token_logps))
     return clipped_policy_loss(
@@ -34,9 +40,13 @@ def grpo_loss(
         completion_mask,
         eps_low=eps_low,
         eps_high=eps_high,
+        delta=delta,
         per_sequence=False,
+        kl_bias_correction=kl_bias_correction,
         token_weights=token_weights,
         ref_per_token_logps=ref_per_token_logps,
         beta=beta,
         aggregation=aggregation,
+        max_completion_length=max_completion_length,
+        tokens_per_micro_batch=tokens_per_micro_batch,
     )

@@ -5,14 +5,15 @@ One importance ratio per sequence, the length-normalised geometric mean of the t
     s_i = exp( (1/|y_i|) sum_t log(pi_theta(y_it) / pi_old(y_it)) ),
 
 clipped like PPO with the paper's narrow range eps_low = 3e-4, eps_high = 4e-4 (TRL:
-`importance_sampling_level="sequence"`). GSPO-token uses s_it = sg[s_i] * pi_theta(y_it) / sg[pi_theta(y_it)]
+`importance_sampling_level="sequence"`; `delta` and `kl_bias_correction` as in `grpo`).
+GSPO-token uses s_it = sg[s_i] * pi_theta(y_it) / sg[pi_theta(y_it)]
 (sg = stop-gradient), which lets the advantage vary per token; when it is shared by the sequence both are
 equal in value and gradient.
 """
 
 import torch
 
-from .common import clamped_log_ratio, clipped_policy_loss, masked_mean
+from .common import CLIP_RANGES, clamped_log_ratio, clipped_policy_loss, masked_mean
 from .registry import register_loss
 
 
@@ -22,7 +23,7 @@ def sequence_log_ratio(per_token_logps, old_per_token_logps, completion_mask) ->
     return masked_mean(log_ratio, completion_mask, dim=-1).unsqueeze(-1)
 
 
-@register_loss("gspo")
+@register_loss("gspo", ranges=CLIP_RANGES)
 def gspo_loss(
     per_token_logps: torch.Tensor,
     old_per_token_logps: torch.Tensor,
@@ -31,10 +32,14 @@ def gspo_loss(
     *,
     token_weights: torch.Tensor | None = None,
     ref_per_token_logps: torch.Tensor | None = None,
+    max_completion_length: int | None = None,
+    tokens_per_micro_batch: float | torch.Tensor | None = None,
     beta: float = 0.0,
     aggregation: str = "seq_mean_token_mean",
     eps_low: float = 3e-4,
     eps_high: float = 4e-4,
+    delta: float | None = None,
+    kl_bias_correction: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     ratio = torch.exp(sequence_log_ratio(per_token_logps, old_per_token_logps, completion_mask))
     return clipped_policy_loss(
@@ -44,15 +49,19 @@ def gspo_loss(
         completion_mask,
         eps_low=eps_low,
         eps_high=eps_high,
+        delta=delta,
         per_sequence=True,
+        kl_bias_correction=kl_bias_correction,
         token_weights=token_weights,
         ref_per_token_logps=ref_per_token_logps,
         beta=beta,
         aggregation=aggregation,
+        max_completion_length=max_completion_length,
+        tokens_per_micro_batch=tokens_per_micro_batch,
     )
 
 
-@register_loss("gspo_token")
+@register_loss("gspo_token", ranges=CLIP_RANGES)
 def gspo_token_loss(
     per_token_logps: torch.Tensor,
     old_per_token_logps: torch.Tensor,
@@ -61,10 +70,14 @@ def gspo_token_loss(
     *,
     token_weights: torch.Tensor | None = None,
     ref_per_token_logps: torch.Tensor | None = None,
+    max_completion_length: int | None = None,
+    tokens_per_micro_batch: float | torch.Tensor | None = None,
     beta: float = 0.0,
     aggregation: str = "seq_mean_token_mean",
     eps_low: float = 3e-4,
     eps_high: float = 4e-4,
+    delta: float | None = None,
+    kl_bias_correction: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     log_seq_ratio = sequence_log_ratio(per_token_logps, old_per_token_logps, completion_mask)
     ratio = torch.exp(log_seq_ratio.detach() + per_token_logps - per_token_logps.detach())
@@ -75,9 +88,13 @@ def gspo_token_loss(
         completion_mask,
         eps_low=eps_low,
         eps_high=eps_high,
+        delta=delta,
         per_sequence=False,
+        kl_bias_correction=kl_bias_correction,
         token_weights=token_weights,
         ref_per_token_logps=ref_per_token_logps,
         beta=beta,
         aggregation=aggregation,
+        max_completion_length=max_completion_length,
+        tokens_per_micro_batch=tokens_per_micro_batch,
     )

@@ -6,7 +6,8 @@ PPO's hard clip replaced by a smooth gate on the token ratio r = pi_theta / pi_o
 
 The gradient weight is df/dr = w(r) = 4 p (1 - p), p = sigmoid(tau (r - 1)): w(1) = 1 (GRPO's gradient on
 the first update after a rollout), decaying smoothly as r leaves 1. tau_neg > tau_pos damps negative
-advantages harder. Matches TRL's `loss_type="sapo"` with `sapo_temperature_pos/neg`.
+advantages harder. Matches TRL's `loss_type="sapo"` with `sapo_temperature_pos/neg`; `kl_bias_correction` as in
+`grpo`.
 """
 
 import torch
@@ -21,7 +22,7 @@ def sapo_gate_weight(ratio: torch.Tensor, tau: float | torch.Tensor) -> torch.Te
     return 4 * p * (1 - p)
 
 
-@register_loss("sapo")
+@register_loss("sapo", ranges={"tau_pos": "(0, inf)", "tau_neg": "(0, inf)"})
 def sapo_loss(
     per_token_logps: torch.Tensor,
     old_per_token_logps: torch.Tensor,
@@ -30,10 +31,13 @@ def sapo_loss(
     *,
     token_weights: torch.Tensor | None = None,
     ref_per_token_logps: torch.Tensor | None = None,
+    max_completion_length: int | None = None,
+    tokens_per_micro_batch: float | torch.Tensor | None = None,
     beta: float = 0.0,
     aggregation: str = "seq_mean_token_mean",
     tau_pos: float = 1.0,
     tau_neg: float = 1.05,
+    kl_bias_correction: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     ratio = torch.exp(clamped_log_ratio(per_token_logps, old_per_token_logps))
     token_adv = token_advantages(advantages)
@@ -47,6 +51,9 @@ def sapo_loss(
         ref_per_token_logps=ref_per_token_logps,
         beta=beta,
         aggregation=aggregation,
+        kl_ratio=ratio if kl_bias_correction else None,
+        max_completion_length=max_completion_length,
+        tokens_per_micro_batch=tokens_per_micro_batch,
     )
     gate_weight = sapo_gate_weight(ratio.detach(), tau)
     metrics["sapo/gate_weight_mean"] = masked_mean(gate_weight, completion_mask).item()

@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from thermorl.losses import LOSSES, get_loss, loss_inputs, loss_parameters, register_loss, validate_loss_kwargs
 from thermorl.losses.adpo import adaptive_anchor_temperature, anchored_listwise_loss
-from thermorl.losses.common import aggregate
+from thermorl.losses.common import AGGREGATIONS, aggregate
 from thermorl.losses.sapo import sapo_gate_weight
 
 
@@ -32,21 +33,25 @@ def random_batch(seed: int, batch: int = 4, length: int = 5):
     return logps, old, advantages, mask
 
 
+ALL_LOSSES = sorted(LOSSES)
+
+
 def required_inputs(name: str) -> dict:
-    return {"group_size": 2} if name == "adpo" else {}
+    """Inputs the trainer always supplies: the group size (ADPO), the tokens per micro-batch (batch_token_mean)."""
+    return {"tokens_per_micro_batch": 7.0, **({"group_size": 2} if name == "adpo" else {})}
 
 
 # ---------------------------------------------------------------- registry
 
 
 def test_unknown_loss_lists_valid_names():
-    with pytest.raises(ValueError, match="'ppo'.*valid losses: adpo, grpo, gspo, gspo_token, sapo"):
+    with pytest.raises(ValueError, match="'ppo'.*valid losses: adpo, cispo, grpo, gspo, gspo_token, sapo, vespo"):
         get_loss("ppo")
 
 
 def test_validate_loss_kwargs_names_unknown_key_and_lists_valid_ones():
     validate_loss_kwargs("grpo", {"eps_low": 0.2, "eps_high": 0.28, "aggregation": "token_mean"})
-    with pytest.raises(ValueError, match=r"'epsilon'.*'grpo'.*valid: beta, aggregation, eps_low, eps_high"):
+    with pytest.raises(ValueError, match=r"'epsilon'.*'grpo'.*valid: beta, aggregation, eps_low, eps_high, delta, kl_bias_correction"):
         validate_loss_kwargs("grpo", {"eps_low": 0.2, "epsilon": 0.2})
     # tensors and the group size come from the trainer, not from the user
     with pytest.raises(ValueError, match="'group_size'"):
@@ -56,11 +61,60 @@ def test_validate_loss_kwargs_names_unknown_key_and_lists_valid_ones():
 
 
 def test_loss_parameters_and_inputs_come_from_the_signature():
-    expected_sapo = {"beta": 0.0, "aggregation": "seq_mean_token_mean", "tau_pos": 1.0, "tau_neg": 1.05}
+    expected_sapo = {
+        "beta": 0.0, "aggregation": "seq_mean_token_mean", "tau_pos": 1.0, "tau_neg": 1.05, "kl_bias_correction": False
+    }
     assert loss_parameters("sapo") == expected_sapo
     assert loss_parameters("gspo")["eps_low"] == 3e-4 and loss_parameters("gspo")["eps_high"] == 4e-4
     assert "group_size" in loss_inputs("adpo") and "group_size" not in loss_parameters("adpo")
     assert loss_parameters("adpo")["tau_anc"] == 0.8 and loss_parameters("adpo")["beta_r"] == 0.5
+
+
+def test_yaml_numbers_read_as_strings_become_numbers():
+    # YAML 1.1 reads 3e-4 (no dot) as the string '3e-4'
+    params = yaml.safe_load("{eps_low: 3e-4, eps_high: 4e-4, delta: 2}")
+    assert params == {"eps_low": "3e-4", "eps_high": "4e-4", "delta": 2}
+    coerced = validate_loss_kwargs("gspo", params)
+    assert coerced == {"eps_low": 3e-4, "eps_high": 4e-4, "delta": 2.0}
+    assert all(type(v) is float for v in coerced.values())
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("grpo", {"eps_low": -0.1}, r"Loss 'grpo': parameter 'eps_low' must lie in \[0, 1\), got -0.1"),
+        ("grpo", {"eps_low": 1.5}, r"'eps_low' must lie in \[0, 1\)"),
+        ("gspo", {"eps_high": -4e-4}, r"Loss 'gspo': parameter 'eps_high' must lie in \[0, inf\)"),
+        ("grpo", {"delta": 0.9}, r"'delta' must lie in \(1, inf\)"),
+        ("sapo", {"tau_pos": 0}, r"Loss 'sapo': parameter 'tau_pos' must lie in \(0, inf\), got 0.0"),
+        ("sapo", {"tau_neg": -1.05}, r"'tau_neg' must lie in \(0, inf\)"),
+        ("adpo", {"tau_anc": 0.0}, r"Loss 'adpo': parameter 'tau_anc' must lie in \(0, inf\)"),
+        ("adpo", {"beta_r": -1}, r"'beta_r' must lie"),
+        ("adpo", {"tau_min": 2.0, "tau_max": 1.0}, r"Loss 'adpo': tau_min=2.0 must not exceed tau_max=1.0"),
+        ("cispo", {"ratio_cap": 0}, r"Loss 'cispo': parameter 'ratio_cap' must lie in \(0, inf\)"),
+        ("vespo", {"lambda_neg": 0}, r"Loss 'vespo': parameter 'lambda_neg'"),
+        ("sapo", {"tau_pos": "high"}, r"Loss 'sapo': parameter 'tau_pos' must be a number, got 'high' \(str\)"),
+        ("sapo", {"tau_pos": True}, r"'tau_pos' must be a number, got True"),
+        ("sapo", {"tau_pos": float("nan")}, r"'tau_pos' must be a number, got NaN"),
+        ("grpo", {"eps_high": [0.2]}, r"'eps_high' must be a number"),
+        ("grpo", {"kl_bias_correction": "yes"}, r"Loss 'grpo': parameter 'kl_bias_correction' must be a bool"),
+        ("sapo", {"aggregation": 1}, r"'aggregation' must be a str"),
+        ("adpo", {"adaptive_tau": 1}, r"'adaptive_tau' must be a bool"),
+    ],
+)
+def test_bad_parameter_values_are_refused_naming_loss_and_parameter(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        validate_loss_kwargs(name, kwargs)
+
+
+def test_register_loss_checks_its_ranges():
+    def loss(per_token_logps, old_per_token_logps, advantages, completion_mask, *, token_weights=None,
+             ref_per_token_logps=None, max_completion_length=None, tokens_per_micro_batch=None, eps: float = 0.1):
+        return per_token_logps.sum(), {}
+
+    with pytest.raises(ValueError, match=r"ranges for \['epsilon'\], which are not its parameters"):
+        register_loss("test_ranges_loss", ranges={"epsilon": "[0, 1)"})(loss)
+    assert "test_ranges_loss" not in LOSSES
 
 
 def test_register_loss_rejects_a_taken_name():
@@ -81,8 +135,42 @@ def test_aggregations_against_hand_computation():
         aggregate(per_token, mask, "mean")
 
 
-@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
-@pytest.mark.parametrize("name", ["grpo", "gspo", "gspo_token", "sapo", "adpo"])
+def test_trl_aggregations_against_hand_computation():
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert aggregate(per_token, mask, "seq_mean_token_sum").item() == pytest.approx((3 + 4) / 2)
+    # Dr. GRPO divides by the configured maximum length, not by the batch's padded width
+    norm = aggregate(per_token, mask, "seq_mean_token_sum_norm", max_completion_length=8)
+    assert norm.item() == pytest.approx((3 + 4) / (2 * 8))
+    assert aggregate(per_token, mask, "batch_token_mean", tokens_per_micro_batch=14).item() == pytest.approx(7 / 14)
+    with pytest.raises(ValueError, match="batch_token_mean' needs tokens_per_micro_batch"):
+        aggregate(per_token, mask, "batch_token_mean")
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
+def test_zero_length_completions_give_finite_loss_and_metrics(name):
+    """A micro-batch whose completions are all empty (e.g. every one truncated away): no IndexError, loss 0."""
+    logps = torch.zeros(4, 0, dtype=torch.float64, requires_grad=True)
+    old, mask = torch.zeros(4, 0, dtype=torch.float64), torch.zeros(4, 0, dtype=torch.bool)
+    loss, metrics = get_loss(name)(logps, old, torch.tensor([1.0, -1.0, 0.5, -0.5]), mask, **required_inputs(name))
+    loss.backward()
+    assert torch.isfinite(loss) and all(math.isfinite(v) for v in metrics.values())
+    if name != "adpo":  # ADPO's empty sequences are equally likely: a constant cross-entropy against uniform p
+        assert loss.item() == 0.0
+
+
+def test_vespo_weight_is_one_at_ratio_one_and_its_gradient_is_reinforce():
+    old = torch.full((2, 3), -1.0, dtype=torch.float64)
+    logps = old.clone().requires_grad_()
+    advantages = torch.tensor([0.5, -2.0], dtype=torch.float64)
+    loss, metrics = get_loss("vespo")(logps, old, advantages, torch.ones(2, 3), aggregation="token_mean")
+    assert metrics["vespo/phi_seq_mean"] == pytest.approx(1.0)  # phi(1) = exp(lambda - lambda) = 1
+    loss.backward()
+    torch.testing.assert_close(logps.grad, -advantages[:, None].expand(2, 3) / 6)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("name", ALL_LOSSES)
 def test_all_masked_row_gives_finite_loss_and_gradient(name, aggregation):
     logps, old, advantages, mask = random_batch(seed=1)
     mask[2] = False
@@ -93,7 +181,7 @@ def test_all_masked_row_gives_finite_loss_and_gradient(name, aggregation):
     assert (logps.grad[2] == 0).all()
 
 
-@pytest.mark.parametrize("name", ["grpo", "gspo", "gspo_token", "sapo", "adpo"])
+@pytest.mark.parametrize("name", ALL_LOSSES)
 def test_old_logps_and_per_token_advantages(name):
     logps, old, advantages, mask = random_batch(seed=6)
     old.requires_grad_()
@@ -105,7 +193,7 @@ def test_old_logps_and_per_token_advantages(name):
     torch.testing.assert_close(token_loss, loss)
 
 
-@pytest.mark.parametrize("name", ["grpo", "gspo", "gspo_token", "sapo", "adpo"])
+@pytest.mark.parametrize("name", ALL_LOSSES)
 def test_huge_log_ratios_give_finite_loss_and_gradient(name):
     logps, old, advantages, mask = random_batch(seed=2)
     huge = torch.tensor([1e4, -1e4, 50.0, -50.0, 0.0], dtype=torch.float64)
@@ -399,7 +487,7 @@ def trl_setup(tmp_path_factory):
         "prompt_mask": torch.ones_like(prompt_ids),
         "completion_ids": completion_ids,
         "completion_mask": completion_mask,
-        "advantages": torch.tensor([1.0, -1.0, 0.7, -0.7]),
+        "advantages": torch.tensor([-1.0, 0.5, -0.7, 0.7]),
         # noise large enough that some ratios leave [0.8, 1.2] and get clipped
         "old_per_token_logps": logps + 0.3 * torch.randn(logps.shape, generator=generator),
         "ref_per_token_logps": logps + 0.2 * torch.randn(logps.shape, generator=generator),
@@ -411,7 +499,15 @@ def trl_setup(tmp_path_factory):
 GSPO_TRL = {"importance_sampling_level": "sequence", "epsilon_low": 3e-4, "epsilon_high": 4e-4}
 # plain k3 KL = TRL without its (default-on) importance-ratio correction of the KL term
 KL_TRL = {"beta": 0.04, "use_bias_correction_kl": False}
+BIAS_CORRECTED_KL_TRL = {"beta": 0.04, "use_bias_correction_kl": True}
+BIAS_CORRECTED_KL = {"beta": 0.04, "kl_bias_correction": True}
 SAPO_TRL = {"loss_type": "sapo", "sapo_temperature_pos": 0.9, "sapo_temperature_neg": 1.3}
+VESPO_TRL = {"loss_type": "vespo", "vespo_k_pos": 1.5, "vespo_lambda_pos": 2.5, "vespo_k_neg": 2.0, "vespo_lambda_neg": 1.5}
+VESPO = {"k_pos": 1.5, "lambda_pos": 2.5, "k_neg": 2.0, "lambda_neg": 1.5}
+BATCH = {"aggregation": "batch_token_mean"}  # TRL's dapo, cispo and vespo normalisation
+# GRPOConfig fields TRL's _compute_loss reads from `args`; the others are trainer attributes
+TRL_ARGS_FIELDS = ("delta", "use_bias_correction_kl", "sapo_temperature_pos", "sapo_temperature_neg", "vespo_k_pos",
+                   "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg")
 
 # case: (our loss, TRL settings overridden on the trainer, our loss kwargs)
 TRL_CASES = {
@@ -419,10 +515,46 @@ TRL_CASES = {
     "grpo_clip_higher": ("grpo", {"epsilon_high": 0.28}, {"eps_high": 0.28}),
     "grpo_token_mean_vs_bnpo": ("grpo", {"loss_type": "bnpo"}, {"aggregation": "token_mean"}),
     "grpo_token_sum_norm_vs_dr_grpo": ("grpo", {"loss_type": "dr_grpo"}, {"aggregation": "seq_mean_token_sum_norm"}),
+    "dr_grpo_normalises_by_max_completion_length": (
+        "grpo",
+        {"loss_type": "dr_grpo", "max_completion_length": 7},
+        {"aggregation": "seq_mean_token_sum_norm", "max_completion_length": 7},
+    ),
+    "grpo_batch_token_mean_vs_dapo": ("grpo", {"loss_type": "dapo"}, BATCH),
+    "grpo_token_sum_vs_luspo_token": ("grpo", {"loss_type": "luspo"}, {"aggregation": "seq_mean_token_sum"}),
+    "gspo_token_sum_vs_luspo": (
+        "gspo",
+        {"loss_type": "luspo", "importance_sampling_level": "sequence"},
+        {"aggregation": "seq_mean_token_sum", "eps_low": 0.2, "eps_high": 0.2},
+    ),
+    "grpo_delta": ("grpo", {"delta": 1.25}, {"delta": 1.25}),
+    "gspo_delta": ("gspo", {**GSPO_TRL, "delta": 1.1}, {"delta": 1.1}),
     "grpo_kl": ("grpo", KL_TRL, {"beta": 0.04}),
+    "grpo_bias_corrected_kl": ("grpo", BIAS_CORRECTED_KL_TRL, BIAS_CORRECTED_KL),
     "sapo": ("sapo", SAPO_TRL, {"tau_pos": 0.9, "tau_neg": 1.3}),
+    "sapo_bias_corrected_kl": ("sapo", {**SAPO_TRL, **BIAS_CORRECTED_KL_TRL}, {"tau_pos": 0.9, "tau_neg": 1.3,
+                                                                             **BIAS_CORRECTED_KL}),
     "gspo": ("gspo", GSPO_TRL, {}),
     "gspo_kl": ("gspo", {**GSPO_TRL, **KL_TRL}, {"beta": 0.04}),
+    "gspo_bias_corrected_kl": ("gspo", {**GSPO_TRL, **BIAS_CORRECTED_KL_TRL}, BIAS_CORRECTED_KL),
+    "cispo": ("cispo", {"loss_type": "cispo", "epsilon_high": 1.1}, {"ratio_cap": 1.1, **BATCH}),
+    "cispo_bias_corrected_kl": (
+        "cispo",
+        {"loss_type": "cispo", "epsilon_high": 1.1, **BIAS_CORRECTED_KL_TRL},
+        {"ratio_cap": 1.1, **BATCH, **BIAS_CORRECTED_KL},
+    ),
+    "vespo": ("vespo", {"loss_type": "vespo"}, BATCH),
+    "vespo_parameters_and_kl": ("vespo", {**VESPO_TRL, **BIAS_CORRECTED_KL_TRL}, {**VESPO, **BATCH,
+                                                                                  **BIAS_CORRECTED_KL}),
+}
+# TRL's metric name for each of ours
+TRL_METRICS = {
+    "clip_ratio/low": "clip_ratio/low_mean",
+    "clip_ratio/high": "clip_ratio/high_mean",
+    "clip_ratio/region": "clip_ratio/region_mean",
+    "cispo/clip_ratio": "cispo_clip_ratio",
+    "vespo/phi_seq_mean": "vespo/phi_seq_mean",
+    "kl": "kl",
 }
 
 
@@ -431,35 +563,46 @@ def test_matches_trl_grpo_trainer(trl_setup, monkeypatch, case):
     trainer, inputs, input_ids, attention_mask = trl_setup
     name, trl_settings, our_kwargs = TRL_CASES[case]
     for key, value in trl_settings.items():
-        target = trainer.args if key.startswith("sapo_") or key == "use_bias_correction_kl" else trainer
-        monkeypatch.setattr(target, key, value)
+        monkeypatch.setattr(trainer.args if key in TRL_ARGS_FIELDS else trainer, key, value)
     params = [p for p in trainer.model.parameters() if p.requires_grad]
 
+    trainer._metrics["train"].clear()
     trl_loss = trainer._compute_loss(trainer.model, inputs)
     trl_grads = torch.autograd.grad(trl_loss, params)
 
     logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention_mask, 4)
     ref = inputs["ref_per_token_logps"] if "beta" in our_kwargs else None
     batch = [inputs[key] for key in ("old_per_token_logps", "advantages", "completion_mask")]
-    loss, metrics = get_loss(name)(logps, *batch, ref_per_token_logps=ref, **our_kwargs)
+    # one process, one micro-batch per generation: the step's tokens all fall in this micro-batch
+    tokens = inputs["num_items_in_batch"]
+    loss, metrics = get_loss(name)(logps, *batch, ref_per_token_logps=ref, tokens_per_micro_batch=tokens, **our_kwargs)
     grads = torch.autograd.grad(loss, params)
 
     assert loss.item() == pytest.approx(trl_loss.item(), abs=1e-6)
     for ours, theirs in zip(grads, trl_grads):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
     trl_metrics = trainer._metrics["train"]
-    if name != "sapo":
-        assert metrics["clip_ratio/low"] == pytest.approx(trl_metrics["clip_ratio/low_mean"][-1])
-        assert metrics["clip_ratio/high"] == pytest.approx(trl_metrics["clip_ratio/high_mean"][-1])
-        assert metrics["clip_ratio/region"] == pytest.approx(trl_metrics["clip_ratio/region_mean"][-1])
-    if "beta" in our_kwargs:
-        assert metrics["kl"] == pytest.approx(trl_metrics["kl"][-1])
+    compared = [key for key in TRL_METRICS if key in metrics]
+    assert compared or name == "sapo"
+    for key in compared:
+        assert metrics[key] == pytest.approx(trl_metrics[TRL_METRICS[key]][-1]), key
 
 
-def test_trl_comparison_exercises_clipping(trl_setup):
+def test_trl_comparison_exercises_every_regime(trl_setup):
+    """The inputs above reach clipping, the delta cap, the CISPO cap and a non-trivial VESPO weight."""
     trainer, inputs, input_ids, attention_mask = trl_setup
     with torch.no_grad():
         logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention_mask, 4)
     batch = [inputs[key] for key in ("old_per_token_logps", "advantages", "completion_mask")]
     _, metrics = get_loss("grpo")(logps, *batch)
     assert 0 < metrics["clip_ratio/region"] < 1
+    for name, delta in (("grpo", 1.25), ("gspo", 1.1)):
+        capped, _ = get_loss(name)(logps, *batch, delta=delta)
+        uncapped, _ = get_loss(name)(logps, *batch)
+        assert capped.item() != pytest.approx(uncapped.item())
+    _, metrics = get_loss("cispo")(logps, *batch, ratio_cap=1.1)
+    assert 0 < metrics["cispo/clip_ratio"] < 1
+    _, metrics = get_loss("vespo")(logps, *batch)
+    assert 0 < metrics["vespo/phi_seq_mean"] < 0.99
+
+

@@ -1,7 +1,11 @@
 """thermorl's trainers: thin subclasses of TRL's trainers that delegate to `thermorl.losses` and `thermorl.rollouts`."""
 
-from .adpo import ThermoADPOConfig, ThermoADPOTrainer
-from .grpo import ThermoGRPOConfig, ThermoGRPOTrainer
-from .reward_guard import RewardFunctionError
+from .trl_compat import check_trl_hooks
+
+check_trl_hooks()
+
+from .adpo import ThermoADPOConfig, ThermoADPOTrainer  # noqa: E402  (after the TRL check)
+from .grpo import ThermoGRPOConfig, ThermoGRPOTrainer  # noqa: E402
+from .reward_guard import RewardFunctionError  # noqa: E402
 
 __all__ = ["RewardFunctionError", "ThermoADPOConfig", "ThermoADPOTrainer", "ThermoGRPOConfig", "ThermoGRPOTrainer"]

@@ -15,6 +15,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from ..losses import get_loss, loss_inputs, validate_loss_kwargs
+from .trl_loss import check_no_trl_loss_fields, policy_loss_from_trl
 from .annealed import AnnealedRolloutArguments, AnnealedRolloutMixin
 from .atomic_checkpoint import AtomicCheckpointMixin
 from .metrics import log_mean_metrics
@@ -38,12 +39,16 @@ _FORWARD_KEYS = (
 
 @dataclass
 class ThermoGRPOConfig(AnnealedRolloutArguments, VarianceAwareSamplingArguments, GRPOConfig):
-    """GRPOConfig plus thermorl's fields. TRL's `loss_type`, `epsilon*` and `sapo_temperature_*` are not used:
-    the loss and its parameters come from `policy_loss` and `policy_loss_kwargs`."""
+    """GRPOConfig plus thermorl's fields. The policy loss is `policy_loss` with `policy_loss_kwargs`, or, with
+    `policy_loss` unset, the one TRL's `loss_type`, `epsilon*`, `delta`, `sapo_temperature_*`, `vespo_*`,
+    `importance_sampling_level` and `use_bias_correction_kl` choose (TRL's GRPOTrainer computes the same loss)."""
 
-    policy_loss: str = field(
-        default="sapo",
-        metadata={"help": "Policy loss from thermorl's registry: grpo, gspo, gspo_token, sapo or adpo."},
+    policy_loss: str | None = field(
+        default=None,
+        metadata={
+            "help": "Policy loss from thermorl's registry: grpo, gspo, gspo_token, sapo, cispo, vespo or adpo. "
+            "Unset: TRL's loss_type and its fields choose the loss, as in TRL's GRPOTrainer."
+        },
     )
     policy_loss_kwargs: dict[str, Any] | str | None = field(
         default=None,
@@ -58,8 +63,20 @@ class ThermoGRPOConfig(AnnealedRolloutArguments, VarianceAwareSamplingArguments,
         if isinstance(self.policy_loss_kwargs, str):
             self.policy_loss_kwargs = json.loads(self.policy_loss_kwargs)
         self.policy_loss_kwargs = dict(self.policy_loss_kwargs or {})
-        get_loss(self.policy_loss)
-        validate_loss_kwargs(self.policy_loss, self.policy_loss_kwargs)
+        if self.policy_loss is None:
+            if self.policy_loss_kwargs:
+                raise ValueError("policy_loss_kwargs is set but policy_loss is not: name the loss they belong to.")
+            policy_loss_from_trl(self)  # refuses unsupported or invalid TRL loss settings now, not at step 1
+        else:
+            get_loss(self.policy_loss)
+            check_no_trl_loss_fields(self)
+            self.policy_loss_kwargs = validate_loss_kwargs(self.policy_loss, self.policy_loss_kwargs)
+
+    def resolved_policy_loss(self) -> tuple[str, dict[str, Any]]:
+        """(registry loss name, its parameters): thermorl's own fields, else what TRL's loss fields mean."""
+        if self.policy_loss is None:
+            return policy_loss_from_trl(self)
+        return self.policy_loss, self.policy_loss_kwargs
 
 
 class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwareSamplingMixin, GRPOTrainer):
@@ -67,17 +84,51 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
 
     _tag_names = ["trl", "grpo", "thermorl"]
 
-    def __init__(self, model, reward_funcs, args: ThermoGRPOConfig | None = None, **kwargs):
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: ThermoGRPOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
+    ):
+        """TRL's GRPOTrainer signature (checked by `trl_compat`); `reward_funcs` may be None when an environment
+        supplies the reward, and TRL refuses a run with no reward source."""
         if args is None:
             args = ThermoGRPOConfig(output_dir="thermorl-output")
         if not isinstance(args, ThermoGRPOConfig):
             raise TypeError(f"ThermoGRPOTrainer needs a ThermoGRPOConfig, got {type(args).__name__}.")
-        funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
-        super().__init__(model=model, reward_funcs=[guard_reward_func(f) for f in funcs], args=args, **kwargs)
-        if self._entropy_bonus_enabled:
-            raise ValueError("entropy_coef (TRL's entropy bonus) is not supported by ThermoGRPOTrainer; set it to 0.")
-        self.policy_loss_fn = get_loss(args.policy_loss)
-        self._loss_inputs = set(loss_inputs(args.policy_loss))
+        if reward_funcs is not None:
+            funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+            reward_funcs = [guard_reward_func(f) for f in funcs]
+        super().__init__(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
+            rollout_func=rollout_func,
+            environment_factory=environment_factory,
+        )
+        self.policy_loss_name, self.policy_loss_kwargs = args.resolved_policy_loss()
+        self.policy_loss_fn = get_loss(self.policy_loss_name)
+        self._loss_inputs = set(loss_inputs(self.policy_loss_name))
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -106,8 +157,23 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
             "rewards": inputs.get("rewards"),
             "entropies": entropies,
             "vocab_size": getattr(self.model.config, "vocab_size", None),
+            "max_completion_length": self.max_completion_length,
+            "tokens_per_micro_batch": self._tokens_per_micro_batch(inputs),
+            "importance_sampling_ratio": inputs.get("importance_sampling_ratio") if self._vllm_is_correction else None,
         }
         return {k: v for k, v in available.items() if k in self._loss_inputs}
+
+    @property
+    def _vllm_is_correction(self) -> bool:
+        return self.use_vllm and self.vllm_importance_sampling_correction
+
+    def _tokens_per_micro_batch(self, inputs) -> torch.Tensor | None:
+        """The generation batch's loss tokens per process and micro-batch (TRL's dapo/cispo/vespo normaliser; the
+        division by gradient accumulation steps happens in `_compute_loss`, as for every loss)."""
+        if "num_items_in_batch" not in inputs:
+            return None
+        tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        return tokens / self.args.steps_per_generation if self.model.training else tokens
 
     def _token_weights(self, inputs, per_token_logps, entropies, mask) -> torch.Tensor | None:
         """Per-token multipliers on the policy loss: the rollout's own correction (e.g. EAD's truncated importance
@@ -118,7 +184,8 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
             weights.append(rollout_weights)
         if self.top_entropy_quantile < 1.0:
             weights.append(self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile))
-        if self.use_vllm and self.vllm_importance_sampling_correction and "importance_sampling_ratio" in inputs:
+        loss_takes_is_ratio = "importance_sampling_ratio" in self._loss_inputs  # vespo folds it into its weight
+        if self._vllm_is_correction and "importance_sampling_ratio" in inputs and not loss_takes_is_ratio:
             weights.append(inputs["importance_sampling_ratio"])
         if self.off_policy_mask_threshold is not None:
             old = inputs.get("old_per_token_logps", per_token_logps.detach())
@@ -166,21 +233,54 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
             ref_per_token_logps=inputs.get("ref_per_token_logps"),
             beta=self.beta,
             **self._loss_context(inputs, entropies),
-            **self.args.policy_loss_kwargs,
+            **self.policy_loss_kwargs,
         )
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"The '{self.args.policy_loss}' loss is {loss.item()} at global step {self.state.global_step}; "
+                f"The '{self.policy_loss_name}' loss is {loss.item()} at global step {self.state.global_step}; "
                 "no update was applied. Check rewards, learning rate and dtype."
             )
 
         mode = "train" if self.model.training else "eval"
-        if mode == "train":  # TRL turns off the Trainer's own gradient-accumulation scaling
-            loss = loss / self.current_gradient_accumulation_steps
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        if self._entropy_bonus_enabled:
+            metrics["policy_loss"] = loss.item()
+            loss = loss - self._entropy_bonus(entropies, mask, mode)
+        loss = loss / accumulation  # TRL turns off the Trainer's own gradient-accumulation scaling
         if self.aux_loss_enabled:
-            normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-            loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
+            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+            metrics["aux_loss"] = aux_loss.item()
 
         entropy = (entropies * mask).sum() / mask.sum().clamp(min=1.0)
         log_mean_metrics(self, mode, {"entropy": entropy.item(), **metrics})
         return loss
+
+    def _entropy_bonus(self, entropies, mask, mode) -> torch.Tensor:
+        """TRL's entropy regularisation, coef * mean token entropy (over the tokens the policy loss acts on), with
+        its adaptive coefficient (Skywork-OR1): TRL writes it inside its `_compute_loss`, so it is restated here,
+        state and metric included (TRL saves and restores the adaptive state with each checkpoint)."""
+        if self.top_entropy_quantile < 1.0:
+            mask = mask * self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+        mean_entropy = (entropies * mask).sum() / mask.sum().clamp(min=1.0)
+        # the coefficient and gate from the end of the previous optimizer step, the same for the whole window
+        if self.use_adaptive_entropy:
+            coef = self.entropy_coef if self._last_world_entropy <= self.args.entropy_target else 0.0
+        else:
+            coef = self.entropy_coef
+        if self.use_adaptive_entropy and mode == "train":
+            stats = torch.stack([(entropies * mask).sum(), mask.sum()]).detach()
+            window = stats if self._entropy_window_stats is None else self._entropy_window_stats + stats
+            self._entropy_window_stats = window
+            if self.accelerator.sync_gradients:  # optimizer-step boundary: update the coefficient for the next step
+                totals = self.accelerator.reduce(window, reduction="sum")
+                world_entropy = (totals[0] / totals[1].clamp(min=1.0)).item()
+                step = self.args.entropy_coef_delta
+                if world_entropy <= self.args.entropy_target:
+                    self.entropy_coef = min(self.entropy_coef + step, self.args.entropy_coef_max)
+                else:
+                    self.entropy_coef = max(self.entropy_coef - step, self.args.entropy_coef_min)
+                self._last_world_entropy = world_entropy
+                self._entropy_window_stats = None
+        if mode == "train" and self.accelerator.sync_gradients:
+            self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
+        return coef * mean_entropy

@@ -1,0 +1,245 @@
+"""ThermoGRPOTrainer with only TRL's fields set trains exactly as TRL's GRPOTrainer: every loss type, its parameters,
+the entropy bonus, the MoE auxiliary loss; TRL's constructor and its reward-source rule; the TRL hook check."""
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
+from trl import GRPOConfig, GRPOTrainer
+
+from thermorl.trainers import ThermoGRPOConfig, ThermoGRPOTrainer
+from thermorl.trainers.trl_compat import TRL_HOOKS, check_trl_hooks
+
+PROMPTS = ["12+7=", "3-9=", "40+2=", "5+5="]
+
+# TRL settings of each case; two steps on one rollout (steps_per_generation=2): the second is off-policy, so clipping,
+# capping and the importance ratios take part.
+TRL_RUNS = {
+    "dapo_default": {},
+    "grpo": {"loss_type": "grpo", "epsilon": 0.1, "epsilon_high": 0.15},
+    "bnpo": {"loss_type": "bnpo"},
+    "dr_grpo": {"loss_type": "dr_grpo", "max_completion_length": 6},
+    "luspo": {"loss_type": "luspo", "importance_sampling_level": "sequence"},
+    "gspo": {"loss_type": "grpo", "importance_sampling_level": "sequence", "epsilon": 3e-4, "epsilon_high": 4e-4},
+    "sapo": {"loss_type": "sapo", "sapo_temperature_pos": 0.9, "sapo_temperature_neg": 1.3},
+    "cispo": {"loss_type": "cispo", "epsilon_high": 1.05},
+    "vespo": {"loss_type": "vespo", "vespo_k_pos": 1.5, "vespo_lambda_neg": 1.5},
+    "delta": {"loss_type": "grpo", "delta": 1.02, "epsilon": 0.01},
+    "bias_corrected_kl": {"beta": 0.1},
+    "plain_kl_sapo": {"loss_type": "sapo", "beta": 0.1, "use_bias_correction_kl": False},
+    "entropy_bonus": {"entropy_coef": 0.05, "top_entropy_quantile": 0.5},
+    "adaptive_entropy": {"use_adaptive_entropy": True, "entropy_coef": 0.01, "entropy_target": 100.0},
+}
+
+
+def prompt_dataset(n=8, prompts=PROMPTS):
+    return Dataset.from_dict({"prompt": [prompts[i % len(prompts)] for i in range(n)]})
+
+
+def train_both(model_dir, reward, fast_grpo_kwargs, prompts=PROMPTS, **settings):
+    """Two steps of TRL's GRPOTrainer and of ThermoGRPOTrainer from the same config; returns both trainers."""
+    # plain SGD: Adam would blow float noise on gradients that are zero in exact arithmetic (a key bias) up to lr
+    settings = {**fast_grpo_kwargs, "steps_per_generation": 2, "max_steps": 2, "optim": "sgd", **settings}
+    trainers = []
+    for trainer_class, config_class in ((GRPOTrainer, GRPOConfig), (ThermoGRPOTrainer, ThermoGRPOConfig)):
+        args = config_class(**{**settings, "output_dir": f"{settings['output_dir']}-{trainer_class.__name__}"})
+        dataset = prompt_dataset(prompts=prompts)
+        trainer = trainer_class(model=model_dir, reward_funcs=reward, args=args, train_dataset=dataset)
+        trainer.train()
+        trainers.append(trainer)
+    return trainers
+
+
+def assert_same_training(trl_trainer, thermo_trainer, initial_model_dir, metrics=("loss",)):
+    for key in metrics:
+        theirs = [entry[key] for entry in trl_trainer.state.log_history if key in entry]
+        ours = [entry[key] for entry in thermo_trainer.state.log_history if key in entry]
+        assert len(ours) == len(theirs) == 2, key
+        assert ours == pytest.approx(theirs, abs=1e-6), key
+    reference = dict(trl_trainer.model.named_parameters())
+    for name, param in thermo_trainer.model.named_parameters():
+        torch.testing.assert_close(param, reference[name], rtol=0, atol=1e-6, msg=name)
+    initial = AutoModelForCausalLM.from_pretrained(initial_model_dir).state_dict()
+    moved = max((param.detach() - initial[name]).abs().max().item() for name, param in reference.items())
+    assert moved > 1e-4, "no weight moved"
+
+
+@pytest.mark.parametrize("case", list(TRL_RUNS))
+def test_trl_fields_train_exactly_like_trl(case, tiny_model_dir, varied_reward, fast_grpo_kwargs):
+    trl_trainer, thermo_trainer = train_both(tiny_model_dir, varied_reward, fast_grpo_kwargs, **TRL_RUNS[case])
+    metrics = ("loss", "entropy_coef") if "entropy_coef" in TRL_RUNS[case] else ("loss",)
+    assert_same_training(trl_trainer, thermo_trainer, tiny_model_dir, metrics)
+    assert thermo_trainer.args.policy_loss is None
+
+
+@pytest.fixture(scope="module")
+def tiny_moe_dir(tmp_path_factory):
+    """A tiny mixture-of-experts model whose router auxiliary loss TRL adds to the loss."""
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    from thermorl.models.tiny import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    config = Qwen2MoeConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+        shared_expert_intermediate_size=16, num_experts=4, num_experts_per_tok=2, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, output_router_logits=True, router_aux_loss_coef=0.05,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    model = Qwen2MoeForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    path = tmp_path_factory.mktemp("moe")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_moe_aux_loss_is_added_and_logged_like_trl(tiny_moe_dir, varied_reward, fast_grpo_kwargs):
+    # prompts of one length: transformers 5.24's MoE models fail to generate from left-padded prompts with
+    # output_router_logits on (TRL's GRPOTrainer alike)
+    same_length = ["12+7=", "40+2=", "3-19=", "5+55="]
+    trl_trainer, thermo_trainer = train_both(tiny_moe_dir, varied_reward, fast_grpo_kwargs, prompts=same_length)
+    assert thermo_trainer.aux_loss_enabled
+    assert_same_training(trl_trainer, thermo_trainer, tiny_moe_dir, metrics=("loss", "aux_loss"))
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "cispo", "vespo", "dr_grpo", "bnpo", "luspo", "grpo", "sapo"])
+def test_loss_with_gradient_accumulation_equals_trls(loss_type, tiny_model_dir, varied_reward, fast_grpo_kwargs):
+    """One micro-batch of a 2-step accumulation window (the normalisers depend on it), beta > 0, off-policy."""
+    args = ThermoGRPOConfig(
+        **{**fast_grpo_kwargs, "per_device_train_batch_size": 4},
+        loss_type=loss_type, beta=0.05, gradient_accumulation_steps=2, steps_per_generation=4, max_steps=1,
+    )
+    trainer = ThermoGRPOTrainer(tiny_model_dir, varied_reward, args, prompt_dataset())
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 2
+    torch.manual_seed(0)
+    batch = trainer._generate_and_score_completions([{"prompt": p} for p in PROMPTS for _ in range(4)])
+    assert batch["num_items_in_batch"] > batch["completion_mask"][:4].sum()  # the window spans more tokens
+    batch = {key: value[:4] if torch.is_tensor(value) and value.dim() > 0 else value for key, value in batch.items()}
+    batch["advantages"] = torch.randn_like(batch["advantages"])
+    batch["old_per_token_logps"] = batch["ref_per_token_logps"] + 0.3 * torch.randn_like(batch["ref_per_token_logps"])
+    losses, grads = [], []
+    for compute_loss in (ThermoGRPOTrainer._compute_loss, GRPOTrainer._compute_loss):
+        trainer.model.zero_grad()
+        loss = compute_loss(trainer, trainer.model, batch)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append([p.grad.clone() for p in trainer.model.parameters()])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    for ours, theirs in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- config: one source for the loss
+
+
+@pytest.mark.parametrize(
+    "trl_field", [("loss_type", "grpo"), ("epsilon", 0.1), ("epsilon_high", 0.28), ("delta", 2.0),
+                  ("sapo_temperature_neg", 2.0), ("vespo_k_pos", 1.0), ("importance_sampling_level", "sequence"),
+                  ("use_bias_correction_kl", False)],
+)
+def test_policy_loss_and_a_trl_loss_field_conflict(trl_field, fast_grpo_kwargs):
+    name, value = trl_field
+    with pytest.raises(ValueError, match=rf"policy_loss='sapo' and {name}={value!r} both choose the policy loss"):
+        ThermoGRPOConfig(**fast_grpo_kwargs, policy_loss="sapo", **{name: value})
+
+
+def test_policy_loss_unset_follows_trl_fields(fast_grpo_kwargs):
+    assert ThermoGRPOConfig(**fast_grpo_kwargs).resolved_policy_loss() == (
+        "grpo", {"aggregation": "batch_token_mean", "kl_bias_correction": True, "eps_low": 0.2, "eps_high": 0.2,
+                 "delta": None},
+    )
+    config = ThermoGRPOConfig(**fast_grpo_kwargs, loss_type="cispo", epsilon_high=4.0)
+    assert config.resolved_policy_loss() == (
+        "cispo", {"aggregation": "batch_token_mean", "kl_bias_correction": True, "ratio_cap": 4.0}
+    )
+    config = ThermoGRPOConfig(**fast_grpo_kwargs, policy_loss="gspo", policy_loss_kwargs={"eps_low": "3e-4"})
+    assert config.resolved_policy_loss() == ("gspo", {"eps_low": 3e-4})
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"loss_type": "ppo"}, r"loss_type='ppo' is not a TRL loss; valid: grpo, sapo, bnpo"),
+        ({"loss_type": "sapo", "sapo_temperature_pos": 0.0},
+         r"loss_type='sapo', sapo_temperature_pos=0.0: Loss 'sapo': parameter 'tau_pos' must lie in \(0, inf\)"),
+        ({"loss_type": "grpo", "epsilon": -0.2}, r"epsilon=-0.2: Loss 'grpo': parameter 'eps_low' must lie"),
+        ({"loss_type": "sapo", "importance_sampling_level": "sequence"},
+         r"importance_sampling_level='sequence' with loss_type='sapo' has no thermorl registry loss"),
+        ({"importance_sampling_level": "segment"}, r"importance_sampling_level='segment' must be 'token' or"),
+        ({"policy_loss_kwargs": {"tau_pos": 1.0}}, r"policy_loss_kwargs is set but policy_loss is not"),
+        ({"policy_loss": "sapo", "policy_loss_kwargs": {"tau_pos": "-1"}},
+         r"Loss 'sapo': parameter 'tau_pos' must lie in \(0, inf\), got -1.0"),
+    ],
+)
+def test_bad_loss_settings_are_refused_at_config_time(settings, message, fast_grpo_kwargs):
+    with pytest.raises(ValueError, match=message):
+        ThermoGRPOConfig(**fast_grpo_kwargs, **settings)
+
+
+def test_yaml_recipe_exponent_is_a_number(tmp_path, fast_grpo_kwargs):
+    """The README's `{eps_low: 3e-4}` reaches the loss as a float, not the string YAML reads."""
+    from thermorl.recipe import load_recipe
+
+    _, training_args, _ = load_recipe(
+        "gspo", {"output_dir": fast_grpo_kwargs["output_dir"], "policy_loss_kwargs": '{"eps_low": "3e-4"}'}
+    )
+    assert training_args.policy_loss_kwargs["eps_low"] == 3e-4
+
+
+# ---------------------------------------------------------------- constructor and reward sources
+
+
+def test_constructor_takes_trls_positional_arguments(tiny_model_dir, varied_reward, fast_grpo_kwargs):
+    args = ThermoGRPOConfig(**fast_grpo_kwargs, policy_loss="sapo", max_steps=1)
+    eval_set = prompt_dataset(4)
+    trainer = ThermoGRPOTrainer(tiny_model_dir, varied_reward, args, prompt_dataset(), eval_set)
+    assert trainer.eval_dataset is eval_set and len(trainer.train_dataset) == 8
+    assert [f.__name__ for f in trainer.reward_funcs] == ["digit_share_reward"]
+
+
+def test_no_reward_source_is_trls_error(tiny_model_dir, fast_grpo_kwargs):
+    args = ThermoGRPOConfig(**fast_grpo_kwargs)
+    with pytest.raises(ValueError, match="No reward source provided"):
+        ThermoGRPOTrainer(tiny_model_dir, None, args, prompt_dataset())
+
+
+# ---------------------------------------------------------------- TRL's private hooks
+
+
+def test_hooked_trl_methods_have_the_tested_signatures():
+    check_trl_hooks()
+    assert "GRPOTrainer._compute_loss" in TRL_HOOKS and "DPOTrainer._compute_loss" in TRL_HOOKS
+
+
+def test_a_changed_trl_hook_fails_naming_version_and_method(monkeypatch):
+    import trl
+
+    def changed(self, model, inputs, num_items_in_batch):
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_compute_loss", changed)
+    with pytest.raises(ImportError, match=rf"TRL 1.16, whose trl.GRPOTrainer._compute_loss takes \(model, inputs\);"
+                                          rf" in the installed TRL {trl.__version__} it takes \(model, inputs, "
+                                          r"num_items_in_batch\)"):
+        check_trl_hooks()
+    with pytest.raises(ImportError, match="trl.GRPOTrainer._gone does not exist|_gone.*it does not exist"):
+        check_trl_hooks({"GRPOTrainer._gone": "inputs"})
+
+
+def test_every_trainer_override_of_a_trl_method_is_in_the_hook_table():
+    """A thermorl trainer overriding a private TRL method must list it in TRL_HOOKS (one line)."""
+    from trl import DPOTrainer
+
+    from thermorl.trainers import ThermoADPOTrainer
+
+    for thermo_class, trl_class in ((ThermoGRPOTrainer, GRPOTrainer), (ThermoADPOTrainer, DPOTrainer)):
+        for klass in thermo_class.__mro__[: thermo_class.__mro__.index(trl_class)]:
+            for name in vars(klass):
+                if name.startswith("_") and not name.startswith("__") and callable(getattr(trl_class, name, None)):
+                    assert f"{trl_class.__name__}.{name}" in TRL_HOOKS, f"{klass.__name__}.{name}"
