@@ -34,7 +34,7 @@ def make_trainer(kind: str, model_dir: str, dataset: Dataset, out: str, steps: i
     )
     task = get_task("arithmetic")
     if kind == "thermorl":
-        args = ThermoGRPOConfig(**common, policy_loss="sapo")
+        args = ThermoGRPOConfig(**common)  # TRL's loss fields pick the registry's sapo
         return ThermoGRPOTrainer(model=model_dir, reward_funcs=task.reward_funcs, args=args, train_dataset=dataset)
     args = GRPOConfig(**common)
     return GRPOTrainer(model=model_dir, reward_funcs=task.reward_funcs, args=args, train_dataset=dataset)

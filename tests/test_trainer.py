@@ -45,10 +45,10 @@ def test_each_loss_trains_and_logs(loss, tiny_model_dir, varied_reward, fast_grp
 
 
 def test_loss_equals_trls_own_computation(tiny_model_dir, varied_reward, fast_grpo_kwargs):
-    """The same batch through ThermoGRPOTrainer._compute_loss and TRL's GRPOTrainer._compute_loss."""
+    """The same batch through ThermoGRPOTrainer._compute_loss and TRL's GRPOTrainer._compute_loss (TRL's fields
+    choose the registry's sapo; test_trl_parity.py does this for every loss type)."""
     trainer = make_trainer(
         tiny_model_dir, varied_reward, fast_grpo_kwargs,
-        policy_loss="sapo", policy_loss_kwargs={"tau_pos": 0.9, "tau_neg": 1.3},
         loss_type="sapo", sapo_temperature_pos=0.9, sapo_temperature_neg=1.3,
         gradient_accumulation_steps=2, max_steps=1,
     )
@@ -122,7 +122,7 @@ def test_non_finite_reward_is_an_error(tiny_model_dir, fast_grpo_kwargs):
 
 
 def test_nan_loss_stops_before_any_update(tiny_model_dir, varied_reward, fast_grpo_kwargs):
-    trainer = make_trainer(tiny_model_dir, varied_reward, fast_grpo_kwargs, max_steps=1)
+    trainer = make_trainer(tiny_model_dir, varied_reward, fast_grpo_kwargs, policy_loss="sapo", max_steps=1)
     real_loss = trainer.policy_loss_fn
 
     def nan_loss(*args, **kwargs):

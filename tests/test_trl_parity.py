@@ -30,7 +30,12 @@ TRL_RUNS = {
     "bias_corrected_kl": {"beta": 0.1},
     "plain_kl_sapo": {"loss_type": "sapo", "beta": 0.1, "use_bias_correction_kl": False},
     "entropy_bonus": {"entropy_coef": 0.05, "top_entropy_quantile": 0.5},
-    "adaptive_entropy": {"use_adaptive_entropy": True, "entropy_coef": 0.01, "entropy_target": 100.0},
+    "adaptive_entropy": {
+        "use_adaptive_entropy": True, "entropy_coef": 0.01, "entropy_target": 100.0, "entropy_coef_delta": 0.02,
+        "entropy_coef_max": 0.04, "entropy_coef_min": 0.001,
+    },
+    "adaptive_entropy_above_target": {"use_adaptive_entropy": True, "entropy_coef": 0.01, "entropy_target": 0.5},
+    "off_policy_sequence_mask": {"off_policy_mask_threshold": 1e-3},
 }
 
 
@@ -107,9 +112,13 @@ def test_moe_aux_loss_is_added_and_logged_like_trl(tiny_moe_dir, varied_reward, 
     assert_same_training(trl_trainer, thermo_trainer, tiny_moe_dir, metrics=("loss", "aux_loss"))
 
 
+@pytest.mark.parametrize("vllm_ratio", [False, True], ids=["", "vllm_is"])
 @pytest.mark.parametrize("loss_type", ["dapo", "cispo", "vespo", "dr_grpo", "bnpo", "luspo", "grpo", "sapo"])
-def test_loss_with_gradient_accumulation_equals_trls(loss_type, tiny_model_dir, varied_reward, fast_grpo_kwargs):
-    """One micro-batch of a 2-step accumulation window (the normalisers depend on it), beta > 0, off-policy."""
+def test_loss_with_gradient_accumulation_equals_trls(
+    loss_type, vllm_ratio, tiny_model_dir, varied_reward, fast_grpo_kwargs, monkeypatch
+):
+    """One micro-batch of a 2-step accumulation window (the normalisers depend on it), beta > 0, off-policy; with
+    vllm_is, the rollout's importance-sampling ratio as vLLM leaves it (vespo folds it into its weight)."""
     args = ThermoGRPOConfig(
         **{**fast_grpo_kwargs, "per_device_train_batch_size": 4},
         loss_type=loss_type, beta=0.05, gradient_accumulation_steps=2, steps_per_generation=4, max_steps=1,
@@ -123,6 +132,11 @@ def test_loss_with_gradient_accumulation_equals_trls(loss_type, tiny_model_dir, 
     batch = {key: value[:4] if torch.is_tensor(value) and value.dim() > 0 else value for key, value in batch.items()}
     batch["advantages"] = torch.randn_like(batch["advantages"])
     batch["old_per_token_logps"] = batch["ref_per_token_logps"] + 0.3 * torch.randn_like(batch["ref_per_token_logps"])
+    if vllm_ratio:
+        # only the ratio is needed: no vLLM generation happens here
+        monkeypatch.setattr(trainer, "use_vllm", True)
+        monkeypatch.setattr(trainer, "vllm_importance_sampling_correction", True)
+        batch["importance_sampling_ratio"] = 0.5 + torch.rand_like(batch["old_per_token_logps"])
     losses, grads = [], []
     for compute_loss in (ThermoGRPOTrainer._compute_loss, GRPOTrainer._compute_loss):
         trainer.model.zero_grad()
