@@ -12,7 +12,13 @@ LOG_RATIO_CLAMP = 20.0
 # ratio above 1, which is no longer clipping.
 CLIP_RANGES = {"eps_low": "[0, 1)", "eps_high": "[0, inf)", "delta": "(1, inf)"}
 
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "seq_mean_token_sum", "batch_token_mean")
+AGGREGATIONS = (
+    "token_mean",
+    "seq_mean_token_mean",
+    "seq_mean_token_sum_norm",
+    "seq_mean_token_sum",
+    "batch_token_mean",
+)
 
 
 def clamped_log_ratio(per_token_logps: torch.Tensor, base_per_token_logps: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,8 @@ def test_unknown_loss_lists_valid_names():
 
 def test_validate_loss_kwargs_names_unknown_key_and_lists_valid_ones():
     validate_loss_kwargs("grpo", {"eps_low": 0.2, "eps_high": 0.28, "aggregation": "token_mean"})
-    with pytest.raises(ValueError, match=r"'epsilon'.*'grpo'.*valid: beta, aggregation, eps_low, eps_high, delta, kl_bias_correction"):
+    valid = "beta, aggregation, eps_low, eps_high, delta, kl_bias_correction"
+    with pytest.raises(ValueError, match=rf"'epsilon'.*'grpo'.*valid: {valid}"):
         validate_loss_kwargs("grpo", {"eps_low": 0.2, "epsilon": 0.2})
     # tensors and the group size come from the trainer, not from the user
     with pytest.raises(ValueError, match="'group_size'"):
@@ -502,8 +503,8 @@ KL_TRL = {"beta": 0.04, "use_bias_correction_kl": False}
 BIAS_CORRECTED_KL_TRL = {"beta": 0.04, "use_bias_correction_kl": True}
 BIAS_CORRECTED_KL = {"beta": 0.04, "kl_bias_correction": True}
 SAPO_TRL = {"loss_type": "sapo", "sapo_temperature_pos": 0.9, "sapo_temperature_neg": 1.3}
-VESPO_TRL = {"loss_type": "vespo", "vespo_k_pos": 1.5, "vespo_lambda_pos": 2.5, "vespo_k_neg": 2.0, "vespo_lambda_neg": 1.5}
 VESPO = {"k_pos": 1.5, "lambda_pos": 2.5, "k_neg": 2.0, "lambda_neg": 1.5}
+VESPO_TRL = {"loss_type": "vespo", **{f"vespo_{key}": value for key, value in VESPO.items()}}
 BATCH = {"aggregation": "batch_token_mean"}  # TRL's dapo, cispo and vespo normalisation
 # GRPOConfig fields TRL's _compute_loss reads from `args`; the others are trainer attributes
 TRL_ARGS_FIELDS = ("delta", "use_bias_correction_kl", "sapo_temperature_pos", "sapo_temperature_neg", "vespo_k_pos",

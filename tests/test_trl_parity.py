@@ -187,6 +187,7 @@ def test_policy_loss_unset_follows_trl_fields(fast_grpo_kwargs):
          r"importance_sampling_level='sequence' with loss_type='sapo' has no thermorl registry loss"),
         ({"importance_sampling_level": "segment"}, r"importance_sampling_level='segment' must be 'token' or"),
         ({"policy_loss_kwargs": {"tau_pos": 1.0}}, r"policy_loss_kwargs is set but policy_loss is not"),
+        ({"policy_loss": "grpo", "policy_loss_kwargs": {"beta": 0.1}}, r"policy_loss_kwargs sets 'beta'.*set beta"),
         ({"policy_loss": "sapo", "policy_loss_kwargs": {"tau_pos": "-1"}},
          r"Loss 'sapo': parameter 'tau_pos' must lie in \(0, inf\), got -1.0"),
     ],

@@ -15,11 +15,11 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from ..losses import get_loss, loss_inputs, validate_loss_kwargs
-from .trl_loss import check_no_trl_loss_fields, policy_loss_from_trl
 from .annealed import AnnealedRolloutArguments, AnnealedRolloutMixin
 from .atomic_checkpoint import AtomicCheckpointMixin
 from .metrics import log_mean_metrics
 from .reward_guard import guard_reward_func
+from .trl_loss import check_no_trl_loss_fields, policy_loss_from_trl
 from .variance_aware import VarianceAwareSamplingArguments, VarianceAwareSamplingMixin
 
 # Inputs TRL's forward pass may need besides ids and masks (vision-language models).
@@ -70,6 +70,11 @@ class ThermoGRPOConfig(AnnealedRolloutArguments, VarianceAwareSamplingArguments,
         else:
             get_loss(self.policy_loss)
             check_no_trl_loss_fields(self)
+            if "beta" in self.policy_loss_kwargs:  # the trainer passes its own beta: two values would collide
+                raise ValueError(
+                    "policy_loss_kwargs sets 'beta': the KL coefficient is TRL's field beta (it also loads the "
+                    "reference model); set beta instead."
+                )
             self.policy_loss_kwargs = validate_loss_kwargs(self.policy_loss, self.policy_loss_kwargs)
 
     def resolved_policy_loss(self) -> tuple[str, dict[str, Any]]:
@@ -80,7 +85,8 @@ class ThermoGRPOConfig(AnnealedRolloutArguments, VarianceAwareSamplingArguments,
 
 
 class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwareSamplingMixin, GRPOTrainer):
-    """A GRPOTrainer whose loss is `thermorl.losses.get_loss(args.policy_loss)`."""
+    """A GRPOTrainer whose loss is a `thermorl.losses` registry loss: `args.policy_loss`, or the one TRL's loss
+    fields mean (`ThermoGRPOConfig.resolved_policy_loss`)."""
 
     _tag_names = ["trl", "grpo", "thermorl"]
 

@@ -100,5 +100,6 @@ def policy_loss_from_trl(args) -> tuple[str, dict]:
     try:
         return name, validate_loss_kwargs(name, kwargs)
     except ValueError as error:
-        fields = ", ".join(f"{field}={getattr(args, field)!r}" for key, field in source.items() if f"'{key}'" in str(error))
-        raise ValueError(f"loss_type={loss_type!r}{', ' + fields if fields else ''}: {error}") from None
+        named = [field for key, field in source.items() if f"'{key}'" in str(error)]
+        fields = "".join(f", {field}={getattr(args, field)!r}" for field in named)
+        raise ValueError(f"loss_type={loss_type!r}{fields}: {error}") from None
