@@ -35,7 +35,7 @@ TRL_RUNS = {
         "entropy_coef_max": 0.04, "entropy_coef_min": 0.001,
     },
     "adaptive_entropy_above_target": {"use_adaptive_entropy": True, "entropy_coef": 0.01, "entropy_target": 0.5},
-    "off_policy_sequence_mask": {"off_policy_mask_threshold": 1e-3},
+    "off_policy_sequence_mask": {"off_policy_mask_threshold": 0.0},  # drops off-policy A < 0 sequences
 }
 
 
@@ -258,3 +258,19 @@ def test_every_trainer_override_of_a_trl_method_is_in_the_hook_table():
             for name in vars(klass):
                 if name.startswith("_") and not name.startswith("__") and callable(getattr(trl_class, name, None)):
                     assert f"{trl_class.__name__}.{name}" in TRL_HOOKS, f"{klass.__name__}.{name}"
+
+
+def test_adaptive_entropy_state_survives_a_checkpoint(tiny_model_dir, varied_reward, fast_grpo_kwargs):
+    """TRL saves the adaptive coefficient with each checkpoint; thermorl's atomic save and resume keep it."""
+    settings = {**fast_grpo_kwargs, "use_adaptive_entropy": True, "entropy_coef": 0.01, "entropy_target": 100.0,
+                "max_steps": 3, "save_strategy": "steps", "save_steps": 2, "policy_loss": "sapo"}
+    args = ThermoGRPOConfig(**settings)
+    uninterrupted = ThermoGRPOTrainer(tiny_model_dir, varied_reward, args, prompt_dataset())
+    uninterrupted.train()
+    assert uninterrupted.entropy_coef == pytest.approx(0.01 + 3 * 0.005)
+    resumed_args = ThermoGRPOConfig(**{**settings, "output_dir": settings["output_dir"] + "-resumed"})
+    resumed = ThermoGRPOTrainer(tiny_model_dir, varied_reward, resumed_args, prompt_dataset())
+    resumed.train(resume_from_checkpoint=f"{settings['output_dir']}/checkpoint-2")
+    assert resumed.entropy_coef == pytest.approx(uninterrupted.entropy_coef)
+    logged = [entry["entropy_coef"] for entry in resumed.state.log_history if "entropy_coef" in entry]
+    assert logged[-1] == pytest.approx(0.025)
