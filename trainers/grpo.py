@@ -18,7 +18,7 @@ from ..losses import get_loss, loss_inputs, validate_loss_kwargs
 from .annealed import AnnealedRolloutArguments, AnnealedRolloutMixin
 from .atomic_checkpoint import AtomicCheckpointMixin
 from .metrics import log_mean_metrics
-from .reward_guard import guard_reward_func
+from .reward_guard import guard_reward_funcs
 from .variance_aware import VarianceAwareSamplingArguments, VarianceAwareSamplingMixin
 
 # Inputs TRL's forward pass may need besides ids and masks (vision-language models).
@@ -73,7 +73,7 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
         if not isinstance(args, ThermoGRPOConfig):
             raise TypeError(f"ThermoGRPOTrainer needs a ThermoGRPOConfig, got {type(args).__name__}.")
         funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
-        super().__init__(model=model, reward_funcs=[guard_reward_func(f) for f in funcs], args=args, **kwargs)
+        super().__init__(model=model, reward_funcs=guard_reward_funcs(funcs), args=args, **kwargs)
         if self._entropy_bonus_enabled:
             raise ValueError("entropy_coef (TRL's entropy bonus) is not supported by ThermoGRPOTrainer; set it to 0.")
         self.policy_loss_fn = get_loss(args.policy_loss)
