@@ -59,6 +59,32 @@ def test_interrupted_saves_are_cleaned_and_a_replaced_checkpoint_is_put_back(tmp
     assert (tmp_path / "checkpoint-3" / "model.safetensors").read_bytes() == b"complete step 3"
 
 
+@pytest.mark.parametrize("max_steps", [0, -2, -5])
+def test_max_steps_other_than_minus_one_for_epochs_must_be_positive(max_steps):
+    from thermorl.launch_checks import check_run_length
+
+    with pytest.raises(ValueError, match=f"max_steps must be a positive number.*got {max_steps}"):
+        check_run_length(SimpleNamespace(max_steps=max_steps))
+    check_run_length(SimpleNamespace(max_steps=-1))
+
+
+def test_missing_local_model_path_is_named_and_hub_ids_pass(tmp_path):
+    from thermorl.launch_checks import check_model_path
+
+    for path in ("/abs/not/there", "./model", "../model", "~/nope-model", "outputs/run/checkpoint-3"):
+        with pytest.raises(FileNotFoundError, match="no such folder"):
+            check_model_path(path)
+    for ok in ("Qwen/Qwen3-0.6B", "gpt2", str(tmp_path)):
+        check_model_path(ok)
+
+
+@pytest.mark.parametrize("field", ["vas_alpha", "vas_beta", "vas_weighted_fraction", "vas_prior_score"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_vas_fields_must_be_finite(field, value, tmp_path):
+    with pytest.raises(ValueError, match=f"{field} must be a finite number"):
+        ThermoGRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **{field: value})
+
+
 # A full disk during a save ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(

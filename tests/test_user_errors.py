@@ -55,7 +55,6 @@ def tiny_recipe(tmp_path, tiny_model_dir):
     ("text", "fragments"),
     [
         ("", ["is empty", "model_name_or_path"]),
-        ("# only a comment\n", ["is empty"]),
         ("model_name_or_path: !!python/object/apply:os.system [echo hi]\n", ["not valid YAML", "line 1", "tags"]),
         ("learning_rate: 1e-5\ndataset: [arithmetic\n", ["not valid YAML", "line 2, column 10", "flow sequence"]),
         ("- a\n- b\n", ["must be a mapping"]),
@@ -80,11 +79,8 @@ def test_debug_flag_and_environment_variable_show_the_traceback(tmp_path):
     ("overrides", "fragments"),
     [
         (["--max_steps", "-5"], ["max_steps", "-5"]),
-        (["--max_steps", "0"], ["max_steps", "got 0"]),
         (["--vas_mode", "online", "--vas_alpha", "nan"], ["vas_alpha", "finite"]),
-        (["--vas_beta", "inf"], ["vas_beta", "finite"]),
         (["--model_name_or_path", "./models/not-there"], ["model_name_or_path", "./models/not-there", "no such folder"]),
-        (["--model_name_or_path", "/abs/not/there"], ["model_name_or_path", "no such folder"]),
         (["--resume_from_checkpoint", "latest"], ["resume_from_checkpoint: latest", "no checkpoint"]),
         (["--resume_from_checkpoint", "nowhere/checkpoint-3"], ["resume_from_checkpoint", "nowhere/checkpoint-3"]),
         (["--bf16", "true"], ["bf16", "CPU"]),

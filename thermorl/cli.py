@@ -71,8 +71,8 @@ def _list(argv: list[str]) -> int:
 COMMANDS = {"train": _train, "quickstart": _quickstart, "eval": _eval, "export": _export, "list": _list}
 
 
-# Options of the thermorl command itself, accepted anywhere on the line when given without a value (TrainingArguments'
-# own `debug` field takes one: `--debug underflow_overflow` stays a recipe override).
+# Options of the thermorl command itself: before the command, or anywhere after it when given without a value
+# (TrainingArguments' own `debug` field takes one: `--debug underflow_overflow` stays a recipe override).
 GLOBAL_FLAGS = {"--verbose": "show the libraries' warnings, logs and progress bars as they print them",
                 "--debug": "show the traceback of an error in your recipe, data or reward function (also THERMORL_DEBUG=1)"}
 
@@ -80,7 +80,8 @@ GLOBAL_FLAGS = {"--verbose": "show the libraries' warnings, logs and progress ba
 def _split_global_flags(argv: list[str]) -> tuple[list[str], set[str]]:
     rest, flags = [], set()
     for i, token in enumerate(argv):
-        takes_no_value = i + 1 == len(argv) or argv[i + 1].startswith("--")
+        before_command = not rest
+        takes_no_value = before_command or i + 1 == len(argv) or argv[i + 1].startswith("--")
         if token in GLOBAL_FLAGS and takes_no_value:
             flags.add(token)
         else:
@@ -115,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 def report_user_error(line: str) -> None:
     """One line on stderr; under a torchrun / accelerate launch also in the worker's error file, which the launcher
     shows as this worker's failure instead of a pointer to its documentation."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None:
+        for bar in list(tqdm.tqdm._instances):
+            bar.close()  # ends the training progress bar's line, so the error starts a line of its own
     print(line, file=sys.stderr, flush=True)
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if error_file:
