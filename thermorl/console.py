@@ -31,7 +31,21 @@ OWN_PACKAGES = ("thermorl", "thermorl.losses", "thermorl.trainers", "thermorl.ro
                 "thermorl.models", "thermorl.evaluation")
 
 _verbose = False
-_file_records = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+
+
+class _UntilRunFolder(logging.handlers.MemoryHandler):
+    """Keeps the newest `capacity` records until the run's log file is its target, then writes straight through
+    (commands without a run folder, such as `thermorl eval`, keep only the newest)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.target is not None:
+            self.target.handle(record)
+            return
+        self.buffer.append(record)
+        del self.buffer[: -self.capacity]
+
+
+_file_records = _UntilRunFolder(capacity=10_000)
 _file_records.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 _library_console = logging.StreamHandler(sys.stderr)  # the libraries' errors (warnings too when verbose)
 _warnings_console = logging.StreamHandler(sys.stderr)  # warnings.warn from thermorl and user code (all when verbose)

@@ -29,9 +29,7 @@ def held_out_accuracy(model_path: str, held_out, task, max_new_tokens: int, seed
 
 def quickstart(overrides: list[str] | None = None) -> dict:
     from . import threads
-    from .models.warmup import TINY_MODEL_NAME
     from .recipe import load_recipe
-    from .threads import probe_tiny_model
     from .train import build_datasets, resolve_model_path, train
 
     started = time.perf_counter()
@@ -40,8 +38,7 @@ def quickstart(overrides: list[str] | None = None) -> dict:
     if task is None:
         raise ValueError("quickstart measures accuracy with a built-in task's verifier; set dataset to one.")
 
-    if training_args.device.type == "cpu" and model_args.model_name_or_path == TINY_MODEL_NAME:
-        threads.use_fastest(probe_tiny_model(), training_args.per_device_train_batch_size)  # before the warm-up
+    threads.use_fastest_before_warmup(model_args, training_args)
     print(f"[1/4] Tiny model warmed up on '{script_args.dataset}' (cached after the first run)...", flush=True)
     start_model = resolve_model_path(model_args.model_name_or_path, script_args, held_out)
     new_tokens = training_args.max_completion_length

@@ -104,14 +104,21 @@ def _probe_step(model, ids) -> None:
     logits.float().logsumexp(-1).mean().backward()
 
 
-def probe_tiny_model():
-    """A randomly initialised thermorl:tiny (same shape as the warmed-up one) for choosing before the warm-up."""
+def use_fastest_before_warmup(model_args, training_args) -> ThreadChoice | None:
+    """For `thermorl:tiny`, choose on a randomly initialised tiny model (the warmed-up one has the same shape), so
+    that the warm-up SFT already runs with the chosen count; other models are timed once loaded."""
     import tempfile
 
     import torch
     from transformers import AutoModelForCausalLM
 
     from .models.tiny import build_tiny_model
+    from .models.warmup import TINY_MODEL_NAME
 
+    if not _enabled or _choice is not None or model_args.model_name_or_path != TINY_MODEL_NAME:
+        return _choice
+    if training_args.device.type != "cpu":
+        return None
     with tempfile.TemporaryDirectory() as folder, torch.random.fork_rng():
-        return AutoModelForCausalLM.from_pretrained(build_tiny_model(folder), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(build_tiny_model(folder), dtype=torch.float32)
+    return use_fastest(model, training_args.per_device_train_batch_size)

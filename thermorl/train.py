@@ -114,6 +114,7 @@ def train(model_args, training_args, script_args, callbacks: list | None = None)
     resume_from = prepare_output_dir(training_args, overwrite=script_args.overwrite_output_dir)
     log_to_run_folder(training_args.output_dir)
     callbacks = [*(callbacks or []), *prepare_reporting(training_args)]
+    threads.use_fastest_before_warmup(model_args, training_args)
     trainer = build_trainer(model_args, training_args, script_args, callbacks)
     quiet_trainer(trainer)
     threads.use_fastest(trainer.model, training_args.per_device_train_batch_size)
