@@ -56,6 +56,8 @@ def warm_tiny_model(
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from ..console import quiet_trainer
+
     from ..tasks import task_from_spec
 
     root = Path(cache_dir) if cache_dir is not None else cache_root()
@@ -93,6 +95,7 @@ def warm_tiny_model(
             disable_tqdm=True,
         )
         trainer = SFTTrainer(model=base, args=config, train_dataset=data, processing_class=tokenizer)
+        quiet_trainer(trainer, show_progress=False)  # the caller says that the warm-up runs
         trainer.train()
         trainer.save_model(str(work / "model"))
         tokenizer.save_pretrained(str(work / "model"))

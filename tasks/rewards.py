@@ -9,6 +9,7 @@ import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import UserError
 from .base import completion_text
 from .verify import math_verify_equal
 
@@ -35,6 +36,20 @@ def math_verify_reward(completions, answer=None, solution=None, **_) -> list[flo
 BUILTIN_REWARDS: dict[str, Callable[..., list[float]]] = {"math_verify": math_verify_reward}
 
 
+# A reward path that does not resolve is the user's to fix (the CLI prints it on one line); the classes keep the
+# standard exception types so callers may catch ImportError / AttributeError / TypeError as before.
+class RewardModuleNotFound(UserError, ImportError):
+    pass
+
+
+class RewardAttributeNotFound(UserError, AttributeError):
+    pass
+
+
+class RewardNotCallable(UserError, TypeError):
+    pass
+
+
 def load_callable(path: str) -> Callable:
     """The callable named by "package.module:function", "package.module.function" or "file.py:function"."""
     if ":" in path:
@@ -47,10 +62,10 @@ def load_callable(path: str) -> Callable:
     target = module
     for part in attribute.split("."):
         if not hasattr(target, part):
-            raise AttributeError(f"{module_name!r} has no attribute {attribute!r} (from {path!r})")
+            raise RewardAttributeNotFound(f"{module_name!r} has no attribute {attribute!r} (from {path!r})")
         target = getattr(target, part)
     if not callable(target):
-        raise TypeError(f"{path!r} is a {type(target).__name__}, not a callable")
+        raise RewardNotCallable(f"{path!r} is a {type(target).__name__}, not a callable")
     return target
 
 
@@ -74,7 +89,7 @@ def _import_module(module_name: str, path: str):
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        raise ImportError(f"cannot import module {module_name!r} for {path!r}: {error}") from error
+        raise RewardModuleNotFound(f"cannot import module {module_name!r} for {path!r}: {error}") from error
 
 
 def _import_file(file_name: str):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
+import json
+import os
 import sys
+import time
 
 USAGE = """thermorl <command> [...]
 
@@ -69,20 +71,60 @@ def _list(argv: list[str]) -> int:
 COMMANDS = {"train": _train, "quickstart": _quickstart, "eval": _eval, "export": _export, "list": _list}
 
 
+# Options of the thermorl command itself: before the command, or anywhere after it when given without a value
+# (TrainingArguments' own `debug` field takes one: `--debug underflow_overflow` stays a recipe override).
+GLOBAL_FLAGS = {"--verbose": "show the libraries' warnings, logs and progress bars as they print them",
+                "--debug": "show the traceback of an error in your recipe, data or reward function (also THERMORL_DEBUG=1)"}
+
+
+def _split_global_flags(argv: list[str]) -> tuple[list[str], set[str]]:
+    rest, flags = [], set()
+    for i, token in enumerate(argv):
+        before_command = not rest
+        takes_no_value = before_command or i + 1 == len(argv) or argv[i + 1].startswith("--")
+        if token in GLOBAL_FLAGS and takes_no_value:
+            flags.add(token)
+        else:
+            rest.append(token)
+    return rest, flags
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    from . import console, threads
+    from .errors import UserError
+
+    argv, flags = _split_global_flags(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in flags or os.environ.get("THERMORL_DEBUG", "0") not in ("", "0")
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(USAGE + "\noptions:\n" + "".join(f"  {k:<10} {v}\n" for k, v in GLOBAL_FLAGS.items()))
         return 0 if argv else 2
     command = COMMANDS.get(argv[0])
     if command is None:
         print(f"thermorl: unknown command '{argv[0]}'.\n\n{USAGE}", file=sys.stderr)
         return 2
+    threads.enable()
+    console.configure(verbose="--verbose" in flags or os.environ.get("THERMORL_VERBOSE", "0") not in ("", "0"))
     try:
         return command(argv[1:])
-    except (ValueError, FileNotFoundError) as error:
-        print(f"thermorl {argv[0]}: error: {error}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, UserError) as error:
+        if debug:
+            raise
+        report_user_error(f"thermorl {argv[0]}: error: {' '.join(str(error).split())} (--debug shows the traceback)")
         return 2
+
+
+def report_user_error(line: str) -> None:
+    """One line on stderr; under a torchrun / accelerate launch also in the worker's error file, which the launcher
+    shows as this worker's failure instead of a pointer to its documentation."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None:
+        for bar in list(tqdm.tqdm._instances):
+            bar.close()  # ends the training progress bar's line, so the error starts a line of its own
+    print(line, file=sys.stderr, flush=True)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        with open(error_file, "w") as handle:
+            json.dump({"message": line, "timestamp": int(time.time())}, handle)
 
 
 if __name__ == "__main__":

@@ -61,11 +61,36 @@ def wandb_project(training_args) -> str:
 
 def check_launch(model_args, training_args) -> None:
     """Raise a ValueError naming the first launch setting this machine or the other settings cannot honour."""
+    check_run_length(training_args)
+    check_model_path(model_args.model_name_or_path)
     settings = launch_settings(model_args, training_args)
     check_precision(settings)
     check_deepspeed(settings)
     if settings.wandb_project is not None:
         check_wandb_project(settings.wandb_project)
+
+
+def check_run_length(training_args) -> None:
+    """The Trainer reads any max_steps <= 0 as "train num_train_epochs epochs": only its default, -1, means that."""
+    if training_args.max_steps == 0 or training_args.max_steps < -1:
+        raise ValueError(
+            f"max_steps must be a positive number of steps, or -1 to train for num_train_epochs epochs, got "
+            f"{training_args.max_steps}."
+        )
+
+
+def check_model_path(model_name_or_path: str | None) -> None:
+    """A local-looking model path that does not exist is named as such (the hub would answer "Repo id must be in
+    the form 'repo_name' or 'namespace/repo_name'"). Hub ids are 'name' or 'namespace/name'."""
+    if not model_name_or_path or os.path.exists(os.path.expanduser(model_name_or_path)):
+        return
+    local_looking = (
+        model_name_or_path.startswith(("/", "./", "../", "~", "."))
+        or model_name_or_path.count("/") > 1
+        or "\\" in model_name_or_path
+    )
+    if local_looking:
+        raise FileNotFoundError(f"model_name_or_path '{model_name_or_path}': no such folder.")
 
 
 def check_precision(s: LaunchSettings) -> None:

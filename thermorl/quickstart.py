@@ -28,6 +28,7 @@ def held_out_accuracy(model_path: str, held_out, task, max_new_tokens: int, seed
 
 
 def quickstart(overrides: list[str] | None = None) -> dict:
+    from . import threads
     from .recipe import load_recipe
     from .train import build_datasets, resolve_model_path, train
 
@@ -37,6 +38,7 @@ def quickstart(overrides: list[str] | None = None) -> dict:
     if task is None:
         raise ValueError("quickstart measures accuracy with a built-in task's verifier; set dataset to one.")
 
+    threads.use_fastest_before_warmup(model_args, training_args)
     print(f"[1/4] Tiny model warmed up on '{script_args.dataset}' (cached after the first run)...", flush=True)
     start_model = resolve_model_path(model_args.model_name_or_path, script_args, held_out)
     new_tokens = training_args.max_completion_length

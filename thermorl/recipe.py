@@ -39,6 +39,11 @@ class ThermoScriptArguments:
     )
     warmup_examples: int = field(default=4000, metadata={"help": "SFT examples for the tiny model's warm-up."})
     warmup_epochs: float = field(default=2.0, metadata={"help": "SFT epochs for the tiny model's warm-up."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start a new run in an output_dir that holds another run's checkpoints, removing them "
+                  "first. Without it such a run is refused (resume it with resume_from_checkpoint: latest)."},
+    )
     trainer: Literal["grpo", "adpo"] = field(
         default="grpo",
         metadata={"help": "'grpo': ThermoGRPOTrainer (online RL, ThermoGRPOConfig fields); 'adpo': ThermoADPOTrainer "
@@ -75,10 +80,29 @@ def read_recipe(recipe: str | Path) -> dict[str, Any]:
     path = Path(recipe)
     if not path.is_file():
         path = builtin_recipe_path(str(recipe))
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"Recipe {path} is not valid YAML: {_yaml_problem(error)}.") from None
+    if data is None:
+        raise ValueError(f"Recipe {path} is empty: it needs at least `model_name_or_path` (see `thermorl list`).")
     if not isinstance(data, dict):
         raise ValueError(f"Recipe {path} must be a mapping of field names to values, got {type(data).__name__}.")
     return data
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """'line 2, column 4 (while parsing a flow sequence): expected ',' or ']' ...' (counted from 1)."""
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    problem = " ".join((getattr(error, "problem", None) or str(error)).split())
+    if isinstance(error, yaml.constructor.ConstructorError):
+        problem += " (a recipe is plain YAML data: tags such as !!python/... are not allowed)"
+    mark, context, context_mark = (getattr(error, name, None) for name in ("problem_mark", "context", "context_mark"))
+    if context and context_mark is not None:
+        return f"{at(context_mark)} ({context}): {problem}" + (f" at {at(mark)}" if mark is not None else "")
+    return f"{at(mark)}: {problem}" if mark is not None else problem
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:

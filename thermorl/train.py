@@ -3,10 +3,7 @@ ThermoADPOTrainer for a recipe with `trainer: adpo`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-
-from transformers.trainer_utils import get_last_checkpoint
 
 
 def resolve_model_path(model_name_or_path: str, script_args, held_out=None) -> str:
@@ -100,26 +97,28 @@ def _model_init_kwargs(model_args) -> dict[str, Any]:
     return kwargs
 
 
-def resume_checkpoint(training_args) -> str | None:
-    """TrainingArguments' `resume_from_checkpoint`: a checkpoint folder, or 'latest' for the newest in output_dir."""
-    requested, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
-    if requested != "latest":
-        return requested
-    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-
-
 def train(model_args, training_args, script_args, callbacks: list | None = None):
     """Run training; returns the trainer (its state holds the log history)."""
     if not training_args.model_init_kwargs and model_args.model_name_or_path is None:
         raise ValueError("The recipe needs model_name_or_path (a local folder, a hub name, or 'thermorl:tiny').")
     # Issue 6: launch settings checked against the machine; W&B offline (and says so) when no API key is set.
+    from . import threads
+    from .console import log_to_run_folder, quiet_trainer
     from .launch_checks import check_launch
+    from .run_dir import prepare_output_dir
     from .tracking import prepare_reporting
 
     check_launch(model_args, training_args)
+    # Issue 12: the output folder checked (no run overwritten, `latest` must exist), third-party logs go to its
+    # thermorl.log, and the `thermorl` command picks the faster CPU thread count for this model.
+    resume_from = prepare_output_dir(training_args, overwrite=script_args.overwrite_output_dir)
+    log_to_run_folder(training_args.output_dir)
     callbacks = [*(callbacks or []), *prepare_reporting(training_args)]
+    threads.use_fastest_before_warmup(model_args, training_args)
     trainer = build_trainer(model_args, training_args, script_args, callbacks)
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    quiet_trainer(trainer)
+    threads.use_fastest(trainer.model, training_args.per_device_train_batch_size)
+    trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()
     return trainer

@@ -10,11 +10,15 @@ rename inside one filesystem is atomic, so `checkpoint-N` is either complete or 
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+
+from ..errors import DiskFullError
 
 # Neither name matches the Trainer's `checkpoint-N` patterns (resume, rotation), so a crash leaves them inert.
 STAGING_PREFIX = ".saving-"
@@ -42,6 +46,15 @@ class AtomicCheckpointMixin:
         self._staging_run_dir = staging_run_dir
         try:
             super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as error:
+            if not is_disk_full(error):
+                raise
+            shutil.rmtree(staging_run_dir, ignore_errors=True)  # frees the space the partial save took
+            raise DiskFullError(
+                f"The disk holding output_dir '{run_dir}' is full: {name} could not be written (nothing of it was "
+                f"kept); the newest complete checkpoint is {newest_checkpoint(run_dir) or 'none'}. Free space, then "
+                "resume with `resume_from_checkpoint: latest`."
+            ) from error
         finally:
             self._staging_run_dir = None
         self.accelerator.wait_for_everyone()  # DeepSpeed: every rank has written its shards
@@ -74,3 +87,39 @@ def publish(written: str, final: str) -> None:
     os.replace(final, replaced)
     os.replace(written, final)
     shutil.rmtree(replaced)
+
+
+# torch.save reports a short write (ENOSPC inside its zip writer) as "unexpected pos N vs M".
+_SHORT_WRITE = re.compile(r"unexpected pos \d+ vs \d+")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """An OSError(ENOSPC) or torch's zip writer failing a write, anywhere in the exception's chain."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(error, RuntimeError) and _SHORT_WRITE.search(str(error)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def newest_checkpoint(run_dir: str) -> str | None:
+    return get_last_checkpoint(run_dir) if os.path.isdir(run_dir) else None
+
+
+def clean_interrupted_saves(run_dir: str) -> None:
+    """Remove what a save killed midway left in `run_dir`: its staging folders, and, where it was killed between
+    the two renames of `publish`, put the replaced checkpoint back under its name."""
+    if not os.path.isdir(run_dir):
+        return
+    for entry in os.listdir(run_dir):
+        path = os.path.join(run_dir, entry)
+        if entry.startswith(REPLACED_PREFIX + PREFIX_CHECKPOINT_DIR):
+            final = os.path.join(run_dir, entry.removeprefix(REPLACED_PREFIX))
+            if os.path.exists(final):
+                shutil.rmtree(path)
+            else:
+                os.replace(path, final)
+        elif entry.startswith(STAGING_PREFIX + PREFIX_CHECKPOINT_DIR):
+            shutil.rmtree(path)

@@ -18,7 +18,7 @@ from ..losses import get_loss, loss_inputs, validate_loss_kwargs
 from .annealed import AnnealedRolloutArguments, AnnealedRolloutMixin
 from .atomic_checkpoint import AtomicCheckpointMixin
 from .metrics import log_mean_metrics
-from .reward_guard import guard_reward_func
+from .reward_guard import guard_reward_funcs
 from .trl_loss import check_no_trl_loss_fields, policy_loss_from_trl
 from .variance_aware import VarianceAwareSamplingArguments, VarianceAwareSamplingMixin
 
@@ -114,8 +114,7 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
         if not isinstance(args, ThermoGRPOConfig):
             raise TypeError(f"ThermoGRPOTrainer needs a ThermoGRPOConfig, got {type(args).__name__}.")
         if reward_funcs is not None:
-            funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
-            reward_funcs = [guard_reward_func(f) for f in funcs]
+            reward_funcs = guard_reward_funcs(reward_funcs if isinstance(reward_funcs, list) else [reward_funcs])
         super().__init__(
             model=model,
             reward_funcs=reward_funcs,

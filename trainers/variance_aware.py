@@ -93,6 +93,11 @@ class VarianceAwareSamplingArguments:
 
     def __post_init__(self):
         super().__post_init__()
+        for name in ("vas_weighted_fraction", "vas_probability_floor", "vas_alpha", "vas_beta", "vas_success_threshold",
+                     "vas_ema_decay", "vas_prior_score"):  # NaN passes every comparison below
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if self.vas_mode not in (None, *MODES):
             raise ValueError(f"vas_mode must be None, 'online' or 'rollout', got {self.vas_mode!r}")
         for name in ("vas_weighted_fraction", "vas_probability_floor"):

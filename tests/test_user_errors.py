@@ -1,0 +1,168 @@
+"""A user's mistake through the `thermorl` command: one line naming the field, exit code 2, nothing already written
+lost; `--debug` / THERMORL_DEBUG=1 shows the traceback. Each case runs the CLI in a subprocess; most fail before
+any model is loaded."""
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def thermorl(*args, cwd=None, env=None, launcher=("-m", "thermorl")):
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", **(env or {})}
+    return subprocess.run([sys.executable, *launcher, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=environment, timeout=600)
+
+
+PROGRESS_BAR = re.compile(r"\d+%\|")
+
+
+def assert_user_error(result, *fragments):
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("thermorl "), result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, tiny_model_dir):
+    """A recipe that trains the random tiny model for 2 steps of 8 completions (a few seconds)."""
+    values = dict(
+        model_name_or_path=str(tiny_model_dir), dataset="arithmetic", num_train_examples=16, num_eval_examples=4,
+        use_cpu=True, bf16=False, per_device_train_batch_size=8, num_generations=4, max_completion_length=4,
+        max_steps=2, logging_steps=1, save_strategy="no", report_to=[], output_dir=str(tmp_path / "run"), seed=0,
+    )
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("", ["is empty", "model_name_or_path"]),
+        ("model_name_or_path: !!python/object/apply:os.system [echo hi]\n", ["not valid YAML", "line 1", "tags"]),
+        ("learning_rate: 1e-5\ndataset: [arithmetic\n", ["not valid YAML", "line 2, column 10", "flow sequence"]),
+        ("- a\n- b\n", ["must be a mapping"]),
+    ],
+)
+def test_broken_recipe_file_is_one_line(tmp_path, text, fragments):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    assert_user_error(thermorl("train", recipe), str(recipe), *fragments)
+
+
+def test_debug_flag_and_environment_variable_show_the_traceback(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("")
+    for result in (thermorl("--debug", "train", recipe), thermorl("train", recipe, "--debug"),
+                   thermorl("train", recipe, env={"THERMORL_DEBUG": "1"})):
+        assert result.returncode == 1
+        assert "Traceback" in result.stderr and "is empty" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["--max_steps", "-5"], ["max_steps", "-5"]),
+        (["--vas_mode", "online", "--vas_alpha", "nan"], ["vas_alpha", "finite"]),
+        (["--model_name_or_path", "./models/not-there"], ["model_name_or_path", "./models/not-there", "no such folder"]),
+        (["--resume_from_checkpoint", "latest"], ["resume_from_checkpoint: latest", "no checkpoint"]),
+        (["--resume_from_checkpoint", "nowhere/checkpoint-3"], ["resume_from_checkpoint", "nowhere/checkpoint-3"]),
+        (["--bf16", "true"], ["bf16", "CPU"]),
+    ],
+)
+def test_value_that_would_fail_later_is_refused_before_training(tiny_recipe, tmp_path, overrides, fragments):
+    result = thermorl("train", tiny_recipe, *overrides)
+    assert_user_error(result, *fragments)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_missing_reward_module_or_function_is_named(tiny_recipe, tmp_path):
+    reward_file = tmp_path / "my_rewards.py"
+    reward_file.write_text("def length(completions, **_):\n    return [float(len(c)) for c in completions]\n")
+    assert_user_error(thermorl("train", tiny_recipe, "--reward_funcs", "no_such_module:reward"),
+                      "no_such_module")
+    assert_user_error(thermorl("train", tiny_recipe, "--reward_funcs", f"{reward_file}:lenght"),
+                      "has no attribute 'lenght'")
+    assert_user_error(thermorl("train", tiny_recipe, "--reward_funcs", f"{tmp_path / 'absent.py'}:f"),
+                      "absent.py")
+
+
+def test_new_run_over_another_runs_checkpoints_is_refused_and_touches_nothing(tiny_recipe, tmp_path):
+    old = tmp_path / "run" / "checkpoint-300"
+    old.mkdir(parents=True)
+    (old / "model.safetensors").write_bytes(b"old weights")
+    (tmp_path / "run" / "trainer_state.json").write_text("{}")
+    before = snapshot(tmp_path / "run")
+    assert_user_error(thermorl("train", tiny_recipe), "checkpoint-300", "resume_from_checkpoint: latest",
+                      "overwrite_output_dir: true")
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_output_dir_that_cannot_be_written_is_named(tiny_recipe, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    assert_user_error(thermorl("train", tiny_recipe, "--output_dir", blocker / "run"), "output_dir", "cannot be written")
+    assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_dir_is_named(tiny_recipe, tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        assert_user_error(thermorl("train", tiny_recipe, "--output_dir", folder), "output_dir", "Permission denied")
+    finally:
+        folder.chmod(0o755)
+
+
+def test_reward_function_returning_strings_fails_naming_it(tiny_recipe, tmp_path):
+    reward_file = tmp_path / "text_rewards.py"
+    reward_file.write_text("def as_text(completions, **_):\n    return ['1.0' for _ in completions]\n")
+    result = thermorl("train", tiny_recipe, "--reward_funcs", f"{reward_file}:as_text")
+    assert_user_error(result, "Reward function 'as_text'", "'1.0' (str)", "example 0")
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_run_shows_progress_and_results_and_sends_library_noise_to_its_log(tiny_recipe, tmp_path):
+    result = thermorl("train", tiny_recipe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    for noise in ("FutureWarning", "Setting accelerator to CPU", "{'loss'", "Loading weights"):
+        assert noise not in output, output
+    assert "step 2/2  loss" in output and "reward" in output
+    assert f"Model and checkpoints written to {tmp_path / 'run'}" in result.stdout
+    log = (tmp_path / "run" / "thermorl.log").read_text()
+    assert "FutureWarning" in log  # what the libraries said is kept, in the run's folder
+
+    verbose = thermorl("train", tiny_recipe, "--output_dir", tmp_path / "verbose", "--verbose")
+    assert verbose.returncode == 0
+    assert "FutureWarning" in verbose.stderr and "'loss'" in verbose.stdout + verbose.stderr
+
+
+def test_gpu_launch_config_on_a_cpu_machine_names_the_setting(tiny_recipe, tmp_path):
+    """accelerate's launcher adds its own report; the worker's line is printed and is the launcher's root cause."""
+    result = thermorl("--config_file", ROOT / "launch" / "ddp.yaml", "--num_processes", "2",
+                      "-m", "thermorl", "train", tiny_recipe, launcher=("-m", "accelerate.commands.launch"))
+    assert result.returncode != 0
+    message = "thermorl train: error: The accelerate config sets `mixed_precision: bf16`, but this run is on the CPU"
+    assert message in result.stderr
+    root_cause = result.stderr[result.stderr.index("Root Cause"):]
+    assert message in root_cause
+    assert not (tmp_path / "run" / "model.safetensors").exists()
