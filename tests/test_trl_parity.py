@@ -197,14 +197,22 @@ def test_bad_loss_settings_are_refused_at_config_time(settings, message, fast_gr
         ThermoGRPOConfig(**fast_grpo_kwargs, **settings)
 
 
-def test_yaml_recipe_exponent_is_a_number(tmp_path, fast_grpo_kwargs):
-    """The README's `{eps_low: 3e-4}` reaches the loss as a float, not the string YAML reads."""
+def test_yaml_recipe_exponent_is_a_number(tmp_path):
+    """The README's `{eps_low: 3e-4}`, which YAML reads as the string '3e-4', reaches the loss as a float; a value
+    out of range fails when the recipe is loaded, naming the loss and the parameter."""
     from thermorl.recipe import load_recipe
 
-    _, training_args, _ = load_recipe(
-        "gspo", {"output_dir": fast_grpo_kwargs["output_dir"], "policy_loss_kwargs": '{"eps_low": "3e-4"}'}
+    recipe = tmp_path / "gspo.yaml"
+    recipe.write_text(
+        "policy_loss: gspo\npolicy_loss_kwargs: {eps_low: 3e-4, eps_high: 4e-4}\n"
+        f"output_dir: {tmp_path / 'run'}\nuse_cpu: true\nbf16: false\nnum_generations: 4\n"
+        "per_device_train_batch_size: 8\n"
     )
-    assert training_args.policy_loss_kwargs["eps_low"] == 3e-4
+    _, training_args, _ = load_recipe(recipe)
+    assert training_args.policy_loss_kwargs == {"eps_low": 3e-4, "eps_high": 4e-4}
+    recipe.write_text(recipe.read_text().replace("eps_high: 4e-4", "eps_high: -4e-4"))
+    with pytest.raises(ValueError, match=r"Loss 'gspo': parameter 'eps_high' must lie in \[0, inf\), got -0.0004"):
+        load_recipe(recipe)
 
 
 # ---------------------------------------------------------------- constructor and reward sources
