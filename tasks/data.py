@@ -135,7 +135,8 @@ def shape_prompts(
 ) -> Dataset:
     """The "prompt" column the trainer reads, and the "answer" column rewards read.
 
-    - `prompt_template` set: prompt = the template with each row's {column} filled in, made a user message; `prompt_column` must be unset.
+    - `prompt_template` set: prompt = the template with each row's {column} filled in, made a user message;
+      `prompt_column` must be unset.
     - else the `prompt_column` (default "prompt") is renamed to "prompt", strings kept as they are.
     - `system_prompt` set: a system message before the user message; refused when the dataset's conversations
       already start with one.

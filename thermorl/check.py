@@ -79,7 +79,8 @@ def model_summary(model_args, tokenizer) -> list[str]:
 
     name = model_args.model_name_or_path
     if name == TINY_MODEL_NAME:
-        size = f"tiny character-level Qwen2 ({TINY_CONFIG['num_hidden_layers']} layers), warmed up on the task at train time"
+        layers = TINY_CONFIG["num_hidden_layers"]
+        size = f"tiny character-level Qwen2 ({layers} layers), warmed up on the task at train time"
     else:
         config = AutoConfig.from_pretrained(name, revision=model_args.model_revision)
         size = f"{config.model_type}, {_parameter_count(config)}, {getattr(config, 'num_hidden_layers', '?')} layers"
@@ -124,21 +125,23 @@ def launch_summary(training_args, world_size: int) -> list[str]:
     args = training_args
     completions = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
     prompts_per_step = completions // args.num_generations
+    scheduler = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
     lines = [
         f"launch: {world_size} process(es) (WORLD_SIZE), device {args.device.type}, bf16 {args.bf16}, "
         f"gradient checkpointing {args.gradient_checkpointing}",
         f"  per optimizer step: {completions} completions = {prompts_per_step} prompts x {args.num_generations} "
         f"generations (per_device_train_batch_size {args.per_device_train_batch_size} x gradient_accumulation_steps "
-        f"{args.gradient_accumulation_steps} x {world_size} processes); steps_per_generation {args.steps_per_generation}",
-        f"  loss {args.policy_loss} {args.policy_loss_kwargs or {}}, learning_rate {args.learning_rate:g} "
-        f"({getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}), beta {args.beta}, max_completion_length {args.max_completion_length}, "
-        f"temperature {args.temperature}" + (f", temperature_schedule {args.temperature_schedule}"
-                                               if args.temperature_schedule is not None else ""),
+        f"{args.gradient_accumulation_steps} x {world_size} processes); "
+        f"steps_per_generation {args.steps_per_generation}",
+        f"  loss {args.policy_loss} {args.policy_loss_kwargs or {}}, learning_rate {args.learning_rate:g} ({scheduler}), "
+        f"beta {args.beta}, max_completion_length {args.max_completion_length}, temperature {args.temperature}"
+        + (f", temperature_schedule {args.temperature_schedule}" if args.temperature_schedule is not None else ""),
     ]
     if args.use_vllm:
         installed = importlib.util.find_spec("vllm") is not None
-        lines.append(f"  generation: vLLM ({args.vllm_mode}, gpu_memory_utilization {args.vllm_gpu_memory_utilization}); "
-                     f"vllm {'installed' if installed else 'NOT installed here (pip install vllm on the GPU machine)'}")
+        where = "installed" if installed else "NOT installed here (pip install vllm on the GPU machine)"
+        lines.append(f"  generation: vLLM ({args.vllm_mode}, gpu_memory_utilization "
+                     f"{args.vllm_gpu_memory_utilization}); vllm {where}")
     else:
         lines.append("  generation: transformers generate")
     lines.append(f"  output_dir {args.output_dir}, save every {args.save_steps} steps, report_to {args.report_to}")
@@ -174,11 +177,13 @@ def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
     lines = [f"recipe: {recipe}", *model_summary(model_args, tokenizer)]
     source = script_args.dataset + (f" (config {script_args.dataset_config})" if script_args.dataset_config else "")
     kind = "conversational (chat template applies)" if is_conversational_prompt(train[0]["prompt"]) else "plain text"
-    lines.append(f"dataset: {source}, split {script_args.dataset_split}: {len(train)} rows, columns {train.column_names}, "
-                 f"prompts {kind}" + (f"; {len(held_out)} held-out rows" if held_out is not None else ""))
+    lines.append(f"dataset: {source}, split {script_args.dataset_split}: {len(train)} rows, columns "
+                 f"{train.column_names}, prompts {kind}"
+                 + (f"; {len(held_out)} held-out rows" if held_out is not None else ""))
     for i in range(min(PROMPTS_SHOWN, len(train))):
         text = rendered_prompt(tokenizer, train[i]["prompt"], training_args)
-        lines.append(f"  prompt {i} as the model sees it ({len(tokenizer(text, add_special_tokens=False)['input_ids'])} tokens):")
+        tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        lines.append(f"  prompt {i} as the model sees it ({tokens} tokens):")
         lines.extend("  | " + line for line in text.split("\n"))
         if "answer" in train.column_names:
             lines.append(f"  answer {i}: {str(train[i]['answer'])[-120:]!r}")

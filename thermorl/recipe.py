@@ -40,8 +40,8 @@ class ThermoScriptArguments:
     prompt_template: str | None = field(
         default=None,
         metadata={"help": "Prompt built from each row's columns, e.g. '{question}\\nPut your final answer within "
-                  "\\\\boxed{}.' ('{column}' is a placeholder, other braces are literal); makes prompts conversational, so the model's chat "
-                  "template applies. Exclusive with prompt_column."},
+                  "\\\\boxed{}.' ('{column}' is a placeholder, other braces are literal); makes prompts "
+                  "conversational, so the model's chat template applies. Exclusive with prompt_column."},
     )
     system_prompt: str | None = field(
         default=None,

@@ -184,3 +184,27 @@ def test_check_renders_the_prompt_through_the_chat_template(standins, capsys):
     assert "<|im_start|>assistant\n  | <think>" in out  # enable_thinking: false, from chat_template_kwargs
     assert "math_verify_reward: [1.0, 0.0]" in out
     assert "(config default), split train: 24 rows" in out
+
+
+def test_the_readme_reward_function_example_runs_as_trl_calls_it():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = next(b for b in readme.split("```python")[1:] if "def short_and_right" in b).split("```")[0]
+    namespace = {}
+    exec(block, namespace)
+    completions = [[{"role": "assistant", "content": "<think>7 * 6</think>\n\\boxed{42}"}],
+                   [{"role": "assistant", "content": "\\boxed{41}"}]]
+    rewards = namespace["short_and_right"](prompts=[[{"role": "user", "content": "6 * 7?"}]] * 2, completions=completions,
+                                           answer=["#### 42"] * 2, completion_ids=[[], []], trainer_state=None)
+    lengths = [len(c[0]["content"]) for c in completions]
+    assert rewards == pytest.approx([1.0 - 0.001 * lengths[0], -0.001 * lengths[1]])
+
+
+def test_check_on_a_tiny_model_recipe_scores_the_tasks_answer(capsys):
+    assert thermorl_main(["check", "quickstart"]) == 0  # offline, no warm-up: the plan only
+    out = capsys.readouterr().out
+    assert "model: thermorl:tiny (tiny character-level Qwen2" in out and "chat template: none" in out
+    assert "700 rows" in out and "256 held-out rows" in out and "prompts plain text" in out
+    assert "arithmetic_correct: [1.0, 0.0]" in out
+    assert "per optimizer step: 64 completions = 8 prompts x 8 generations" in out
