@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from thermorl.tasks import TASKS, load_prompt_dataset, resolve_reward_funcs, task_from_spec
-from thermorl.train import HELD_OUT_FILE
+from thermorl.train import HELD_OUT_FILE, find_held_out
 
 from .model_loading import check_model_path, load_policy
 from .pipeline import (
@@ -80,16 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_held_out_record(model: str) -> dict | None:
-    """The held-out record `thermorl train` writes into its output folder, found from --model (the output folder
-    or one of its checkpoint-N folders); None if there is none."""
-    for folder in (Path(model), Path(model).parent):
-        path = folder / HELD_OUT_FILE
-        if path.is_file():
-            return json.loads(path.read_text())
-    return None
-
-
 def builtin_held_out(task_spec: str, args, record: dict | None):
     """The held-out rows of a built-in task: the rows the training recipe held out, from the same split settings
     (num_train_examples, num_eval_examples, seed) as the run in `record`, else the recipe defaults; flags win."""
@@ -127,7 +117,8 @@ def load_dataset_and_verifier(args):
     """(dataset, verifier) for --task, --num-questions and --reward-fn."""
     if args.num_questions is not None and args.num_questions < 1:
         raise ValueError(f"--num-questions must be >= 1, got {args.num_questions}")
-    record = run_held_out_record(args.model)
+    record_path = find_held_out(args.model)
+    record = json.loads(record_path.read_text()) if record_path is not None else None
     task_spec = args.task if args.task is not None else (record or {}).get("dataset")
     if task_spec is None:
         raise ValueError(f"--task is required: {args.model} holds no {HELD_OUT_FILE} from a training run on a built-in task")

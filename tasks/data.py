@@ -100,6 +100,11 @@ def _load_hub(source: str, config: str | None, split: str) -> Dataset:
         if "Unknown split" in message:
             raise ValueError(f"dataset_split {split!r}: {message}") from None
         raise
+    except ConnectionError as error:
+        raise ValueError(
+            f"dataset {source!r}: {error}; offline, point dataset at a local copy (a data file, or the repo's folder "
+            "from `hf download --repo-type dataset`)"
+        ) from None
 
 
 def is_conversational_prompt(prompt) -> bool:

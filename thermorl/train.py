@@ -91,7 +91,20 @@ def load_tokenizer(model_args):
 
     if model_args.model_name_or_path == TINY_MODEL_NAME:
         return build_char_tokenizer()
-    return AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    try:
+        return AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    except OSError as error:  # not a local folder, and not on the Hub (or the Hub cannot be reached)
+        message = " ".join(str(error).split())  # one line
+        raise ValueError(f"model_name_or_path '{model_args.model_name_or_path}': {message}") from None
+
+
+def find_held_out(model_path: str | Path) -> Path | None:
+    """The held-out record of the run a model folder comes from: in the folder (a training output_dir, or a model
+    exported from one) or its parent (a checkpoint-N folder); None if there is none."""
+    for folder in (Path(model_path), Path(model_path).parent):
+        if (folder / HELD_OUT_FILE).is_file():
+            return folder / HELD_OUT_FILE
+    return None
 
 
 def check_chat_template(tokenizer, model_name_or_path: str, train) -> None:

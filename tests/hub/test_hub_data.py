@@ -208,3 +208,21 @@ def test_check_on_a_tiny_model_recipe_scores_the_tasks_answer(capsys):
     assert "700 rows" in out and "256 held-out rows" in out and "prompts plain text" in out
     assert "arithmetic_correct: [1.0, 0.0]" in out
     assert "per optimizer step: 64 completions = 8 prompts x 8 generations" in out
+
+
+def test_an_unreachable_hub_dataset_or_model_is_one_line_naming_the_field(monkeypatch, tmp_path):
+    import datasets
+    import huggingface_hub
+
+    from thermorl.recipe import load_recipe
+    from thermorl.train import load_tokenizer
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # nothing cached
+    with pytest.raises(ValueError, match=r"dataset 'thermorl-test/absent': .*point dataset at a local copy"):
+        load_prompt_dataset("thermorl-test/absent", config="main")
+    model_args, _, _ = load_recipe({"model_name_or_path": "thermorl-test/absent-model", "use_cpu": True})
+    with pytest.raises(ValueError, match=r"^model_name_or_path 'thermorl-test/absent-model': [^\n]*$"):
+        load_tokenizer(model_args)
