@@ -1,6 +1,11 @@
 """`thermorl eval`: multi-temperature test-time-scaling evaluation of a model on a task or dataset.
 
     thermorl eval --model outputs/run/checkpoint-500 --task arithmetic --temperatures 0.0:1.2:0.1 --samples 8
+    thermorl eval --model outputs/quickstart   # the run's own task, on the rows its recipe held out
+
+A built-in task is evaluated on the rows its training recipe held out: `thermorl train` records the split settings
+and held-out prompts in OUTPUT_DIR/thermorl_held_out.json, found from --model (the output folder or a checkpoint in
+it); without one, the recipe defaults (num_train_examples, num_eval_examples, seed) apply.
 
 Every input is checked (temperature grid, counts, model path, dataset and verifier) before the
 model is loaded, and a problem exits with a usage error naming it.
@@ -9,9 +14,11 @@ model is loaded, and a problem exits with a usage error naming it.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from thermorl.tasks import TASKS, load_prompt_dataset, resolve_reward_funcs, task_from_spec
+from thermorl.train import HELD_OUT_FILE, find_held_out
 
 from .model_loading import check_model_path, load_policy
 from .pipeline import (
@@ -36,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--task",
-        required=True,
-        help='built-in task spec ("arithmetic", "countdown:num_numbers=4"), data file or Hub dataset',
+        default=None,
+        help='built-in task spec ("arithmetic", "countdown:num_numbers=4"), data file or Hub dataset; default: the '
+        "task of the training run in --model (its thermorl_held_out.json)",
     )
     parser.add_argument("--temperatures", default="0.0:1.2:0.1", help="start:stop:step (stop included) or a,b,c")
     parser.add_argument("--samples", type=int, default=8, help="samples K per (question, temperature)")
@@ -45,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--out", default="outputs/eval", help="directory for report.json, questions.csv, plots")
-    parser.add_argument("--num-questions", type=int, default=None, help="first N questions (built-in tasks: 200)")
+    parser.add_argument(
+        "--num-questions", type=int, default=None,
+        help="first N questions (built-in tasks: the run's held-out rows, else the recipe default num_eval_examples)",
+    )
     parser.add_argument("--reward-fn", default=None, help="verifier: built-in reward name or package.module:function")
     parser.add_argument("--correct-threshold", type=float, default=1.0, help="reward counted as a correct answer")
     parser.add_argument(
@@ -56,28 +67,75 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--split", default="test", help="dataset split (built-in tasks: held-out rows)")
     parser.add_argument("--prompt-column", default="prompt")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of a built-in task's rows")
+    parser.add_argument(
+        "--data-seed", type=int, default=None,
+        help="seed of a built-in task's split (the training recipe's `seed`); default: the run's, else the recipe default",
+    )
+    parser.add_argument(
+        "--num-train-examples", type=int, default=None,
+        help="training rows a built-in task's held-out rows were kept apart from (the recipe's num_train_examples); "
+        "default: the run's, else the recipe default",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def builtin_held_out(task_spec: str, args, record: dict | None):
+    """The held-out rows of a built-in task: the rows the training recipe held out, from the same split settings
+    (num_train_examples, num_eval_examples, seed) as the run in `record`, else the recipe defaults; flags win."""
+    from transformers import TrainingArguments
+
+    from thermorl.recipe import ThermoScriptArguments
+
+    defaults = ThermoScriptArguments()
+    same_task = record is not None and record["dataset"] == task_spec
+    n_train = args.num_train_examples or (record["num_train_examples"] if same_task else defaults.num_train_examples)
+    n_eval = args.num_questions or (record["num_eval_examples"] if same_task else defaults.num_eval_examples)
+    if args.data_seed is not None:
+        seed = args.data_seed
+    else:
+        seed = record["seed"] if same_task else TrainingArguments.__dataclass_fields__["seed"].default
+    try:
+        dataset = load_prompt_dataset(task_spec, split="eval", n_train=n_train, n_eval=n_eval, seed=seed)
+    except ValueError as error:
+        raise ValueError(
+            f"--task {task_spec}: the held-out rows are drawn apart from {n_train} training rows (seed {seed}), "
+            f"and {error}. Pass the training run's output folder as --model, or --num-train-examples and "
+            "--data-seed as in its recipe"
+        ) from None
+    recorded = record["prompts"][: len(dataset)] if same_task else None
+    if recorded is not None and args.num_train_examples is None and args.data_seed is None:
+        if dataset["prompt"][: len(recorded)] != recorded:
+            raise ValueError(
+                f"the held-out rows of '{task_spec}' regenerated from the run's settings differ from the prompts "
+                f"recorded in {HELD_OUT_FILE}: the task's generator changed since that run"
+            )
+    return dataset
 
 
 def load_dataset_and_verifier(args):
     """(dataset, verifier) for --task, --num-questions and --reward-fn."""
     if args.num_questions is not None and args.num_questions < 1:
         raise ValueError(f"--num-questions must be >= 1, got {args.num_questions}")
-    builtin = args.task.partition(":")[0].strip() in TASKS
+    record_path = find_held_out(args.model)
+    record = json.loads(record_path.read_text()) if record_path is not None else None
+    task_spec = args.task if args.task is not None else (record or {}).get("dataset")
+    if task_spec is None:
+        raise ValueError(f"--task is required: {args.model} holds no {HELD_OUT_FILE} from a training run on a built-in task")
+    builtin = task_spec.partition(":")[0].strip() in TASKS
     if builtin:
-        dataset = load_prompt_dataset(args.task, split="eval", n_eval=args.num_questions or 200, seed=args.data_seed)
+        dataset = builtin_held_out(task_spec, args, record)
     else:
-        dataset = load_prompt_dataset(args.task, split=args.split, prompt_column=args.prompt_column)
+        dataset = load_prompt_dataset(task_spec, split=args.split, prompt_column=args.prompt_column)
         if args.num_questions is not None:
             dataset = dataset.select(range(min(args.num_questions, len(dataset))))
     if args.reward_fn is not None:
         verifier = RewardVerifier(resolve_reward_funcs([args.reward_fn])[0], args.correct_threshold)
     elif builtin:
-        verifier = TaskVerifier(task_from_spec(args.task))
+        verifier = TaskVerifier(task_from_spec(task_spec))
     else:
         verifier = None
+    args.task = task_spec
     return dataset, as_verifier(verifier, dataset.column_names)
 
 

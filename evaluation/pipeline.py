@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from thermorl.tasks import Task, math_verify_reward
-from thermorl.tasks.verify import normalize_answer
+from thermorl.tasks.verify import final_answer, normalize_answer
 
 from .report import print_table, summarize, write_report
 from .sampling import prompt_text, sample_completions, seeded
@@ -113,7 +113,8 @@ class RewardVerifier(Verifier):
         return [reward is not None and reward >= self.correct_threshold for reward in rewards]
 
     def extract_answer(self, completion):
-        return normalize_answer(completion)
+        answer = final_answer(completion)
+        return None if answer is None else normalize_answer(answer)
 
 
 def as_verifier(task_or_verifier, column_names: Sequence[str]) -> Verifier:

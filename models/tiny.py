@@ -10,7 +10,7 @@ import string
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -30,30 +30,54 @@ TINY_CONFIG = dict(
 )
 
 
-def build_char_tokenizer() -> PreTrainedTokenizerFast:
+# Chat markers as Qwen's chat template writes them; the chat variant ends a reply with IM_END, as Qwen3 does.
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+# Qwen3's chat template in miniature: ChatML turns, and with `enable_thinking=False` (a chat_template_kwargs entry)
+# an empty think block opening the reply.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
+    "{% endif %}"
+)
+
+
+def build_char_tokenizer(chat: bool = False) -> PreTrainedTokenizerFast:
     """One token per printable ASCII character: a byte-level BPE with no merges.
 
     Byte-level (not a plain character vocabulary) because transformers maps every `qwen2` checkpoint to its own
     byte-level `Qwen2Tokenizer` whatever `tokenizer_class` says; with no merges that tokenizer is character-level too.
+    `chat=True` adds the ChatML markers as single tokens, IM_END as the end of sequence, and a Qwen-style chat
+    template: a stand-in for a hub chat model such as Qwen3.
     """
-    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK, *(BYTE_TO_SYMBOL[ord(c)] for c in ALPHABET)])}
+    specials = [PAD, EOS, UNK, *((IM_START, IM_END) if chat else ())]
+    vocab = {tok: i for i, tok in enumerate([*specials, *(BYTE_TO_SYMBOL[ord(c)] for c in ALPHABET)])}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
+    if chat:
+        backend.add_special_tokens([AddedToken(IM_START, special=True), AddedToken(IM_END, special=True)])
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token=PAD,
-        eos_token=EOS,
+        eos_token=IM_END if chat else EOS,
         unk_token=UNK,
         padding_side="left",
         model_max_length=TINY_CONFIG["max_position_embeddings"],
     )
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
-def build_tiny_model(output_dir: str | Path, seed: int = 0, **config_overrides) -> str:
-    """Create a randomly initialised tiny model and its tokenizer in `output_dir`; returns the path."""
+def build_tiny_model(output_dir: str | Path, seed: int = 0, chat: bool = False, **config_overrides) -> str:
+    """Create a randomly initialised tiny model and its tokenizer (`chat`: see build_char_tokenizer) in
+    `output_dir`; returns the path."""
     output_dir = Path(output_dir)
-    tokenizer = build_char_tokenizer()
+    tokenizer = build_char_tokenizer(chat=chat)
+    tokenizer.model_max_length = config_overrides.get("max_position_embeddings", tokenizer.model_max_length)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,

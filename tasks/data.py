@@ -1,15 +1,28 @@
-"""Prompt datasets from a built-in task, a local file, or the Hugging Face Hub.
+"""Prompt datasets from a built-in task, a local file or folder, or the Hugging Face Hub.
 
 `source` is read in this order:
 1. a built-in task spec, "arithmetic" or "countdown:num_numbers=4,max_number=9" (see registry);
    split "train" gives the training rows, any other split the disjoint held-out rows;
 2. a local file ending in .jsonl, .json, .parquet or .csv;
-3. otherwise a Hub dataset name, loaded with `datasets.load_dataset(source, split=split)`.
+3. otherwise a Hub dataset name or a local dataset folder (a hub repo's layout: data files, and a README.md whose
+   YAML header lists its `configs`), loaded with `datasets.load_dataset(source, config, split=split)`.
+
+Then the prompts are shaped for the model (`shape_prompts`): a `prompt_template` such as
+"{question}\\nPut your final answer within \\boxed{}." renders each row's columns into the prompt, and a template or
+a `system_prompt` makes string prompts conversational ([{"role": "system", ...}, {"role": "user", ...}]), so TRL
+renders them with the model's chat template. The reference answer column is renamed to "answer", the name
+reward functions receive it under.
 """
 
+from __future__ import annotations
+
+import hashlib
+import json
+import re
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+import datasets
+from datasets import Dataset, get_dataset_config_names, load_dataset
 
 from .registry import TASKS, task_from_spec
 
@@ -19,39 +32,166 @@ LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".cs
 def load_prompt_dataset(
     source: str,
     split: str = "train",
-    prompt_column: str = "prompt",
+    prompt_column: str | None = "prompt",
     n_train: int = 2000,
     n_eval: int = 200,
     seed: int = 0,
+    *,
+    config: str | None = None,
+    prompt_template: str | None = None,
+    system_prompt: str | None = None,
+    answer_column: str | None = None,
 ) -> Dataset:
-    """Dataset with a "prompt" column (renamed from `prompt_column`) and the source's other columns.
+    """Dataset with a "prompt" column (renamed from `prompt_column`, or rendered from `prompt_template`) and the
+    source's other columns; see `shape_prompts`.
 
     n_train, n_eval and seed size and seed the rows of a built-in task; files and Hub data ignore them.
     """
     if source.partition(":")[0].strip() in TASKS:
+        if config is not None:
+            raise ValueError(f"dataset_config {config!r} is for hub datasets; '{source}' is a built-in task")
         train, held_out = task_from_spec(source).make_splits(n_train, n_eval, seed)
         dataset = train if split == "train" else held_out
     elif Path(source).suffix.lower() in LOCAL_BUILDERS:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"dataset file not found: {source}")
-        builder = LOCAL_BUILDERS[path.suffix.lower()]
-        dataset = load_dataset(builder, data_files={split: str(path)}, split=split)
+        dataset = _load_file(source, split)
     else:
-        dataset = load_dataset(source, split=split)
-    return _with_prompt_column(dataset, prompt_column, source)
+        dataset = _load_hub(source, config, split)
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {source!r} (split {split!r}) has no rows")
+    return shape_prompts(dataset, source, prompt_column, prompt_template, system_prompt, answer_column)
 
 
-def _with_prompt_column(dataset: Dataset, prompt_column: str, source: str) -> Dataset:
-    if prompt_column not in dataset.column_names:
+def _load_file(source: str, split: str) -> Dataset:
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {source}")
+    if not path.read_bytes().strip():
+        raise ValueError(f"dataset file {source} is empty: it needs one row per prompt")
+    return load_dataset(LOCAL_BUILDERS[path.suffix.lower()], data_files={split: str(path)}, split=split)
+
+
+def local_folder_cache_dir(folder: Path) -> str:
+    """A datasets cache folder keyed by the state (name, size, mtime) of every file in a local dataset folder.
+
+    datasets keys its Arrow cache of a local folder by the folder's path only, so after the files change it keeps
+    returning the old rows (and with download_mode="force_redownload" it fails on its stale split sizes)."""
+    state = sorted(
+        (str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns)
+        for path in folder.rglob("*") if path.is_file()
+    )
+    key = hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
+    return str(Path(datasets.config.HF_DATASETS_CACHE) / "thermorl-local-folders" / key)
+
+
+def _load_hub(source: str, config: str | None, split: str) -> Dataset:
+    """`datasets.load_dataset(source, config, split=split)`, its config and split errors restated with the field."""
+    folder = Path(source).expanduser()
+    cache_dir = local_folder_cache_dir(folder) if folder.is_dir() else None
+    try:
+        return load_dataset(source, config, split=split, cache_dir=cache_dir)
+    except ValueError as error:
+        message = str(error)
+        if "Config name is missing" in message or "BuilderConfig" in message:
+            available = get_dataset_config_names(source)
+            what = "is missing" if config is None else f"{config!r} is not one of its configs"
+            raise ValueError(
+                f"dataset_config {what}: dataset {source!r} has configs {available}; set dataset_config to one"
+            ) from None
+        if "Unknown split" in message:
+            raise ValueError(f"dataset_split {split!r}: {message}") from None
+        raise
+    except ConnectionError as error:
         raise ValueError(
-            f"dataset {source!r} has no column {prompt_column!r}; its columns are {dataset.column_names}"
+            f"dataset {source!r}: {error}; offline, point dataset at a local copy (a data file, or the repo's folder "
+            "from `hf download --repo-type dataset`)"
+        ) from None
+
+
+def is_conversational_prompt(prompt) -> bool:
+    """A list of {"role", "content"} messages (TRL's conversational format) rather than a string."""
+    return isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt)
+
+
+# "{column}" is a placeholder; any other brace is literal ("\boxed{}", "\frac{1}{2}" stay as written, except that a
+# brace around a bare word is a placeholder: write "{{word}}" for a literal "{word}").
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def template_columns(prompt_template: str) -> list[str]:
+    """Column names a prompt template refers to: "{question} ({level})" -> ["question", "level"]."""
+    return [match.group(1) for match in _PLACEHOLDER.finditer(prompt_template) if match.group(1)]
+
+
+def render_template(prompt_template: str, row) -> str:
+    """The template with each "{column}" replaced by the row's value ("{{" and "}}" give literal braces)."""
+    def replace(match):
+        return str(row[match.group(1)]) if match.group(1) else match.group(0)[0]
+
+    return _PLACEHOLDER.sub(replace, prompt_template)
+
+
+def shape_prompts(
+    dataset: Dataset,
+    source: str,
+    prompt_column: str | None = "prompt",
+    prompt_template: str | None = None,
+    system_prompt: str | None = None,
+    answer_column: str | None = None,
+) -> Dataset:
+    """The "prompt" column the trainer reads, and the "answer" column rewards read.
+
+    - `prompt_template` set: prompt = the template with each row's {column} filled in, made a user message;
+      `prompt_column` must be unset.
+    - else the `prompt_column` (default "prompt") is renamed to "prompt", strings kept as they are.
+    - `system_prompt` set: a system message before the user message; refused when the dataset's conversations
+      already start with one.
+    - `answer_column` set: renamed to "answer".
+    """
+    columns = dataset.column_names
+    if prompt_template is not None:
+        if prompt_column not in (None, "prompt"):
+            raise ValueError("set prompt_template or prompt_column, not both: the template names the columns it uses")
+        missing = [name for name in template_columns(prompt_template) if name not in columns]
+        if missing:
+            raise ValueError(
+                f"prompt_template names column(s) {missing} that dataset {source!r} lacks; its columns are {columns}"
+            )
+        dataset = dataset.map(lambda row: {"prompt": render_template(prompt_template, row)})
+    else:
+        dataset = _renamed(dataset, prompt_column or "prompt", "prompt", "prompt_column", source)
+    if answer_column is not None:
+        dataset = _renamed(dataset, answer_column, "answer", "answer_column", source)
+
+    first = dataset[0]["prompt"]
+    conversational = is_conversational_prompt(first)
+    if conversational and prompt_template is not None:
+        raise ValueError(f"prompt_template renders string prompts, but dataset {source!r} is conversational")
+    if conversational and system_prompt is not None:
+        if any(prompt and prompt[0].get("role") == "system" for prompt in dataset["prompt"]):
+            raise ValueError(
+                f"system_prompt: dataset {source!r} already has a system message in its conversations; "
+                "remove one of the two"
+            )
+        system = {"role": "system", "content": system_prompt}
+        return dataset.map(lambda row: {"prompt": [system, *row["prompt"]]})
+    if not conversational and (prompt_template is not None or system_prompt is not None):
+        if not isinstance(first, str):
+            raise ValueError(f"dataset {source!r}: prompts must be strings or conversations, got {type(first).__name__}")
+        head = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+        return dataset.map(lambda row: {"prompt": [*head, {"role": "user", "content": row["prompt"]}]})
+    return dataset
+
+
+def _renamed(dataset: Dataset, column: str, target: str, field_name: str, source: str) -> Dataset:
+    if column not in dataset.column_names:
+        raise ValueError(
+            f"{field_name}: dataset {source!r} has no column {column!r}; its columns are {dataset.column_names}"
         )
-    if prompt_column == "prompt":
+    if column == target:
         return dataset
-    if "prompt" in dataset.column_names:
+    if target in dataset.column_names:
         raise ValueError(
-            f"dataset {source!r} has both {prompt_column!r} and 'prompt' columns; "
-            "remove or rename 'prompt' before using prompt_column"
+            f"{field_name}: dataset {source!r} has both {column!r} and {target!r} columns; "
+            f"remove or rename {target!r} before using {field_name}"
         )
-    return dataset.rename_column(prompt_column, "prompt")
+    return dataset.rename_column(column, target)

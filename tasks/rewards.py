@@ -11,26 +11,25 @@ from pathlib import Path
 
 from ..errors import UserError
 from .base import completion_text
-from .verify import math_verify_equal
-
-
-def gold_answer(text: str) -> str:
-    """The gold answer inside a reference: GSM8K's "reasoning #### 72" -> "72"; anything else unchanged."""
-    return text.rsplit("####", 1)[-1].strip() if "####" in text else text
+from .verify import final_answer, gold_answer, math_verify_equal
 
 
 def math_verify_reward(completions, answer=None, solution=None, **_) -> list[float]:
-    """1.0 where math-verify finds the completion's final answer equal to the reference.
+    """1.0 where math-verify finds the completion's final answer equal to the reference, else 0.0.
 
-    The reference is the `answer` column (GSM8K's "#### 72" form understood) or, failing that, a `solution`
-    column (MATH: its \\boxed{} answer). Extraction is lenient (the last answer in free text, e.g.
-    "... so \\boxed{42}"), as suits models that reason before answering; unparsable completions score 0.0.
+    The reference is the `answer` column (a recipe's `answer_column` is renamed to it; GSM8K's "... #### 72" and a
+    MATH solution's last \\boxed{} are read as their answer) or, failing that, a `solution` column. The
+    completion's answer is what follows its `<think>` block: the last \\boxed{}, else the text after a "####",
+    else math-verify's lenient last answer in the text. A completion cut off while thinking scores 0.0.
     """
     references = answer if answer is not None else solution
     if references is None:
-        raise ValueError("math_verify needs an 'answer' or 'solution' column in the dataset.")
-    pairs = zip(completions, references, strict=True)
-    return [float(math_verify_equal(gold_answer(str(gold)), completion_text(c))) for c, gold in pairs]
+        raise ValueError("math_verify needs an 'answer' or 'solution' column in the dataset (see answer_column).")
+    scores = []
+    for completion, gold in zip(completions, references, strict=True):
+        answer_text = final_answer(completion_text(completion))
+        scores.append(float(answer_text is not None and math_verify_equal(gold_answer(str(gold)), answer_text)))
+    return scores
 
 
 BUILTIN_REWARDS: dict[str, Callable[..., list[float]]] = {"math_verify": math_verify_reward}

@@ -38,23 +38,81 @@ def _parse(text: str) -> list:
 
 @lru_cache(maxsize=65536)
 def parse_gold(gold: str) -> tuple:
-    """math-verify parse of a reference answer, cached: the same gold is checked G times a step.
+    """math-verify parse of a reference answer, cached: the same gold is checked G times a step."""
+    return tuple(_parse_answer(gold))
 
-    A bare LaTeX gold ("\\sqrt{2}") is only found inside math delimiters, hence the retry.
-    """
-    parsed = _parse(gold) or _parse(f"${gold}$")
-    return tuple(parsed)
+
+def _parse_answer(text: str) -> list:
+    """math-verify parse of an answer that may be bare LaTeX (a \\boxed{} content such as "\\sqrt 2"): outside
+    math delimiters math-verify would read only its last number, so LaTeX is parsed inside "$...$" first."""
+    attempts = (f"${text}$", text) if "\\" in text else (text, f"${text}$")
+    for attempt in attempts:
+        parsed = _parse(attempt)
+        if parsed:
+            return parsed
+    return []
 
 
 def math_verify_equal(gold: str, completion: str) -> bool:
-    """True if the completion's answer equals the gold answer; integers exactly, else math-verify."""
+    """True if the completion's answer equals the gold answer; integers exactly, else math-verify.
+
+    Both sides may be bare LaTeX (the content of a \\boxed{}, e.g. "\\frac{3}{4}")."""
     gold, completion = gold.strip(), completion.strip()
     if INTEGER.fullmatch(gold) and INTEGER.fullmatch(completion):
         return canonical_integer(gold) == canonical_integer(completion)
     gold_parsed = parse_gold(gold)
     if not gold_parsed:
         return False
-    return verify(list(gold_parsed), _parse(completion), timeout_seconds=_timeout_seconds())
+    return verify(list(gold_parsed), _parse_answer(completion), timeout_seconds=_timeout_seconds())
+
+
+_THINK_CLOSE = "</think>"
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def strip_thinking(completion: str) -> str | None:
+    """The text after a reasoning model's `<think>...</think>` block; None if the block never closes (the
+    completion was cut off while thinking, so it holds no answer). Text without a think block is unchanged."""
+    if _THINK_CLOSE in completion:
+        return completion.rsplit(_THINK_CLOSE, 1)[1]
+    return None if "<think>" in completion else completion
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} in `text` (braces balanced), None if there is none or it never closes."""
+    starts = [match.end() for match in _BOXED.finditer(text)]
+    if not starts:
+        return None
+    depth, start = 1, starts[-1]
+    for position in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[position], 0)
+        if depth == 0:
+            return text[start:position]
+    return None
+
+
+def final_answer(completion: str) -> str | None:
+    """The answer a reasoning completion commits to: think blocks dropped, then the last \\boxed{}, else what
+    follows the last GSM8K-style "####", else the whole remaining text (math-verify then takes its last answer).
+    None when there is nothing to check (cut off inside a think block, an unclosed \\boxed{, empty text)."""
+    text = strip_thinking(completion)
+    if text is None:
+        return None
+    if _BOXED.search(text):
+        return last_boxed(text)
+    if "####" in text:
+        after = text.rsplit("####", 1)[1].strip()
+        text = after.splitlines()[0] if after else ""
+    return text.strip() or None
+
+
+def gold_answer(reference: str) -> str:
+    """The answer inside a reference: GSM8K's "reasoning #### 72" -> "72", a MATH solution's last
+    \\boxed{...} -> its content; anything else unchanged."""
+    if "####" in reference:
+        return reference.rsplit("####", 1)[1].strip()
+    boxed = last_boxed(reference) if _BOXED.search(reference) else None
+    return boxed if boxed is not None else reference
 
 
 def number_answer(completion: str) -> str | None:

@@ -11,6 +11,7 @@ USAGE = """thermorl <command> [...]
 
 commands:
   train RECIPE [--field value ...]   train with a recipe (a YAML path or a built-in name, e.g. quickstart)
+  check RECIPE [--field value ...]   resolve model, data, prompts, rewards and launch settings; print the plan
   quickstart [--field value ...]     the offline main job: tiny model, SAPO, accuracy before and after
   eval --model PATH --task NAME ...  multi-temperature test-time-scaling evaluation (thermorl eval --help)
   export --checkpoint DIR --out DIR  merge a LoRA checkpoint into its base model (thermorl export --help)
@@ -31,6 +32,12 @@ def _train(argv: list[str]) -> int:
     if trainer.accelerator.is_main_process:
         print(f"Model and checkpoints written to {training_args.output_dir}")
     return 0
+
+
+def _check(argv: list[str]) -> int:
+    from .check import check_command
+
+    return check_command(argv)
 
 
 def _quickstart(argv: list[str]) -> int:
@@ -68,7 +75,7 @@ def _list(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "quickstart": _quickstart, "eval": _eval, "export": _export, "list": _list}
+COMMANDS = {"train": _train, "check": _check, "quickstart": _quickstart, "eval": _eval, "export": _export, "list": _list}
 
 
 # Options of the thermorl command itself: before the command, or anywhere after it when given without a value

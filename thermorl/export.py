@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -18,6 +19,8 @@ def export_merged(checkpoint: str | Path, out: str | Path, base_model: str | Non
     (`base_model`, default the one recorded in adapter_config.json) and save model and tokenizer to `out`."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .train import find_held_out
 
     checkpoint, out = Path(checkpoint), Path(out)
     config_path = checkpoint / ADAPTER_CONFIG
@@ -37,6 +40,9 @@ def export_merged(checkpoint: str | Path, out: str | Path, base_model: str | Non
     merged.save_pretrained(out)
     has_tokenizer = any((checkpoint / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
     AutoTokenizer.from_pretrained(checkpoint if has_tokenizer else base).save_pretrained(out)
+    held_out = find_held_out(checkpoint)
+    if held_out is not None:  # so `thermorl eval --model OUT` evaluates on the run's held-out rows, as on the adapter
+        shutil.copyfile(held_out, out / held_out.name)
     return out
 
 

@@ -28,8 +28,30 @@ class ThermoScriptArguments:
         metadata={"help": "Built-in task ('arithmetic', 'countdown:num_numbers=3'), a local jsonl/json/csv/parquet "
                   "file, or a hub dataset name."},
     )
+    dataset_config: str | None = field(
+        default=None,
+        metadata={"help": "Config (subset) of a hub dataset or dataset folder with several, e.g. 'main' for "
+                  "openai/gsm8k; as `datasets.load_dataset(dataset, dataset_config)`."},
+    )
     dataset_split: str = field(default="train", metadata={"help": "Split of a file or hub dataset."})
-    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts."})
+    prompt_column: str | None = field(
+        default=None, metadata={"help": "Column holding the prompts (default 'prompt'); renamed to 'prompt'."}
+    )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "Prompt built from each row's columns, e.g. '{question}\\nPut your final answer within "
+                  "\\\\boxed{}.' ('{column}' is a placeholder, other braces are literal); makes prompts "
+                  "conversational, so the model's chat template applies. Exclusive with prompt_column."},
+    )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "System message put before each prompt; makes prompts conversational (chat template)."},
+    )
+    answer_column: str | None = field(
+        default=None,
+        metadata={"help": "Column holding the reference answers (e.g. 'solution' for MATH); renamed to 'answer', "
+                  "the keyword reward functions receive it as. Default: an 'answer' column if there is one."},
+    )
     num_train_examples: int = field(default=2048, metadata={"help": "Prompts generated for a built-in task."})
     num_eval_examples: int = field(default=128, metadata={"help": "Held-out prompts for a built-in task."})
     reward_funcs: list[str] | None = field(

@@ -3,31 +3,153 @@ ThermoADPOTrainer for a recipe with `trainer: adpo`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from .models.warmup import TINY_MODEL_NAME
+
+HELD_OUT_FILE = "thermorl_held_out.json"
 
 
 def resolve_model_path(model_name_or_path: str, script_args, held_out=None) -> str:
     """`thermorl:tiny` -> the cached tiny model warmed up on the recipe's task (never on its held-out prompts);
     anything else is passed on."""
-    from .models.warmup import TINY_MODEL_NAME, WarmupSettings, warm_tiny_model
+    from .models.warmup import WarmupSettings, warm_tiny_model
 
     if model_name_or_path != TINY_MODEL_NAME:
         return model_name_or_path
+    check_tiny_model_fits(script_args)
     settings = WarmupSettings(
         task=script_args.dataset, examples=script_args.warmup_examples, epochs=script_args.warmup_epochs
     )
     return warm_tiny_model(settings, held_out_prompts=list(held_out["prompt"]) if held_out is not None else [])
 
 
-def build_datasets(script_args, seed: int):
-    """(train, held-out or None, task or None) for the recipe's dataset."""
-    from .tasks import TASKS, load_prompt_dataset, parse_task_spec, task_from_spec
+def check_tiny_model_fits(script_args) -> None:
+    """`thermorl:tiny` is a character-level model with no chat template, warmed up from scratch on a built-in
+    task's answers: it can learn nothing from a user's dataset, so such a recipe is refused before anything runs."""
+    from .tasks import TASKS, parse_task_spec
 
     if parse_task_spec(script_args.dataset)[0] not in TASKS:
-        return load_prompt_dataset(script_args.dataset, script_args.dataset_split, script_args.prompt_column), None, None
+        raise ValueError(
+            f"model_name_or_path 'thermorl:tiny' is warmed up on built-in tasks only ({', '.join(sorted(TASKS))}), "
+            f"not on dataset '{script_args.dataset}': set model_name_or_path to a hub model such as "
+            "Qwen/Qwen3-0.6B or a local model folder"
+        )
+    if script_args.prompt_template is not None or script_args.system_prompt is not None:
+        raise ValueError(
+            "prompt_template / system_prompt make prompts conversational, and model_name_or_path 'thermorl:tiny' "
+            "has no chat template: remove them, or use a chat model"
+        )
+
+
+def build_datasets(script_args, seed: int):
+    """(train, held-out or None, task or None) for the recipe's dataset, prompts shaped by the recipe's
+    prompt_column / prompt_template / system_prompt / answer_column (see tasks/data.py)."""
+    from .tasks import TASKS, load_prompt_dataset, parse_task_spec, task_from_spec
+    from .tasks.data import shape_prompts
+
+    shaping = dict(
+        prompt_template=script_args.prompt_template,
+        system_prompt=script_args.system_prompt,
+        answer_column=script_args.answer_column,
+    )
+    if parse_task_spec(script_args.dataset)[0] not in TASKS:
+        train = load_prompt_dataset(
+            script_args.dataset, script_args.dataset_split, script_args.prompt_column,
+            config=script_args.dataset_config, **shaping,
+        )
+        return train, None, None
+    if script_args.dataset_config is not None:
+        raise ValueError(f"dataset_config is for hub datasets; '{script_args.dataset}' is a built-in task")
     task = task_from_spec(script_args.dataset)
     train, held_out = task.make_splits(script_args.num_train_examples, script_args.num_eval_examples, seed=seed)
-    return train, held_out, task
+    shape = dict(source=script_args.dataset, prompt_column=script_args.prompt_column, **shaping)
+    return shape_prompts(train, **shape), shape_prompts(held_out, **shape), task
+
+
+def check_dataset_size(train, training_args) -> None:
+    """TRL's GRPO sampler drops an incomplete generation batch: a dataset smaller than one would end training at
+    step 0 with nothing but a warning."""
+    prompts_needed = training_args.generation_batch_size // training_args.num_generations
+    if len(train) < prompts_needed:
+        raise ValueError(
+            f"dataset: {len(train)} rows, but one generation batch takes {prompts_needed} prompts "
+            f"(generation_batch_size {training_args.generation_batch_size} / num_generations "
+            f"{training_args.num_generations}): add rows, or lower per_device_train_batch_size / steps_per_generation"
+        )
+
+
+def load_tokenizer(model_args):
+    """The recipe model's tokenizer (the tiny model's own for `thermorl:tiny`), without loading the model."""
+    from transformers import AutoTokenizer
+
+    from .models.tiny import build_char_tokenizer
+
+    if model_args.model_name_or_path == TINY_MODEL_NAME:
+        return build_char_tokenizer()
+    try:
+        return AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    except OSError as error:  # not a local folder, and not on the Hub (or the Hub cannot be reached)
+        message = " ".join(str(error).split())  # one line
+        raise ValueError(f"model_name_or_path '{model_args.model_name_or_path}': {message}") from None
+
+
+def find_held_out(model_path: str | Path) -> Path | None:
+    """The held-out record of the run a model folder comes from: in the folder (a training output_dir, or a model
+    exported from one) or its parent (a checkpoint-N folder); None if there is none."""
+    for folder in (Path(model_path), Path(model_path).parent):
+        if (folder / HELD_OUT_FILE).is_file():
+            return folder / HELD_OUT_FILE
+    return None
+
+
+def check_chat_template(tokenizer, model_name_or_path: str, train) -> None:
+    """Conversational prompts need the model's tokenizer to have a chat template; checked before the model loads."""
+    from .tasks.data import is_conversational_prompt
+
+    if is_conversational_prompt(train[0]["prompt"]) and getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(
+            f"model_name_or_path: the tokenizer of '{model_name_or_path}' has no chat template, but the prompts are "
+            "conversational (from system_prompt, prompt_template or the dataset's messages): use a chat model, "
+            "or give string prompts (no system_prompt / prompt_template)"
+        )
+
+
+def write_held_out(output_dir: str, script_args, seed: int) -> Path | None:
+    """The split settings and held-out prompts (as the task writes them) of a built-in task, in the run's output
+    folder: `thermorl eval --model OUTPUT_DIR` evaluates on exactly these rows. None for other datasets."""
+    import json
+
+    from .tasks import TASKS, parse_task_spec, task_from_spec
+
+    if parse_task_spec(script_args.dataset)[0] not in TASKS:
+        return None
+    _, held_out = task_from_spec(script_args.dataset).make_splits(
+        script_args.num_train_examples, script_args.num_eval_examples, seed=seed
+    )
+    path = Path(output_dir) / HELD_OUT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "dataset": script_args.dataset,
+        "num_train_examples": script_args.num_train_examples,
+        "num_eval_examples": script_args.num_eval_examples,
+        "seed": seed,
+        "prompts": list(held_out["prompt"]),
+    }
+    path.write_text(json.dumps(record, indent=1))
+    return path
+
+
+def recipe_reward_funcs(script_args, task) -> list:
+    """The recipe's reward_funcs, or the built-in task's own."""
+    from .tasks import resolve_reward_funcs
+
+    if script_args.reward_funcs:
+        return resolve_reward_funcs(script_args.reward_funcs)
+    if task is not None:
+        return task.reward_funcs
+    raise ValueError(f"Dataset '{script_args.dataset}' is not a built-in task: name its reward_funcs in the recipe.")
 
 
 def build_trainer(model_args, training_args, script_args, callbacks: list | None = None):
@@ -35,21 +157,19 @@ def build_trainer(model_args, training_args, script_args, callbacks: list | None
         return build_adpo_trainer(model_args, training_args, script_args, callbacks)
     from trl import get_peft_config
 
-    from .tasks import resolve_reward_funcs
     from .trainers import ThermoGRPOTrainer
 
+    if model_args.model_name_or_path == TINY_MODEL_NAME:
+        check_tiny_model_fits(script_args)
     train, held_out, task = build_datasets(script_args, training_args.seed)
-    if script_args.reward_funcs:
-        reward_funcs = resolve_reward_funcs(script_args.reward_funcs)
-    elif task is not None:
-        reward_funcs = task.reward_funcs
-    else:
-        raise ValueError(f"Dataset '{script_args.dataset}' is not a built-in task: name its reward_funcs in the recipe.")
-
+    check_dataset_size(train, training_args)
+    reward_funcs = recipe_reward_funcs(script_args, task)
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
         **_model_init_kwargs(model_args),
     }
+    if model_args.model_name_or_path != TINY_MODEL_NAME:
+        check_chat_template(load_tokenizer(model_args), model_args.model_name_or_path, train)
     return ThermoGRPOTrainer(
         model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
         reward_funcs=reward_funcs,
@@ -118,6 +238,8 @@ def train(model_args, training_args, script_args, callbacks: list | None = None)
     trainer = build_trainer(model_args, training_args, script_args, callbacks)
     quiet_trainer(trainer)
     threads.use_fastest(trainer.model, training_args.per_device_train_batch_size)
+    if trainer.accelerator.is_main_process:
+        write_held_out(training_args.output_dir, script_args, training_args.seed)
     trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()
