@@ -118,7 +118,14 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
             weights.append(rollout_weights)
         if self.top_entropy_quantile < 1.0:
             weights.append(self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile))
-        if self.use_vllm and self.vllm_importance_sampling_correction and "importance_sampling_ratio" in inputs:
+        # Under a temperature schedule the vLLM log-probs are the annealed behaviour policy's: ead_correction (above)
+        # corrects per token, where TRL's ratio would mask or clip whole annealed sequences.
+        if (
+            self.use_vllm
+            and self.vllm_importance_sampling_correction
+            and "importance_sampling_ratio" in inputs
+            and self.rollout_schedules is None
+        ):
             weights.append(inputs["importance_sampling_ratio"])
         if self.off_policy_mask_threshold is not None:
             old = inputs.get("old_per_token_logps", per_token_logps.detach())
