@@ -165,8 +165,8 @@ def grpo_trainer(model_dir, workdir, **config):
 
     from thermorl.trainers import ThermoGRPOConfig, ThermoGRPOTrainer
 
-    def digit_share(completions, **_):
-        return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+    def char_code_reward(completions, **_):  # varies within groups whatever the model samples
+        return [sum(map(ord, c)) % 7 / 7 for c in completions]
 
     args = ThermoGRPOConfig(
         output_dir=str(workdir / "run"), use_cpu=True, bf16=False, gradient_checkpointing=False,
@@ -176,7 +176,7 @@ def grpo_trainer(model_dir, workdir, **config):
         vllm_max_model_length=128, **config,
     )
     dataset = Dataset.from_dict({"prompt": ["12+3=", "7*8=", "abc", "x y z"] * 4})
-    return ThermoGRPOTrainer(model=model_dir, reward_funcs=digit_share, args=args, train_dataset=dataset)
+    return ThermoGRPOTrainer(model=model_dir, reward_funcs=char_code_reward, args=args, train_dataset=dataset)
 
 
 def case_colocate_training(workdir):
@@ -263,6 +263,93 @@ def case_server_without_processor(workdir):
         print(json.dumps({"refused": str(error)[:160]}))
     else:
         raise AssertionError("a server without the processor was accepted")
+
+
+def case_model_runner_v2_processor(workdir):
+    """The Model Runner V2 processor driven by hand with the objects vLLM's V2 sampler passes (no GPU here): rows in
+    shuffled slot order, speculative-decoding style repeated slots, a slot without a schedule, recycled slots, a
+    greedy position; against the schedule computed directly."""
+    from types import SimpleNamespace
+
+    from vllm import SamplingParams
+
+    from thermorl.rollouts import build_schedule
+    from thermorl.rollouts.vllm_temperature import ScheduledTemperatureLogitsProcessorV2, schedule_extra_args
+
+    annealed, linear = build_schedule(SCHEDULE), build_schedule({"type": "linear", "start": 1.5, "end": 0.0, "length": 6})
+    config = SimpleNamespace(model_config=SimpleNamespace(max_model_len=64))
+    prompt_len = torch.tensor([3, 7, 5, 2], dtype=torch.int32)
+    states = SimpleNamespace(device=torch.device("cpu"), max_num_reqs=4, prompt_len=SimpleNamespace(gpu=prompt_len))
+    processor = ScheduledTemperatureLogitsProcessorV2(config, states)
+    params = {0: SamplingParams(extra_args=schedule_extra_args(annealed, 5)), 1: SamplingParams(),
+              2: SamplingParams(extra_args=schedule_extra_args(linear, 0)), 3: SamplingParams(extra_args={"other": 1})}
+    opted = {slot: processor.add_request(slot, p) for slot, p in params.items()}
+    assert opted == {0: True, 1: False, 2: True, 3: False}
+    processor.apply_staged_writes()
+    slots = torch.tensor([2, 0, 1, 2, 3, 0])
+    pos = torch.tensor([5, 2, 9, 10, 4, 40])  # position of the fed token; completion t = pos + 1 - prompt_len
+    logits = torch.randn(len(slots), 11, generator=torch.Generator().manual_seed(0))
+    ctx = SimpleNamespace(expanded_idx_mapping=slots, pos=pos)
+    out = processor.apply(logits.clone(), ctx)
+    for row, (slot, p) in enumerate(zip(slots.tolist(), pos.tolist())):
+        t = p + 1 - int(prompt_len[slot])
+        schedule, step = {0: (annealed, 5), 2: (linear, 0)}.get(slot, (None, 0))
+        tau = 1.0 if schedule is None else float(schedule.temperatures(torch.tensor([t]), step)[0])
+        if tau == 0:
+            expected = torch.full_like(logits[row], -math.inf)
+            expected[logits[row].argmax()] = logits[row].max()
+        else:
+            expected = logits[row] / tau
+        assert torch.equal(out[row], expected), (row, out[row], expected)
+    assert float(linear.temperatures(torch.tensor([10 + 1 - 5]), 0)[0]) == 0  # row 3 above was greedy
+    # A recycled slot takes its new occupant's schedule; a slot recycled to a request without one is untouched.
+    processor.add_request(0, SamplingParams())
+    processor.add_request(1, SamplingParams(extra_args=schedule_extra_args(build_schedule(0.5), 0)))
+    processor.apply_staged_writes()
+    ctx = SimpleNamespace(expanded_idx_mapping=torch.tensor([0, 1]), pos=torch.tensor([3, 8]))
+    out = processor.apply(logits[:2].clone(), ctx)
+    assert torch.equal(out[0], logits[0]) and torch.equal(out[1], logits[1] / 0.5)
+    try:
+        ScheduledTemperatureLogitsProcessorV2.validate_params(SamplingParams(top_p=0.9, extra_args=params[0].extra_args))
+    except ValueError as error:
+        assert "top_p=0.9" in str(error), error
+    else:
+        raise AssertionError("top_p with a schedule was accepted")
+    print(json.dumps({"rows_checked": len(slots) + 2}))
+
+
+def case_eval_backends(workdir):
+    """`thermorl eval --backend vllm` gives the HF backend's pass@1 at every temperature within sampling error, and
+    the same greedy answers."""
+    import subprocess
+
+    model_dir = peaked_model(workdir)
+    data = workdir / "questions.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i * 7919 % 1000} + {i}="}) + "\n" for i in range(30)))
+    command = [str(Path(sys.executable).parent / "thermorl"), "eval", "--model", model_dir, "--task", str(data),
+               "--split", "train", "--reward-fn", "even_first_char:even_first_char", "--temperatures", "0,0.7,1.5",
+               "--samples", "16", "--max-new-tokens", "1", "--no-progress"]
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    reports = {}
+    for backend, extra in (("hf", []), ("vllm", ["--dtype", "float32", "--gpu-memory-utilization", "0.2"])):
+        out = workdir / backend
+        result = subprocess.run([*command, "--backend", backend, "--out", str(out), *extra], env=environment,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        reports[backend] = json.loads((out / "report.json").read_text())
+    rows = {}
+    for hf, vllm in zip(*(reports[b]["per_temperature"] for b in ("hf", "vllm"))):
+        a, b = hf["accuracy"], vllm["accuracy"]
+        # Both estimate the same per-question success rates from 30 x 16 draws each: a two-sample bound.
+        p = (a + b) / 2
+        bound = 4 * math.sqrt(2 * p * (1 - p) / (30 * 16)) + 1e-9
+        rows[hf["temperature"]] = (a, b, bound)
+        if hf["temperature"] == 0:
+            assert a == b, (a, b)
+        else:
+            assert abs(a - b) <= bound, (hf["temperature"], a, b, bound)
+    assert reports["vllm"]["config"]["backend"] == "vllm"
+    print(json.dumps({"accuracy_hf_vllm_bound": rows}))
 
 
 CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}

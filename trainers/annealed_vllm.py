@@ -8,13 +8,14 @@ reads (schedule spec and training step), and takes the behaviour log-probs from 
 - colocate: the engine is built with the processor registered (and `vllm_dtype`), through TRL's own `LLM(...)` call;
   each generate call gets one SamplingParams per row;
 - server: the server must have been started with the processor registered; the first generation checks it with a
-  probe (a temperature-0 request must come back with log-prob 0) and refuses to train otherwise. Portfolios send
+  probe (temperature-0 and near-uniform requests must come back with log-probs 0 and below log 1/2) and refuses to train otherwise. Portfolios send
   one request per schedule (n = that schedule's members of each group) and put the rows back in group order.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 
@@ -131,20 +132,24 @@ def _with_xargs(generation_kwargs, extra):
 
 
 def check_server_processor(generate, prompt) -> None:
-    """Probe: a temperature-0 request sampled through the processor has processed log-prob exactly 0. Anything else
-    means the server samples at TRL's fixed temperature or returns raw log-probs; refuse before training on it."""
-    probe = generate(
-        prompts=[prompt],
-        n=1,
-        max_tokens=1,
-        logprobs=0,
-        generation_kwargs={"vllm_xargs": schedule_extra_args(ConstantTemperature(0.0), 0)},
-    )
-    logprob = probe["logprobs"][0][0][0]
-    if logprob is None or abs(logprob) > 1e-5:
+    """Probe the server with two one-token requests through the processor: at temperature 0 the processed log-prob
+    must be exactly 0, and at temperature 1e4 (near-uniform) below log(1/2). A server that samples at TRL's fixed
+    temperature, or returns raw log-probs, fails one of the two whatever the model; refuse before training on it."""
+    logprobs = {}
+    for temperature in (0.0, 1e4):
+        probe = generate(
+            prompts=[prompt],
+            n=1,
+            max_tokens=1,
+            logprobs=0,
+            generation_kwargs={"vllm_xargs": schedule_extra_args(ConstantTemperature(temperature), 0)},
+        )
+        logprobs[temperature] = probe["logprobs"][0][0][0]
+    greedy, hot = logprobs[0.0], logprobs[1e4]
+    if greedy is None or hot is None or abs(greedy) > 1e-5 or hot > math.log(0.5):
         raise ValueError(
             "use_vllm server: the vLLM server does not apply thermorl's temperature processor with processed "
-            f"log-probs (a temperature-0 probe returned log-prob {logprob}); start it with: {SERVER_COMMAND}"
+            f"log-probs (probe log-probs: {greedy} at temperature 0, {hot} at 1e4); start it with: {SERVER_COMMAND}"
         )
 
 
