@@ -323,12 +323,22 @@ def case_eval_backends(workdir):
     the same greedy answers."""
     import subprocess
 
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     model_dir = peaked_model(workdir)
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    for i in range(30):
+        prompt = f"{i * 7919 % 1000} + {i}="
+        with torch.no_grad():
+            first = hf(**tokenizer(prompt, return_tensors="pt")).logits[0, -1].argmax()
+        rows.append({"prompt": prompt, "answer": tokenizer.decode([int(first)])})
     data = workdir / "questions.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"{i * 7919 % 1000} + {i}="}) + "\n" for i in range(30)))
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     command = [str(Path(sys.executable).parent / "thermorl"), "eval", "--model", model_dir, "--task", str(data),
-               "--split", "train", "--reward-fn", "even_first_char:even_first_char", "--temperatures", "0,0.7,1.5",
-               "--samples", "16", "--max-new-tokens", "1", "--no-progress"]
+               "--split", "train", "--reward-fn", "greedy_answer_reward:starts_with_answer",
+               "--temperatures", "0,0.7,1.5", "--samples", "16", "--max-new-tokens", "1", "--no-progress"]
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     reports = {}
     for backend, extra in (("hf", []), ("vllm", ["--dtype", "float32", "--gpu-memory-utilization", "0.2"])):
@@ -337,19 +347,20 @@ def case_eval_backends(workdir):
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         reports[backend] = json.loads((out / "report.json").read_text())
-    rows = {}
-    for hf, vllm in zip(*(reports[b]["per_temperature"] for b in ("hf", "vllm"))):
+    accuracy = {}
+    for hf, vllm in zip(reports["hf"]["per_temperature"], reports["vllm"]["per_temperature"]):
         a, b = hf["accuracy"], vllm["accuracy"]
         # Both estimate the same per-question success rates from 30 x 16 draws each: a two-sample bound.
         p = (a + b) / 2
         bound = 4 * math.sqrt(2 * p * (1 - p) / (30 * 16)) + 1e-9
-        rows[hf["temperature"]] = (a, b, bound)
+        accuracy[hf["temperature"]] = (a, b, bound)
         if hf["temperature"] == 0:
-            assert a == b, (a, b)
+            assert a == b, (a, b)  # the same greedy answers (the greedy character can be EOS, hence not always 1)
         else:
             assert abs(a - b) <= bound, (hf["temperature"], a, b, bound)
+    assert max(accuracy[1.5][:2]) < accuracy[0.0][0] - 0.1  # the temperature mattered
     assert reports["vllm"]["config"]["backend"] == "vllm"
-    print(json.dumps({"accuracy_hf_vllm_bound": rows}))
+    print(json.dumps({"accuracy_hf_vllm_bound": accuracy}))
 
 
 CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}

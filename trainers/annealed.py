@@ -28,13 +28,7 @@ from transformers import LogitsProcessorList
 
 from ..rollouts import ScheduledTemperatureProcessor, TemperatureSchedule, build_schedule, check_generation_config
 from ..rollouts.vllm_temperature import schedule_extra_args
-from .annealed_vllm import (
-    check_vllm_settings,
-    colocated_engine_options,
-    colocated_requests,
-    processor_class,
-    served_requests,
-)
+from .annealed_vllm import colocated_requests, served_requests, vllm_setup
 
 EAD_CORRECTIONS = ("tis", "none", "recompute_at_tau")
 
@@ -223,18 +217,7 @@ class AnnealedRolloutMixin:
     """
 
     def __init__(self, *args, **kwargs):
-        config = kwargs.get("args")
-        schedules = None if config is None else rollout_schedules(config)
-        engine_options = {}
-        if config is not None and config.use_vllm and config.vllm_mode == "colocate":
-            if schedules is not None:
-                check_vllm_settings(config)
-                engine_options["logits_processors"] = [processor_class()]
-            if config.vllm_dtype is not None:
-                engine_options["dtype"] = config.vllm_dtype
-        elif config is not None and config.use_vllm and schedules is not None:
-            check_vllm_settings(config)
-        with colocated_engine_options(**engine_options) if engine_options else nullcontext():
+        with vllm_setup(kwargs.get("args")):
             super().__init__(*args, **kwargs)
         self.rollout_schedules = rollout_schedules(self.args)
         self._pending_rollout = None
@@ -319,12 +302,12 @@ class AnnealedRolloutMixin:
         completion_ids = batch["completion_ids"]
         mask = batch["completion_mask"] if "tool_mask" not in batch else batch["completion_mask"] * batch["tool_mask"]
         width = completion_ids.size(1)
-        if self.use_vllm:
-            sampled_ids = completion_ids
+        if self.use_vllm:  # vLLM's processed log-probs of the very tokens in the batch
             behaviour_logps = batch.get("sampling_per_token_logps")
             if behaviour_logps is None or not torch.isfinite(behaviour_logps[mask.bool()]).all():
                 raise RuntimeError("vLLM returned no log-prob for some sampled tokens; behaviour log-probs missing.")
-        if sampled_ids.shape[0] != completion_ids.shape[0] or not torch.equal(
+            behaviour_logps = behaviour_logps.masked_fill(~mask.bool(), 0.0)  # as on the generate path
+        elif sampled_ids.shape[0] != completion_ids.shape[0] or not torch.equal(
             fit_width(sampled_ids, width)[mask.bool()], completion_ids[mask.bool()]
         ):
             raise RuntimeError("The batch's completions are not the ones sampled under the temperature schedule.")

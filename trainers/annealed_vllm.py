@@ -82,8 +82,20 @@ def processor_class():
 
 
 @contextmanager
-def colocated_engine_options(**options):
-    """Inside the block, TRL's colocate `LLM(...)` call also receives `options` (logits_processors, dtype)."""
+def vllm_setup(config):
+    """Checks a vLLM config with a schedule on; inside the block, TRL's colocate `LLM(...)` call also receives the
+    processor (with a schedule on) and `dtype` (vllm_dtype)."""
+    options = {}
+    if config is not None and config.use_vllm:
+        if config.temperature_schedule is not None or config.temperature_portfolio is not None:
+            check_vllm_settings(config)
+            if config.vllm_mode == "colocate":
+                options["logits_processors"] = [processor_class()]
+        if config.vllm_dtype is not None:
+            options["dtype"] = config.vllm_dtype
+    if not options:
+        yield
+        return
     from trl.generation import vllm_generation
 
     original = vllm_generation.LLM
