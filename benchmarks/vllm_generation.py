@@ -25,7 +25,8 @@ import torch  # noqa: E402
 
 from thermorl.models.tiny import build_tiny_model  # noqa: E402
 from thermorl.rollouts import build_schedule  # noqa: E402
-from thermorl.rollouts.vllm_temperature import ScheduledTemperatureLogitsProcessor, schedule_extra_args  # noqa: E402
+from thermorl.rollouts.vllm_schedule import schedule_extra_args  # noqa: E402
+from thermorl.rollouts.vllm_temperature import ScheduledTemperatureLogitsProcessor  # noqa: E402
 
 from timing import seconds  # noqa: E402  (benchmarks/timing.py, beside this script)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from thermorl.rollouts import build_schedule
-from thermorl.rollouts.vllm_temperature import (
+from thermorl.rollouts.vllm_schedule import (
     TemperatureTables,
     requested_schedule,
     scale_rows,

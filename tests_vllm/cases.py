@@ -65,7 +65,7 @@ def case_processed_logprobs(workdir):
     from vllm import SamplingParams
 
     from thermorl.rollouts import build_schedule
-    from thermorl.rollouts.vllm_temperature import schedule_extra_args
+    from thermorl.rollouts.vllm_schedule import schedule_extra_args
 
     model_dir = peaked_model(workdir)
     llm = engine(model_dir)
@@ -120,7 +120,7 @@ def case_token_frequencies(workdir):
     from vllm import SamplingParams
 
     from thermorl.rollouts import build_schedule
-    from thermorl.rollouts.vllm_temperature import schedule_extra_args
+    from thermorl.rollouts.vllm_schedule import schedule_extra_args
 
     model_dir = peaked_model(workdir)
     llm = engine(model_dir)
@@ -274,7 +274,8 @@ def case_model_runner_v2_processor(workdir):
     from vllm import SamplingParams
 
     from thermorl.rollouts import build_schedule
-    from thermorl.rollouts.vllm_temperature import ScheduledTemperatureLogitsProcessorV2, schedule_extra_args
+    from thermorl.rollouts.vllm_schedule import schedule_extra_args
+    from thermorl.rollouts.vllm_temperature import ScheduledTemperatureLogitsProcessorV2
 
     annealed, linear = build_schedule(SCHEDULE), build_schedule({"type": "linear", "start": 1.5, "end": 0.0, "length": 6})
     config = SimpleNamespace(model_config=SimpleNamespace(max_model_len=64))

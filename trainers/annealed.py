@@ -27,7 +27,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from ..rollouts import ScheduledTemperatureProcessor, TemperatureSchedule, build_schedule, check_generation_config
-from ..rollouts.vllm_temperature import schedule_extra_args
+from ..rollouts.vllm_schedule import schedule_extra_args
 from .annealed_vllm import colocated_requests, served_requests, vllm_setup
 
 EAD_CORRECTIONS = ("tis", "none", "recompute_at_tau")

