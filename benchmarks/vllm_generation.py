@@ -8,7 +8,8 @@ Run in the vLLM environment (scripts/test_vllm.sh builds .venv-vllm):
 1. schedule / fixed: one engine with thermorl's processor registered; the same prompts and batch sampled with the
    paper's EAD schedule (per-request extra_args, the processor active) and with a fixed temperature (no extra_args,
    vLLM's own temperature). Every completion runs --max-new-tokens tokens (ignore_eos). Arms alternate, order
-   reversed every other repeat; medians compared (target <= 1.05).
+   reversed every other repeat; medians compared (target <= 1.05). Also the time spent inside the processor's
+   `apply` as a share of the scheduled arm: immune to the run-to-run noise of a shared machine, which the ratio is not.
 2. eval samples/s: `sample_completions_vllm` (every temperature x sample in one engine call) vs the Hugging Face
    backend's batched `sample_completions` (batch 64) on the same questions and grid.
 """
@@ -17,6 +18,7 @@ import argparse
 import os
 import statistics
 import tempfile
+import time
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -42,10 +44,22 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--eval-questions", type=int, default=16)
     parser.add_argument("--eval-samples", type=int, default=8)
+    parser.add_argument("--skip-eval", action="store_true", help="only the generation comparison")
     args = parser.parse_args()
 
     from vllm import LLM, SamplingParams
 
+    inside = {"seconds": 0.0}
+    timed_apply = ScheduledTemperatureLogitsProcessor.apply
+
+    def apply(self, logits):
+        start = time.perf_counter()
+        try:
+            return timed_apply(self, logits)
+        finally:
+            inside["seconds"] += time.perf_counter() - start
+
+    ScheduledTemperatureLogitsProcessor.apply = apply
     model_dir = args.model or build_tiny_model(tempfile.mkdtemp() + "/tiny", seed=0)
     llm = LLM(model=model_dir, dtype="float32", logits_processors=[ScheduledTemperatureLogitsProcessor],
               logprobs_mode="processed_logprobs", max_model_len=256, gpu_memory_utilization=0.2, seed=0)
@@ -62,10 +76,14 @@ def main():
         for name in (list(arms) if repeat % 2 == 0 else list(reversed(arms))):
             times[name].append(seconds(lambda p=arms[name]: llm.generate(prompts, p, use_tqdm=False)))
     median = {name: statistics.median(values) for name, values in times.items()}
+    share = inside["seconds"] / sum(times["schedule"])
     print(f"generation, {args.rows} rows x {args.max_new_tokens} tokens, {args.repeats} repeats (median s): "
           f"schedule {median['schedule']:.3f}, fixed {median['fixed']:.3f}, "
-          f"ratio {median['schedule'] / median['fixed']:.3f} (target <= 1.05)")
+          f"ratio {median['schedule'] / median['fixed']:.3f} (target <= 1.05); processor {100 * share:.1f}% of the "
+          "scheduled arm")
 
+    if args.skip_eval:
+        return
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from thermorl.evaluation.sampling import sample_completions

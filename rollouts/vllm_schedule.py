@@ -99,12 +99,19 @@ class TemperatureTables:
         return [self.index[key] for key in keys]
 
 
-def scale_rows(logits: torch.Tensor, rows: torch.Tensor, temperatures: torch.Tensor, any_greedy: bool) -> None:
-    """In place: logits[rows] /= temperatures, and rows at temperature 0 keep only their argmax (greedy)."""
-    selected = logits[rows]
+def scale_rows(logits: torch.Tensor, rows: torch.Tensor | None, temperatures: torch.Tensor, any_greedy: bool) -> None:
+    """In place: logits[rows] /= temperatures (rows None: every row, in order), and rows at temperature 0 keep only
+    their argmax (greedy)."""
     greedy = temperatures == 0
-    selected = selected / torch.where(greedy, 1.0, temperatures)[:, None]
+    divisors = torch.where(greedy, 1.0, temperatures)[:, None]
+    if rows is None and not any_greedy:  # the common case in training: every request sampled under a schedule
+        logits.div_(divisors)
+        return
+    selected = (logits if rows is None else logits[rows]) / divisors
     if any_greedy:
         not_argmax = torch.ones_like(selected, dtype=torch.bool).scatter_(1, selected.argmax(-1, keepdim=True), False)
         selected = selected.masked_fill(greedy[:, None] & not_argmax, -math.inf)
-    logits[rows] = selected
+    if rows is None:
+        logits.copy_(selected)
+    else:
+        logits[rows] = selected

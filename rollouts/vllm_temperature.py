@@ -35,9 +35,11 @@ class ScheduledTemperatureLogitsProcessor(_V1LogitsProcessor):
         requested_schedule(sampling_params)
 
     def __init__(self, vllm_config, device, is_pin_memory):
+        self.device = device
         self.tables = TemperatureTables(vllm_config.model_config.max_model_len, device)
         # batch index -> ((spec, step), output_tok_ids): vLLM appends to that list in place as tokens come.
         self.requests: dict[int, tuple[tuple[str, int], list[int]]] = {}
+        self.layout = None  # (rows or None for all, table rows, output lists), rebuilt when the batch changes
 
     def is_argmax_invariant(self) -> bool:
         # False: vLLM then applies it before its temperature and sampling, and greedy rows still get it.
@@ -48,16 +50,27 @@ class ScheduledTemperatureLogitsProcessor(_V1LogitsProcessor):
             key = requested_schedule(params)
             return None if key is None else (key, output_ids)
 
-        process_dict_updates(self.requests, batch_update, new_state)
+        if process_dict_updates(self.requests, batch_update, new_state):
+            self.layout = None
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.requests:
             return logits
-        rows = list(self.requests)
-        table_rows = self.tables.rows([key for key, _ in self.requests.values()])
-        positions = [min(len(output_ids), self.tables.max_len - 1) for _, output_ids in self.requests.values()]
-        temperatures = self.tables.values[table_rows, positions]
-        scale_rows(logits, torch.tensor(rows, device=logits.device), temperatures, self.tables.any_greedy)
+        if self.layout is None:
+            rows = sorted(self.requests)
+            table_rows = self.tables.rows([self.requests[row][0] for row in rows])
+            every_row = rows == list(range(logits.shape[0]))
+            self.layout = (
+                None if every_row else torch.tensor(rows, device=self.device),
+                torch.tensor(table_rows, device=self.device),
+                [self.requests[row][1] for row in rows],
+            )
+        rows, table_rows, outputs = self.layout
+        if rows is None and logits.shape[0] != len(outputs):
+            rows = torch.arange(len(outputs), device=logits.device)
+        positions = torch.tensor([len(output) for output in outputs]).clamp_(max=self.tables.max_len - 1)
+        temperatures = self.tables.values[table_rows, positions.to(self.device)]
+        scale_rows(logits, rows, temperatures, self.tables.any_greedy)
         return logits
 
 
@@ -108,5 +121,5 @@ class ScheduledTemperatureLogitsProcessorV2(_V2LogitsProcessor):
         temperatures = self.tables.values[table_rows.clamp(min=0), positions]
         # Rows of other requests are divided by 1: no host sync to select the opted-in rows.
         temperatures = torch.where(table_rows >= 0, temperatures, 1.0)
-        scale_rows(logits, torch.arange(len(slots), device=logits.device), temperatures, self.tables.any_greedy)
+        scale_rows(logits, None, temperatures, self.tables.any_greedy)
         return logits

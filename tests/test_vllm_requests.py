@@ -82,6 +82,9 @@ def test_tables_and_row_scaling_match_the_schedules():
     logits = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
     scaled = logits.clone()
     scale_rows(scaled, torch.tensor([0, 2]), torch.tensor([0.5, 0.0]), any_greedy=True)
+    whole = logits.clone()
+    scale_rows(whole, None, torch.tensor([0.5, 2.0, 4.0]), any_greedy=False)
+    assert torch.equal(whole, logits / torch.tensor([0.5, 2.0, 4.0])[:, None])
     assert torch.equal(scaled[0], logits[0] / 0.5) and torch.equal(scaled[1], logits[1])
     assert scaled[2].argmax() == logits[2].argmax() and torch.isinf(scaled[2]).sum() == 4
 
