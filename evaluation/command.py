@@ -21,6 +21,7 @@ from thermorl.tasks import TASKS, load_prompt_dataset, resolve_reward_funcs, tas
 from thermorl.train import HELD_OUT_FILE, find_held_out
 
 from .model_loading import check_model_path, load_policy
+from .vllm_sampling import load_engine
 from .pipeline import (
     DEFAULT_VOTE_ROUND_SIZE,
     RewardVerifier,
@@ -50,7 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperatures", default="0.0:1.2:0.1", help="start:stop:step (stop included) or a,b,c")
     parser.add_argument("--samples", type=int, default=8, help="samples K per (question, temperature)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="sequences per generate call (hf backend; default 64)"
+    )
+    parser.add_argument(
+        "--backend", choices=("hf", "vllm"), default="hf",
+        help="hf: batched transformers generate; vllm: every sample in one vLLM engine call",
+    )
+    parser.add_argument("--dtype", default=None, help="vllm backend: model dtype (default: vLLM's choice)")
+    parser.add_argument(
+        "--gpu-memory-utilization", type=float, default=None,
+        help="vllm backend: share of accelerator (on CPU: host) memory vLLM reserves (default 0.9)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--out", default="outputs/eval", help="directory for report.json, questions.csv, plots")
     parser.add_argument(
@@ -142,6 +154,13 @@ def load_dataset_and_verifier(args):
 def eval_command(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    vllm_flags = {"--dtype": args.dtype, "--gpu-memory-utilization": args.gpu_memory_utilization}
+    vllm_only = [flag for flag, value in vllm_flags.items() if value is not None]
+    if args.backend == "hf" and vllm_only:
+        parser.error(f"{', '.join(vllm_only)} apply to --backend vllm only")
+    if args.backend == "vllm" and args.batch_size is not None:
+        parser.error("--batch-size applies to --backend hf only: vLLM schedules its own batches")
+    args.batch_size = 64 if args.batch_size is None else args.batch_size
     try:
         temperatures = parse_temperatures(args.temperatures)
         check_settings(
@@ -156,7 +175,11 @@ def eval_command(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ImportError, AttributeError, TypeError) as error:
         parser.error(str(error))
     try:
-        model, tokenizer = load_policy(args.model)
+        if args.backend == "vllm":
+            model = load_engine(args.model, args.dtype or "auto", args.gpu_memory_utilization or 0.9, args.seed)
+            tokenizer = model.get_tokenizer()
+        else:
+            model, tokenizer = load_policy(args.model)
     except (ValueError, OSError) as error:
         parser.error(f"cannot load model {args.model!r}: {error}")
 
@@ -176,6 +199,7 @@ def eval_command(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
         show_table=True,
         metadata={"model": args.model, "task": args.task, "reward_fn": args.reward_fn},
+        backend=args.backend,
     )
     print(f"report: {report['files']['report']}")
     return 0

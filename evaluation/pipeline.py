@@ -17,6 +17,7 @@ from thermorl.tasks.verify import final_answer, normalize_answer
 
 from .report import print_table, summarize, write_report
 from .sampling import prompt_text, sample_completions, seeded
+from .vllm_sampling import sample_completions_vllm
 from .voting import RecordedAnswers, multi_temperature_vote
 
 # The paper's grid: 0.0 to 1.2 in steps of 0.1.
@@ -185,8 +186,12 @@ def evaluate(
     progress: bool = True,
     show_table: bool = False,
     metadata: Mapping[str, Any] | None = None,
+    backend: str = "hf",
 ) -> dict[str, Any]:
     """Report dict of a multi-temperature evaluation (see report.summarize); files too if out_dir is given.
+
+    backend "hf": `model` is a Hugging Face model, sampled with batched `generate` (batch_size rows per call);
+    "vllm": `model` is a vLLM `LLM` (tokenizer: its `get_tokenizer()`), every sample in one engine call.
 
     dataset: rows with a "prompt" (text or chat messages) and whatever the verifier reads.
     task_or_verifier: a thermorl Task, a TRL-style reward function, or None for math-verify against
@@ -206,16 +211,23 @@ def evaluate(
     verifier = as_verifier(task_or_verifier, list(rows[0]))
     prompts = [prompt_text(row["prompt"], tokenizer) for row in rows]
 
-    completions = sample_completions(
-        model, tokenizer, prompts, temperatures, samples, max_new_tokens,
-        batch_size=batch_size, seed=seed, progress=progress,
-    )
+    if backend == "vllm":
+        completions = sample_completions_vllm(model, prompts, temperatures, samples, max_new_tokens, seed=seed)
+    elif backend == "hf":
+        completions = sample_completions(
+            model, tokenizer, prompts, temperatures, samples, max_new_tokens,
+            batch_size=batch_size, seed=seed, progress=progress,
+        )
+    else:
+        raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
     answer_table, correct_table = score(verifier, rows, completions)
     votes = multi_temperature_vote(
         RecordedAnswers(answer_table), len(rows), len(temperatures), samples, vote_round_size, vote_threshold
     )
     report = summarize(temperatures, answer_table, correct_table, votes, vote_threshold, vote_round_size)
-    report["config"] = {**(metadata or {}), "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed}
+    report["config"] = {
+        **(metadata or {}), "backend": backend, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed
+    }
     if out_dir is not None:
         report["files"] = write_report(Path(out_dir), report, rows, completions, answer_table, correct_table, votes)
     if show_table:

@@ -196,7 +196,8 @@ def test_generate_through_restores_generate_after_an_error(tiny_model_dir, fast_
     [
         ({"temperature_schedule": SCHEDULE, "temperature": 0.7}, "temperature must be 1.0"),
         ({"temperature_portfolio": [1.0, 0.5], "top_k": 20}, "top_k=0"),
-        ({"temperature_schedule": SCHEDULE, "use_vllm": True}, "not implemented for vLLM"),
+        ({"temperature_schedule": SCHEDULE, "use_vllm": True, "repetition_penalty": 1.1}, "repetition_penalty=1.0"),
+        ({"vllm_dtype": "float32"}, "vllm_dtype sets the dtype of the colocated vLLM engine"),
         ({"temperature_schedule": SCHEDULE, "use_transformers_paged": True}, "continuous batching"),
         ({"temperature_schedule": {"type": "cosine"}}, "temperature_schedule: unknown temperature schedule type"),
         ({"temperature_schedule": {"type": "annealed", "tau_mn": 0.1}}, "unknown key"),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,8 @@ import torch
 from transformers import LogitsProcessorList
 
 from ..rollouts import ScheduledTemperatureProcessor, TemperatureSchedule, build_schedule, check_generation_config
+from ..rollouts.vllm_schedule import schedule_extra_args
+from .annealed_vllm import colocated_requests, served_requests, vllm_setup
 
 EAD_CORRECTIONS = ("tis", "none", "recompute_at_tau")
 
@@ -84,6 +86,13 @@ class AnnealedRolloutArguments:
         default=2.0,
         metadata={"help": "Truncation cap of the 'tis' weights (EAD paper appendix: 2.0); must be >= 1."},
     )
+    vllm_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype of the colocated vLLM engine (vllm_mode='colocate'), e.g. 'float32' (None: vLLM's choice; "
+            "on CPU it downcasts float32 models to bfloat16)."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -98,6 +107,11 @@ class AnnealedRolloutArguments:
         if self.temperature_schedule is not None and self.temperature_portfolio is not None:
             raise ValueError("Set temperature_schedule or temperature_portfolio, not both.")
         rollout_schedules(self)
+        if self.vllm_dtype is not None and not (self.use_vllm and self.vllm_mode == "colocate"):
+            raise ValueError(
+                "vllm_dtype sets the dtype of the colocated vLLM engine: it needs use_vllm=True and "
+                f"vllm_mode='colocate' (a server takes --dtype), got use_vllm={self.use_vllm}, vllm_mode={self.vllm_mode!r}"
+            )
         if self.temperature_schedule is not None or self.temperature_portfolio is not None:
             self._check_sampling_settings()
 
@@ -114,11 +128,10 @@ class AnnealedRolloutArguments:
                 f"top_k={self.top_k}, top_p={self.top_p}, min_p={self.min_p}: truncation would change the sampled "
                 "distribution behind the recorded behaviour log-probs."
             )
-        if self.use_vllm:
+        if self.use_vllm and self.repetition_penalty != 1.0:
             raise ValueError(
-                f"{option} is not implemented for vLLM (use_vllm=True): vLLM V1 has no per-request logits processors; "
-                "it would need a batch-level LogitsProcessor registered at engine start. Use the transformers "
-                "generate path (use_vllm=False)."
+                f"{option} needs repetition_penalty=1.0 with use_vllm, got {self.repetition_penalty}: the penalty "
+                "would change the sampled distribution behind the recorded behaviour log-probs."
             )
         if self.use_transformers_continuous_batching:
             raise ValueError(
@@ -195,16 +208,20 @@ class AnnealedRolloutMixin:
     """Trainer hooks for annealed-temperature rollouts (EAD) and temperature portfolios.
 
     Sampling: `_generate_single_turn` routes TRL's `generate` call through a ScheduledTemperatureProcessor at step
-    `state.global_step` (so a resumed run continues EAD's growing horizon d_s). Batch: `_generate_and_score_completions`
+    `state.global_step` (so a resumed run continues EAD's growing horizon d_s); with use_vllm, TRL's vLLM requests
+    carry each row's schedule to vLLM's logits processor instead (annealed_vllm), and the behaviour log-probs are
+    vLLM's processed log-probs. Batch: `_generate_and_score_completions`
     adds `behaviour_per_token_logps` and `behaviour_per_token_temperatures` (B, T) (and, for recompute_at_tau,
     pi_old at tau_t).
     Loss: `_rollout_token_weights` gives the TIS weights.
     """
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        with vllm_setup(kwargs.get("args")):
+            super().__init__(*args, **kwargs)
         self.rollout_schedules = rollout_schedules(self.args)
         self._pending_rollout = None
+        self._server_checked = [False]
         if self.rollout_schedules is None:
             return
         if self.tools or self.rollout_func is not None or self.environment_factories is not None:
@@ -212,6 +229,8 @@ class AnnealedRolloutMixin:
                 "temperature_schedule / temperature_portfolio support single-turn generation only, not tools, "
                 "environments or rollout_func."
             )
+        if self.use_vllm:
+            return
         try:
             check_generation_config(self.generation_config, self.model.generation_config)
         except ValueError as error:
@@ -219,12 +238,30 @@ class AnnealedRolloutMixin:
                 f"temperature_schedule / temperature_portfolio: {error} (check generation_kwargs)"
             ) from None
 
-    def _row_schedules(self, num_rows: int, num_generations: int):
+    def _row_schedules(self, num_rows: int, num_generations: int, first_row: int | None = None):
         if len(self.rollout_schedules) == 1:
             return self.rollout_schedules[0]
-        first_row = self.accelerator.process_index * num_rows
+        first_row = self.accelerator.process_index * num_rows if first_row is None else first_row
         members = portfolio_members(first_row, num_rows, num_generations, len(self.rollout_schedules))
         return [self.rollout_schedules[m] for m in members.tolist()]
+
+    def _vllm_requests(self, num_rows: int, num_generations: int):
+        """Context in which TRL's vLLM call sends every row's schedule at the current step."""
+        step = self.state.global_step
+        generation = self.vllm_generation
+        if generation.mode == "server":
+            if not self.accelerator.is_main_process:
+                return nullcontext()
+            members = self._row_schedules(num_generations, num_generations, first_row=0)
+            members = [members] * num_generations if isinstance(members, TemperatureSchedule) else members
+            row_args = [schedule_extra_args(schedule, step) for schedule in members]
+            return served_requests(generation.vllm_client, row_args, num_generations, self._server_checked)
+        # Colocate with tensor parallelism generates the prompts of the whole TP group in one call.
+        group = generation.tensor_parallel_size
+        first_row = (self.accelerator.process_index - self.accelerator.process_index % group) * num_rows
+        rows = self._row_schedules(num_rows * group, num_generations, first_row=first_row)
+        rows = [rows] * (num_rows * group) if isinstance(rows, TemperatureSchedule) else rows
+        return colocated_requests(generation.llm, [schedule_extra_args(schedule, step) for schedule in rows])
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if self.rollout_schedules is None:
@@ -234,6 +271,14 @@ class AnnealedRolloutMixin:
         processor = ScheduledTemperatureProcessor(
             self._row_schedules(len(prompt_ids), num_generations), prompt_length=0, step=self.state.global_step
         )
+        if self.use_vllm:
+            with self._vllm_requests(len(prompt_ids), num_generations):
+                result = super()._generate_single_turn(
+                    prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+                )
+            # The behaviour log-probs are vLLM's processed log-probs: TRL's sampling_per_token_logps.
+            self._pending_rollout = (processor, None, None)
+            return result
         with generate_through(self.accelerator.unwrap_model(self.model_wrapped), processor) as sampled:
             completion_ids, logprobs = super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
@@ -257,7 +302,12 @@ class AnnealedRolloutMixin:
         completion_ids = batch["completion_ids"]
         mask = batch["completion_mask"] if "tool_mask" not in batch else batch["completion_mask"] * batch["tool_mask"]
         width = completion_ids.size(1)
-        if sampled_ids.shape[0] != completion_ids.shape[0] or not torch.equal(
+        if self.use_vllm:  # vLLM's processed log-probs of the very tokens in the batch
+            behaviour_logps = batch.get("sampling_per_token_logps")
+            if behaviour_logps is None or not torch.isfinite(behaviour_logps[mask.bool()]).all():
+                raise RuntimeError("vLLM returned no log-prob for some sampled tokens; behaviour log-probs missing.")
+            behaviour_logps = behaviour_logps.masked_fill(~mask.bool(), 0.0)  # as on the generate path
+        elif sampled_ids.shape[0] != completion_ids.shape[0] or not torch.equal(
             fit_width(sampled_ids, width)[mask.bool()], completion_ids[mask.bool()]
         ):
             raise RuntimeError("The batch's completions are not the ones sampled under the temperature schedule.")

@@ -170,7 +170,9 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
 
     @property
     def _vllm_is_correction(self) -> bool:
-        return self.use_vllm and self.vllm_importance_sampling_correction
+        # Under a temperature schedule the vLLM log-probs are the annealed behaviour policy's: ead_correction corrects
+        # per token, where TRL's sequence-level ratio would mask or clip whole annealed sequences.
+        return self.use_vllm and self.vllm_importance_sampling_correction and self.rollout_schedules is None
 
     def _tokens_per_micro_batch(self, inputs) -> torch.Tensor | None:
         """The generation batch's loss tokens per process and micro-batch (TRL's dapo/cispo/vespo normaliser; the

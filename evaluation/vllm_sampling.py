@@ -1,0 +1,58 @@
+"""The vLLM backend of `thermorl eval`: every temperature x sample of every question in ONE engine call.
+
+One request per (question, temperature) with n = samples and vLLM's own per-request temperature (top_k 0, top_p 1,
+min_p 0, no penalties: temperature is the only change to the distribution, as on the Hugging Face backend); greedy
+(temperature 0) is one request with n = 1, repeated for the other samples. Same result layout as
+`sampling.sample_completions`: result[question][temperature][sample].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .sampling import Completions
+
+
+def load_engine(model: str, dtype: str = "auto", gpu_memory_utilization: float = 0.9, seed: int = 0):
+    """A vLLM engine for evaluation (vLLM imported here: the Hugging Face backend never needs it)."""
+    try:
+        from vllm import LLM
+    except ImportError:
+        raise ValueError("--backend vllm needs vLLM: pip install 'thermorl[vllm]' (CPU: see docs/ead.md)") from None
+    return LLM(model=model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed)
+
+
+def sample_completions_vllm(
+    llm, prompts: Sequence[str], temperatures: Sequence[float], samples: int, max_new_tokens: int, seed: int | None = 0
+) -> Completions:
+    """`samples` completions of every prompt at every temperature, from one `llm.generate` call."""
+    from vllm import SamplingParams
+
+    if samples < 1:
+        raise ValueError(f"samples per temperature must be >= 1, got {samples}")
+    requests, params = [], []
+    for question, prompt in enumerate(prompts):
+        for t, temperature in enumerate(temperatures):
+            requests.append(prompt)
+            params.append(
+                SamplingParams(
+                    n=samples if temperature > 0 else 1,
+                    temperature=float(temperature),
+                    top_k=0,
+                    top_p=1.0,
+                    min_p=0.0,
+                    max_tokens=max_new_tokens,
+                    # A distinct seed per request: reproducible, and no two requests share a random stream.
+                    seed=None if seed is None else seed * 1_000_003 + question * len(temperatures) + t,
+                    skip_special_tokens=True,
+                )
+            )
+    outputs = llm.generate(requests, params, use_tqdm=False)
+    completions: Completions = []
+    for question in range(len(prompts)):
+        per_temperature = []
+        for t in range(len(temperatures)):
+            texts = [sample.text for sample in outputs[question * len(temperatures) + t].outputs]
+            per_temperature.append(texts * samples if len(texts) == 1 and samples > 1 else texts)
+        completions.append(per_temperature)
+    return completions
