@@ -11,7 +11,7 @@ tiny model's warm-up cached beforehand (timed once, with the chosen setting) so 
 A run still going after --timeout seconds is stopped and reported as "> timeout". The machine's load average is
 printed with each run: other processes change every number here.
 
-    python benchmarks/cpu_threads.py [--steps 300] [--timeout 600] [--out docs/cpu_threads.json]
+    python benchmarks/cpu_threads.py [--steps 300] [--timeout 600] [--out docs/cpu_threads.json] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--out", default=None, help="also write the results here as JSON")
+    parser.add_argument("--cache", default=None, help="THERMORL_CACHE for the runs (default: a fresh temporary one)")
     args = parser.parse_args()
 
     default_threads = torch.get_num_threads()
@@ -61,11 +62,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         for env in settings.values():
-            env["THERMORL_CACHE"] = str(work / "cache")
+            env["THERMORL_CACHE"] = args.cache or str(work / "cache")
         started = time.perf_counter()
         quickstart(settings["chosen"], work / "warmup", 1, args.timeout)
         results["warmup_seconds"] = round(time.perf_counter() - started, 1)
-        print(f"warm-up (cached for the runs below), 1 training step: {results['warmup_seconds']} s", flush=True)
+        print(f"warm-up (or its cache) and 1 training step: {results['warmup_seconds']} s", flush=True)
         for load in ("idle", "busy"):
             neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "busy" else None
             try:

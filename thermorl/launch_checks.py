@@ -85,7 +85,7 @@ def check_model_path(model_name_or_path: str | None) -> None:
     if not model_name_or_path or os.path.exists(os.path.expanduser(model_name_or_path)):
         return
     local_looking = (
-        model_name_or_path.startswith(("/", "./", "../", "~", "."))
+        model_name_or_path.startswith(("/", ".", "~"))
         or model_name_or_path.count("/") > 1
         or "\\" in model_name_or_path
     )
