@@ -33,11 +33,16 @@ def checkpoints_in(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def check_writable(output_dir: str | os.PathLike) -> None:
+    """Raise ValueError when files cannot be created in `output_dir`. Folders made for the probe are removed again,
+    so a run that later stops on a recipe mistake leaves nothing behind."""
     folder = Path(output_dir)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
+        for path in created:  # deepest first
+            path.rmdir()
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise ValueError(f"output_dir '{output_dir}' cannot be written to ({reason}): choose another output_dir.") from None

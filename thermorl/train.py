@@ -232,10 +232,12 @@ def train(model_args, training_args, script_args, callbacks: list | None = None)
     # Issue 12: the output folder checked (no run overwritten, `latest` must exist), third-party logs go to its
     # thermorl.log, and the `thermorl` command picks the faster CPU thread count for this model.
     resume_from = prepare_output_dir(training_args, overwrite=script_args.overwrite_output_dir)
-    log_to_run_folder(training_args.output_dir)
     callbacks = [*(callbacks or []), *prepare_reporting(training_args)]
     threads.use_fastest_before_warmup(model_args, training_args)
     trainer = build_trainer(model_args, training_args, script_args, callbacks)
+    # After the data and model are resolved, so that a recipe mistake leaves no folder behind; the records kept
+    # in memory until now are written first.
+    log_to_run_folder(training_args.output_dir)
     quiet_trainer(trainer)
     threads.use_fastest(trainer.model, training_args.per_device_train_batch_size)
     if trainer.accelerator.is_main_process:

@@ -144,8 +144,9 @@ CPU_RUN = ["--use_cpu", "true", "--bf16", "false", "--use_vllm", "false", "--rep
 
 @pytest.mark.parametrize("command", ["train", "check"])
 def test_recipe_mistakes_fail_before_the_model_loads(command, standins, tmp_path, capsys):
-    # A model path that does not exist: each error below must come first, from the data alone.
-    recipe = ["qwen3-0.6b-gsm8k-sapo", *CPU_RUN, "--model_name_or_path", str(tmp_path / "no-model"),
+    # An empty model folder, which cannot load: each error below must come first, from the data alone.
+    (tmp_path / "empty-model").mkdir()
+    recipe = ["qwen3-0.6b-gsm8k-sapo", *CPU_RUN, "--model_name_or_path", str(tmp_path / "empty-model"),
               "--output_dir", str(tmp_path / "out")]
     error = _cli_error(capsys, [command, *recipe, "--dataset", standins["gsm8k"], "--dataset_config", "null"])
     assert "dataset_config is missing" in error and "['main', 'socratic']" in error
