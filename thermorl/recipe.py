@@ -32,6 +32,11 @@ class ThermoScriptArguments:
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts."})
     num_train_examples: int = field(default=2048, metadata={"help": "Prompts generated for a built-in task."})
     num_eval_examples: int = field(default=128, metadata={"help": "Held-out prompts for a built-in task."})
+    dataset_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of a built-in task's train/held-out split (and so of the tiny model's warm-up data); "
+                  "default: the training seed. Fix it to compare training seeds on the same prompts."},
+    )
     reward_funcs: list[str] | None = field(
         default=None,
         metadata={"help": "Reward functions: built-in names or dotted paths 'pkg.module:function'. "
@@ -39,6 +44,9 @@ class ThermoScriptArguments:
     )
     warmup_examples: int = field(default=4000, metadata={"help": "SFT examples for the tiny model's warm-up."})
     warmup_epochs: float = field(default=2.0, metadata={"help": "SFT epochs for the tiny model's warm-up."})
+    tiny_model_size: str = field(
+        default="default", metadata={"help": "Size of the tiny model (thermorl:tiny): 'default' (3M) or 'small' (0.8M)."}
+    )
     trainer: Literal["grpo", "adpo"] = field(
         default="grpo",
         metadata={"help": "'grpo': ThermoGRPOTrainer (online RL, ThermoGRPOConfig fields); 'adpo': ThermoADPOTrainer "

@@ -17,14 +17,19 @@ def resolve_model_path(model_name_or_path: str, script_args, held_out=None) -> s
     if model_name_or_path != TINY_MODEL_NAME:
         return model_name_or_path
     settings = WarmupSettings(
-        task=script_args.dataset, examples=script_args.warmup_examples, epochs=script_args.warmup_epochs
+        task=script_args.dataset, examples=script_args.warmup_examples, epochs=script_args.warmup_epochs,
+        model_size=script_args.tiny_model_size,
     )
     return warm_tiny_model(settings, held_out_prompts=list(held_out["prompt"]) if held_out is not None else [])
 
 
 def build_datasets(script_args, seed: int):
-    """(train, held-out or None, task or None) for the recipe's dataset."""
+    """(train, held-out or None, task or None) for the recipe's dataset; a built-in task's split is seeded by
+    `dataset_seed` when the recipe sets it, else by `seed`."""
     from .tasks import TASKS, load_prompt_dataset, parse_task_spec, task_from_spec
+
+    if script_args.dataset_seed is not None:
+        seed = script_args.dataset_seed
 
     if parse_task_spec(script_args.dataset)[0] not in TASKS:
         return load_prompt_dataset(script_args.dataset, script_args.dataset_split, script_args.prompt_column), None, None
