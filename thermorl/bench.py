@@ -199,7 +199,7 @@ def run_one(plan_path: Path) -> None:
 def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path) -> dict[str, Any]:
     """The warmed-up policy's held-out scores (the curves' step 0), computed once per bench and cached."""
     path = out / "start.json"
-    plan = run_plan(spec, spec["baseline"], spec["seeds"][0], extra, out / "start")
+    plan = run_plan(spec, next(iter(spec["arms"])), spec["seeds"][0], extra, out / "start")
     key = {k: plan["recipe"].get(k) for k in _START_KEYS} | {"evaluation": spec["evaluation"]}
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -359,7 +359,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append("| start (warmed-up policy) | | " + " | ".join(f"{report['start'][m]:.3f}" for m in FINAL_METRICS) + " | |")
     for arm, values in report["arms"].items():
         cells = [f"{values['final'][m]['mean']:.3f} ± {values['final'][m]['ci95']:.3f}" for m in FINAL_METRICS]
-        reached = values.get("steps_to_baseline_final")
+        reached = values.get("steps_to_baseline_final", "no baseline run")
         lines.append(f"| {arm} | {len(values['seeds'])} | " + " | ".join(cells)
                      + f" | {'not reached' if reached is None else reached} |")
     lines.append("")
@@ -414,9 +414,6 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-USAGE = "usage: thermorl bench ARMS.yaml [--out DIR] [--seeds S ...] [--jobs N] [--field value ...]"
-
-
 def bench_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="thermorl bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -425,6 +422,7 @@ def bench_command(argv: list[str]) -> int:
     parser.add_argument("arms", help="arms file (YAML), e.g. benchmarks/testbed_arms.yaml")
     parser.add_argument("--out", default=None, help="output folder (default: outputs/bench-<arms file name>)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds instead of the arms file's")
+    parser.add_argument("--arms", dest="only", nargs="+", default=None, help="run only these arms of the file")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one core each (default 1)")
     args, rest = parser.parse_known_args(argv)
     if args.jobs < 1:
@@ -432,6 +430,11 @@ def bench_command(argv: list[str]) -> int:
     spec = load_arms(args.arms)
     if args.seeds is not None:
         spec["seeds"] = _check_seeds(args.seeds, "--seeds")
+    if args.only is not None:
+        unknown = [arm for arm in args.only if arm not in spec["arms"]]
+        if unknown:
+            raise ValueError(f"--arms: {unknown} not in the arms file, whose arms are {list(spec['arms'])}")
+        spec["arms"] = {arm: spec["arms"][arm] for arm in args.only}
     extra = parse_overrides(rest)
     check_arms_share_start(spec, extra)
     out = Path(args.out or f"outputs/bench-{Path(args.arms).stem}")
@@ -440,7 +443,7 @@ def bench_command(argv: list[str]) -> int:
     start = start_scores(spec, extra, out)
     failed = run_bench(spec, out, extra, args.jobs)
     report = aggregate(spec, out, start)
-    report["held_out_prompts"] = run_plan(spec, spec["baseline"], 0, extra, out)["recipe"].get("num_eval_examples")
+    report["held_out_prompts"] = run_plan(spec, next(iter(spec["arms"])), 0, extra, out)["recipe"].get("num_eval_examples")
     _write_json(out / "report.json", report)
     table = markdown(report)
     (out / "report.md").write_text(table + "\n")
