@@ -159,13 +159,14 @@ def run_one(plan_path: Path) -> None:
     new_tokens = training_args.max_completion_length
 
     class HeldOutCurve(TrainerCallback):
-        """Held-out pass@1 (greedy, and one sample at T=1) every `every` steps and at the last step."""
+        """Held-out pass@1 (greedy, and one sample at T=1) every `every` steps; the last step's point is the final
+        evaluation's (k samples at T=1), so the curve ends where the final metrics are."""
 
         def __init__(self):
             self.points = []
 
         def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-            if state.global_step % evaluation["every"] and state.global_step != state.max_steps:
+            if state.global_step % evaluation["every"] or state.global_step == state.max_steps:
                 return
             scores = held_out_scores(model, processing_class, rows, task, 1, new_tokens, evaluation["batch_size"],
                                      evaluation["seed"])
@@ -180,6 +181,8 @@ def run_one(plan_path: Path) -> None:
     train_seconds = time.perf_counter() - started
     final = held_out_scores(trainer.model, trainer.processing_class, rows, task, evaluation["samples"], new_tokens,
                             evaluation["batch_size"], evaluation["seed"])
+    curve.points.append({"step": trainer.state.global_step, "pass@1 greedy": final["pass@1 greedy"],
+                         "pass@1 T=1": final["pass@1 T=1"]})
     history = trainer.state.log_history
     result = {
         **plan,
@@ -251,6 +254,12 @@ _START_KEYS = ("model_name_or_path", "tiny_model_size", "dataset", "dataset_seed
                "num_eval_examples", "warmup_examples", "warmup_epochs", "max_completion_length")
 
 
+def _settings(plan: dict[str, Any]) -> dict[str, Any]:
+    """What a finished run must share with the current plan to be reused: all but where it was written."""
+    recipe = {k: v for k, v in plan["recipe"].items() if k != "output_dir"}
+    return {**{k: plan.get(k) for k in ("format", "arm", "seed", "evaluation")}, "recipe": recipe}
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
@@ -270,7 +279,7 @@ def run_bench(spec: dict[str, Any], out: Path, extra: dict[str, Any], jobs: int 
             result = run_dir.with_name(f"seed{seed}.json")
             if result.is_file():
                 stored = json.loads(result.read_text())
-                if {k: stored.get(k) for k in plan} != plan:
+                if _settings(stored) != _settings(plan):
                     raise ValueError(f"{result} was made with other settings than {arm!r} seed {seed} has now; "
                                      "use another --out or delete it")
                 continue
@@ -406,6 +415,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     bars.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], names, fontsize=9)
     bars.set(ylabel="held-out accuracy", title="After training (mean, 95% CI over seeds)")
     for axis in (by_step, by_rollouts, rewards, bars):
+        axis.set_ylim(bottom=0)
         axis.legend(fontsize=8)
         axis.grid(alpha=0.3)
     fig.suptitle(f"{report.get('held_out_prompts') or ''} held-out prompts, seeds {report['seeds']}", fontsize=10)
