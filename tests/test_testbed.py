@@ -252,6 +252,10 @@ def test_bench_smoke_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert "0 run(s) to do, 2 already done" in capsys.readouterr().out
     assert (out / "runs" / "ead" / "seed0.json").read_text() == before
 
+    # The same settings given on the command line (as text) reuse the runs.
+    assert main(["bench", str(arms), "--out", str(out), "--max_steps", "2"]) == 0
+    assert "0 run(s) to do, 2 already done" in capsys.readouterr().out
+
     # Same folder, other settings: refused, nothing overwritten.
     assert main(["bench", str(arms), "--out", str(out), "--learning_rate", "3e-4"]) == 2
     assert "was made with other settings" in capsys.readouterr().err

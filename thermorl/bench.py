@@ -114,8 +114,14 @@ def _check_seeds(seeds, what: str) -> list[int]:
 
 def run_plan(spec: dict[str, Any], arm: str, seed: int, extra: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Everything that determines one run's result (stored in its JSON, compared on resume)."""
+    from .recipe import recipe_dataclasses, validate
+
     values = {**read_recipe(spec["recipe"]), **spec["overrides"], **spec["arms"][arm], **extra}
     values.update(seed=seed, output_dir=str(run_dir), save_strategy="no", report_to=[])
+    # Each value as its field's type ("600" from the command line is 600, as in a YAML file), so that the same
+    # settings compare equal on resume however they were given; enum values are stored as their strings.
+    values = json.loads(json.dumps(validate(values, recipe_dataclasses(values.get("trainer", "grpo"))),
+                                   default=lambda value: value.value))
     return {"format": RESULT_FORMAT, "arm": arm, "seed": seed, "recipe": values, "evaluation": spec["evaluation"]}
 
 
