@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .tiny import TINY_CONFIG, build_tiny_model
+from .tiny import build_tiny_model, tiny_config
 
 TINY_MODEL_NAME = "thermorl:tiny"
 
@@ -29,6 +29,7 @@ class WarmupSettings:
     learning_rate: float = 1e-3
     batch_size: int = 64
     seed: int = 0
+    model_size: str = "default"  # a key of models.tiny.TINY_SIZES
 
 
 def cache_root() -> Path:
@@ -36,8 +37,11 @@ def cache_root() -> Path:
 
 
 def _cache_key(settings: WarmupSettings, held_out_prompts: list[str]) -> str:
+    # The size enters through its config, so the default size keeps the key it had before sizes had names.
+    warmup = {key: value for key, value in asdict(settings).items() if key != "model_size"}
     blob = json.dumps(
-        {"model": TINY_CONFIG, "warmup": asdict(settings), "held_out": sorted(held_out_prompts), "format": 1},
+        {"model": tiny_config(settings.model_size), "warmup": warmup, "held_out": sorted(held_out_prompts),
+         "format": 1},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -60,6 +64,7 @@ def warm_tiny_model(
 
     from ..tasks import task_from_spec
 
+    tiny_config(settings.model_size)  # an unknown size fails here, before any work
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     final = root / f"tiny-{settings.task.replace(':', '-').replace('=', '')}-{_cache_key(settings, list(held_out_prompts))}"
     if (final / "config.json").exists():
@@ -67,7 +72,7 @@ def warm_tiny_model(
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".warmup-", dir=root))
     try:
-        base = build_tiny_model(work / "base", seed=settings.seed)
+        base = build_tiny_model(work / "base", seed=settings.seed, size=settings.model_size)
         tokenizer = AutoTokenizer.from_pretrained(base)
         task = task_from_spec(settings.task)
         data = task.make_sft_dataset(

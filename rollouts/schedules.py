@@ -133,11 +133,53 @@ class ReverseAnnealedTemperature(AnnealedTemperature):
         return torch.where(positions < self.warmup_tokens, 1.0, mirrored)
 
 
+# The paper's schedule in units of the response length (see `annealed_for_length` and docs/ead.md "Sizing"):
+# its code reaches tau_min at t = 20 * 25 * ln(2.1) ~ 371 tokens at step 0, which is 3/4 of a 500-token response,
+# with 10 warm-up tokens (2% of it), and its horizon grows by alpha / d0 = 20% of d0 per step.
+PAPER_RESPONSE_TOKENS = 500
+PAPER_COOL_FRACTION = 20 * 25.0 * math.log(2.1) / PAPER_RESPONSE_TOKENS
+PAPER_WARMUP_FRACTION = 10 / PAPER_RESPONSE_TOKENS
+PAPER_HORIZON_GROWTH = 5.0 / 25.0
+PAPER_HORIZON_CAP = 40000.0 / 25.0
+
+
+def annealed_for_length(
+    response_tokens: int,
+    tau_max: float = 1.2,
+    tau_min: float = 0.1,
+    cool_fraction: float = PAPER_COOL_FRACTION,
+    warmup_fraction: float = PAPER_WARMUP_FRACTION,
+    horizon_growth: float = PAPER_HORIZON_GROWTH,
+) -> AnnealedTemperature:
+    """EAD sized to responses of about `response_tokens` tokens, keeping the paper's shape.
+
+    At step 0 the temperature reaches tau_min at t = cool_fraction * response_tokens (the paper: ~371 of ~500
+    tokens), the first round(warmup_fraction * response_tokens) tokens are sampled at 1 (the paper: 10), and the
+    horizon d_s grows by horizon_growth * d0 per step (the paper: 5 / 25), capped at 1600 d0 (40000 / 25).
+    horizon_growth = 0 keeps the step-0 schedule all run, for tasks whose responses do not lengthen.
+    """
+    _check_count("response_tokens", response_tokens, 1)
+    _check_number("cool_fraction", cool_fraction, 0.0, strict=True)
+    _check_number("warmup_fraction", warmup_fraction, 0.0, strict=False)
+    _check_number("horizon_growth", horizon_growth, 0.0, strict=False)
+    _check_number("tau_max", tau_max, 0.0, strict=True)
+    _check_number("tau_min", tau_min, 0.0, strict=True)
+    if tau_min >= 1 + tau_max:
+        raise ValueError(f"tau_min ({tau_min}) must be < 1 + tau_max ({1 + tau_max})")
+    # 1 + tau_max - exp(t / d0) = tau_min at t = cool_fraction * response_tokens (horizon_scale 1).
+    d0 = cool_fraction * response_tokens / math.log(1 + tau_max - tau_min)
+    return AnnealedTemperature(
+        tau_max=tau_max, tau_min=tau_min, warmup_tokens=round(warmup_fraction * response_tokens), d0=d0,
+        alpha=horizon_growth * d0, d_max=PAPER_HORIZON_CAP * d0, horizon_scale=1.0,
+    )
+
+
 SCHEDULE_TYPES = {
     "constant": ConstantTemperature,
     "linear": LinearTemperature,
     "annealed": AnnealedTemperature,
     "reverse_annealed": ReverseAnnealedTemperature,
+    "annealed_for_length": annealed_for_length,
 }
 
 

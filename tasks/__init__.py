@@ -3,6 +3,7 @@
 from .arithmetic import ArithmeticTask
 from .base import Task, completion_text
 from .countdown import CountdownTask
+from .countdown_steps import CountdownStepsTask
 from .data import load_prompt_dataset
 from .registry import TASKS, get_task, parse_task_spec, task_from_spec
 from .rewards import BUILTIN_REWARDS, load_callable, math_verify_reward, resolve_reward_funcs
@@ -10,6 +11,7 @@ from .rewards import BUILTIN_REWARDS, load_callable, math_verify_reward, resolve
 __all__ = [
     "ArithmeticTask",
     "BUILTIN_REWARDS",
+    "CountdownStepsTask",
     "CountdownTask",
     "TASKS",
     "Task",

@@ -9,8 +9,9 @@ import dataclasses
 from .arithmetic import ArithmeticTask
 from .base import Task
 from .countdown import CountdownTask
+from .countdown_steps import CountdownStepsTask
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (ArithmeticTask, CountdownTask)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (ArithmeticTask, CountdownTask, CountdownStepsTask)}
 
 
 def get_task(name: str, **options) -> Task:

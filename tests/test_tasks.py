@@ -26,7 +26,7 @@ GARBAGE = ["", "   ", "abc", "$$$", "}}}}", "\\frac{", "\\boxed{", "((((((((", "
 
 
 def test_registry_lists_builtin_tasks_and_rejects_unknown_names_and_options():
-    assert set(TASKS) == {"arithmetic", "countdown"}
+    assert set(TASKS) == {"arithmetic", "countdown", "countdown_steps"}
     with pytest.raises(ValueError, match=r"unknown task 'algebra'.*'arithmetic', 'countdown'"):
         get_task("algebra")
     with pytest.raises(ValueError, match="unknown option 'digitz'"):

@@ -15,6 +15,7 @@ commands:
   quickstart [--field value ...]     the offline main job: tiny model, SAPO, accuracy before and after
   eval --model PATH --task NAME ...  multi-temperature test-time-scaling evaluation (thermorl eval --help)
   export --checkpoint DIR --out DIR  merge a LoRA checkpoint into its base model (thermorl export --help)
+  bench ARMS.yaml [--seeds ...]      compare methods (arms) over seeds on held-out prompts (thermorl bench --help)
   list                               built-in recipes, losses and tasks
 """
 
@@ -62,6 +63,12 @@ def _export(argv: list[str]) -> int:
     return export_command(argv)
 
 
+def _bench(argv: list[str]) -> int:
+    from .bench import bench_command
+
+    return bench_command(argv)
+
+
 def _list(argv: list[str]) -> int:
     from .losses import LOSSES, loss_parameters
     from .tasks import TASKS
@@ -75,7 +82,10 @@ def _list(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "check": _check, "quickstart": _quickstart, "eval": _eval, "export": _export, "list": _list}
+COMMANDS = {
+    "train": _train, "check": _check, "quickstart": _quickstart, "eval": _eval, "export": _export, "bench": _bench,
+    "list": _list,
+}
 
 
 # Options of the thermorl command itself: before the command, or anywhere after it when given without a value

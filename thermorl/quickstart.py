@@ -38,7 +38,7 @@ def quickstart(overrides: list[str] | None = None) -> dict:
     if task is None:
         raise ValueError("quickstart measures accuracy with a built-in task's verifier; set dataset to one.")
 
-    threads.use_fastest_before_warmup(model_args, training_args)
+    threads.use_fastest_before_warmup(model_args, training_args, script_args.tiny_model_size)
     print(f"[1/4] Tiny model warmed up on '{script_args.dataset}' (cached after the first run)...", flush=True)
     start_model = resolve_model_path(model_args.model_name_or_path, script_args, held_out)
     new_tokens = training_args.max_completion_length

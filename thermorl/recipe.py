@@ -54,6 +54,11 @@ class ThermoScriptArguments:
     )
     num_train_examples: int = field(default=2048, metadata={"help": "Prompts generated for a built-in task."})
     num_eval_examples: int = field(default=128, metadata={"help": "Held-out prompts for a built-in task."})
+    dataset_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of a built-in task's train/held-out split (and so of the tiny model's warm-up data); "
+                  "default: the training seed. Fix it to compare training seeds on the same prompts."},
+    )
     reward_funcs: list[str] | None = field(
         default=None,
         metadata={"help": "Reward functions: built-in names or dotted paths 'pkg.module:function'. "
@@ -65,6 +70,9 @@ class ThermoScriptArguments:
         default=False,
         metadata={"help": "Start a new run in an output_dir that holds another run's checkpoints, removing them "
                   "first. Without it such a run is refused (resume it with resume_from_checkpoint: latest)."},
+    )
+    tiny_model_size: str = field(
+        default="default", metadata={"help": "Size of the tiny model (thermorl:tiny): 'default' (3M) or 'small' (0.8M)."}
     )
     trainer: Literal["grpo", "adpo"] = field(
         default="grpo",

@@ -104,7 +104,7 @@ def _probe_step(model, ids) -> None:
     logits.float().logsumexp(-1).mean().backward()
 
 
-def use_fastest_before_warmup(model_args, training_args) -> ThreadChoice | None:
+def use_fastest_before_warmup(model_args, training_args, tiny_model_size: str = "default") -> ThreadChoice | None:
     """For `thermorl:tiny`, choose on a randomly initialised tiny model (the warmed-up one has the same shape), so
     that the warm-up SFT already runs with the chosen count; other models are timed once loaded."""
     import tempfile
@@ -120,5 +120,5 @@ def use_fastest_before_warmup(model_args, training_args) -> ThreadChoice | None:
     if training_args.device.type != "cpu":
         return None
     with tempfile.TemporaryDirectory() as folder, torch.random.fork_rng():
-        model = AutoModelForCausalLM.from_pretrained(build_tiny_model(folder), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(build_tiny_model(folder, size=tiny_model_size), dtype=torch.float32)
     return use_fastest(model, training_args.per_device_train_batch_size)

@@ -20,7 +20,8 @@ def resolve_model_path(model_name_or_path: str, script_args, held_out=None) -> s
         return model_name_or_path
     check_tiny_model_fits(script_args)
     settings = WarmupSettings(
-        task=script_args.dataset, examples=script_args.warmup_examples, epochs=script_args.warmup_epochs
+        task=script_args.dataset, examples=script_args.warmup_examples, epochs=script_args.warmup_epochs,
+        model_size=script_args.tiny_model_size,
     )
     return warm_tiny_model(settings, held_out_prompts=list(held_out["prompt"]) if held_out is not None else [])
 
@@ -45,9 +46,13 @@ def check_tiny_model_fits(script_args) -> None:
 
 def build_datasets(script_args, seed: int):
     """(train, held-out or None, task or None) for the recipe's dataset, prompts shaped by the recipe's
-    prompt_column / prompt_template / system_prompt / answer_column (see tasks/data.py)."""
+    prompt_column / prompt_template / system_prompt / answer_column (see tasks/data.py). A built-in task's split is
+    seeded by `dataset_seed` when the recipe sets it, else by `seed`."""
     from .tasks import TASKS, load_prompt_dataset, parse_task_spec, task_from_spec
     from .tasks.data import shape_prompts
+
+    if script_args.dataset_seed is not None:
+        seed = script_args.dataset_seed
 
     shaping = dict(
         prompt_template=script_args.prompt_template,
@@ -233,7 +238,7 @@ def train(model_args, training_args, script_args, callbacks: list | None = None)
     # thermorl.log, and the `thermorl` command picks the faster CPU thread count for this model.
     resume_from = prepare_output_dir(training_args, overwrite=script_args.overwrite_output_dir)
     callbacks = [*(callbacks or []), *prepare_reporting(training_args)]
-    threads.use_fastest_before_warmup(model_args, training_args)
+    threads.use_fastest_before_warmup(model_args, training_args, script_args.tiny_model_size)
     trainer = build_trainer(model_args, training_args, script_args, callbacks)
     # After the data and model are resolved, so that a recipe mistake leaves no folder behind; the records kept
     # in memory until now are written first.
@@ -241,7 +246,10 @@ def train(model_args, training_args, script_args, callbacks: list | None = None)
     quiet_trainer(trainer)
     threads.use_fastest(trainer.model, training_args.per_device_train_batch_size)
     if trainer.accelerator.is_main_process:
-        write_held_out(training_args.output_dir, script_args, training_args.seed)
+        write_held_out(
+            training_args.output_dir, script_args,
+            script_args.dataset_seed if script_args.dataset_seed is not None else training_args.seed,
+        )
     trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()

@@ -1,0 +1,262 @@
+"""The reasoning testbed: countdown_steps (task, verifier, SFT traces), EAD sized to a response length, `thermorl bench`."""
+
+import json
+import math
+import random
+import re
+
+import pytest
+import torch
+import yaml
+
+from thermorl.rollouts.schedules import AnnealedTemperature, annealed_for_length, build_schedule
+from thermorl.tasks import get_task
+
+ROW = {"numbers": [1, 4, 5, 7], "target": 9}
+
+
+def _solvable(numbers, target):
+    """Brute force over every order of pairwise + and - (a >= b): an independent reference for the checker."""
+    if len(numbers) == 1:
+        return numbers[0] == target
+    for i in range(len(numbers)):
+        for j in range(len(numbers)):
+            if i == j:
+                continue
+            rest = [n for k, n in enumerate(numbers) if k not in (i, j)]
+            a, b = numbers[i], numbers[j]
+            if _solvable([*rest, a + b], target) or (a >= b and _solvable([*rest, a - b], target)):
+                return True
+    return False
+
+
+# --- task ------------------------------------------------------------------------------------------------------
+
+
+def test_every_instance_is_solved_by_its_stored_trace_and_prompts_are_sorted():
+    task = get_task("countdown_steps")
+    train, held_out = task.make_splits(300, 100, seed=3)
+    assert not set(train["prompt"]) & set(held_out["prompt"])
+    for row in list(train) + list(held_out):
+        numbers, target = row["prompt"].rstrip(":").split(">")
+        assert [int(n) for n in numbers.split()] == row["numbers"] == sorted(row["numbers"])
+        assert int(target) == row["target"]
+        assert task.is_correct(row["answer"], row)
+        assert len(row["answer"].split(",")) == 3
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("7-4=3,5+1=6,6+3=9", True),
+        ("  5+4=9,7-1=6,9+6=15\n", False),  # well-formed, wrong target
+        ("1+7=8,5-4=1,8+1=9", True),
+        (" 1+7=8,5-4=1,8+1=9 ", True),  # surrounding whitespace is allowed
+        ("7-4=2,5+1=6,6+2=8", False),  # arithmetic slip in the first step
+        ("7-4=3,5+1=6,6+3=10", False),  # slip in the last step
+        ("4-7=3,5+1=6,6+3=9", False),  # a - b with a < b is -3, not 3
+        ("8-4=4,5+1=6,6+4=10", False),  # 8 is not among the numbers
+        ("7-4=3,3+3=6,6+3=9", False),  # 3 used twice, 1 and 5 never
+        ("7+5=12,12-4=8", False),  # stops with two numbers left
+        ("7-4=3,5+1=6,6+3=9,", False),  # trailing separator
+        ("7-4=3,5+1=6,6+3=9x", False),
+        ("7*1=7,5-4=1,7+1=8", False),  # only + and -
+        ("", False),
+        ("9", False),
+    ],
+)
+def test_checker_hand_cases(completion, expected):
+    assert get_task("countdown_steps").is_correct(completion, ROW) is expected
+
+
+def test_extract_answer_keeps_is_correct():
+    task = get_task("countdown_steps")
+    for completion in ("7-4=3,5+1=6,6+3=9", " 5+4=9,7-1=6,9+6=15 ", "7-4=2,5+1=6,6+2=8"):
+        answer = task.extract_answer(completion)
+        assert answer == completion.strip()
+        assert task.is_correct(answer, ROW) == task.is_correct(completion, ROW)
+    assert task.extract_answer("7*4=28") is None
+    assert task.extract_answer("seven") is None
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="num_numbers must be an integer >= 3"):
+        get_task("countdown_steps", num_numbers=2)
+    with pytest.raises(ValueError, match="max_number must be an integer >= 1"):
+        get_task("countdown_steps", max_number=0)
+
+
+def test_sft_traces_are_exact_take_random_first_steps_and_hit_the_target_when_the_last_two_numbers_can():
+    task = get_task("countdown_steps")
+    _, held_out = task.make_splits(200, 200, seed=0)
+    data = task.make_sft_dataset(3000, seed=1, exclude_prompts=held_out["prompt"])
+    assert not set(data["prompt"]) & set(held_out["prompt"])
+    assert len(set(data["prompt"])) < len(data)  # prompts repeat, with fresh traces
+    first_steps = set()
+    for prompt, trace in zip(data["prompt"], data["completion"]):
+        numbers_text, target = prompt.rstrip(":").split(">")
+        numbers, target = [int(n) for n in numbers_text.split()], int(target)
+        steps = trace.split(",")
+        assert len(steps) == 3 and task.check_trace(trace, numbers) is not None
+        # The two numbers left before the last step: replay the first two steps.
+        remaining = list(numbers)
+        for step in steps[:2]:
+            left, op, right, result = re.fullmatch(r"(\d+)([+-])(\d+)=(\d+)", step).groups()
+            remaining.remove(int(left))
+            remaining.remove(int(right))
+            remaining.append(int(result))
+        assert task.is_correct(trace, {"numbers": numbers, "target": target}) == _solvable(remaining, target)
+        if prompt == data["prompt"][0]:
+            first_steps.add(steps[0])
+    correct = sum(task.is_correct(c, {"numbers": [int(n) for n in p.rstrip(":").split(">")[0].split()],
+                                      "target": int(p.rstrip(":").split(">")[1])})
+                  for p, c in zip(data["prompt"], data["completion"]))
+    # The first steps are random, so most SFT traces fail on prompts that a planned first step would solve.
+    assert 0.2 < correct / len(data) < 0.6
+
+
+def test_random_prefix_success_spreads_over_prompts():
+    """Difficulty differs by prompt: the share of random first steps that still allow a solution."""
+    task = get_task("countdown_steps")
+    rng = random.Random(0)
+    rates = []
+    for row in task.make_dataset(60, seed=5):
+        hits = sum(task.is_correct(task.sft_trace(row["numbers"], row["target"], rng), row) for _ in range(40))
+        rates.append(hits / 40)
+    assert min(rates) < 0.2 and max(rates) > 0.6
+
+
+# --- EAD sized to a response length ----------------------------------------------------------------------------
+
+
+def test_sized_to_the_papers_length_it_is_the_papers_schedule_at_every_step():
+    sized, paper = annealed_for_length(500), AnnealedTemperature()
+    positions = torch.arange(0, 1200)
+    assert sized.warmup_tokens == 10
+    for step in (0, 1, 7, 100):
+        assert torch.allclose(sized.temperatures(positions, step), paper.temperatures(positions, step), atol=1e-5)
+
+
+def test_sized_to_20_tokens_it_cools_from_tau_max_to_tau_min_at_three_quarters_of_them():
+    schedule = build_schedule({"type": "annealed_for_length", "response_tokens": 20, "horizon_growth": 0.0})
+    temps = schedule.temperatures(torch.arange(21), step=0)
+    assert temps[0] == pytest.approx(1.2)
+    # The paper reaches tau_min at 20 * 25 * ln(2.1) of 500 tokens; scaled to 20 tokens that is d0 = 20 (horizon
+    # scale 1): tau = 1 + 1.2 - exp(t / 20), which reaches 0.1 at t = 20 ln 2.1 = 14.8.
+    d0 = 20.0
+    assert temps[5] == pytest.approx(2.2 - math.exp(5 / d0), abs=1e-6)
+    assert temps[14] > 0.1 and temps[15] == pytest.approx(0.1) and temps[20] == pytest.approx(0.1)
+    assert torch.equal(schedule.temperatures(torch.arange(21), step=300), temps)  # no growth
+    growing = annealed_for_length(20)
+    assert growing.temperatures(torch.tensor([10]), step=50) > growing.temperatures(torch.tensor([10]), step=0)
+
+
+def test_sizing_errors_name_the_argument():
+    with pytest.raises(ValueError, match="response_tokens must be an int >= 1"):
+        annealed_for_length(0)
+    with pytest.raises(ValueError, match="cool_fraction must be > 0"):
+        annealed_for_length(20, cool_fraction=0.0)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['d0'\]"):
+        build_schedule({"type": "annealed_for_length", "response_tokens": 20, "d0": 3})
+
+
+# --- thermorl bench --------------------------------------------------------------------------------------------
+
+
+def test_mean_interval_is_the_student_t_interval():
+    from thermorl.bench import mean_interval
+
+    result = mean_interval([0.2, 0.4])
+    assert result["mean"] == pytest.approx(0.3)
+    assert result["ci95"] == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2))
+    five = [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert mean_interval(five)["ci95"] == pytest.approx(2.776 * 0.158113883 / math.sqrt(5), rel=1e-6)
+    assert mean_interval([0.7]) == {"mean": 0.7, "ci95": 0.0, "n": 1}
+
+
+def _write_arms(path, **changes):
+    spec = {
+        "recipe": "testbed",
+        "overrides": {"max_steps": 2, "warmup_examples": 64, "warmup_epochs": 1, "num_train_examples": 32,
+                      "num_eval_examples": 12, "per_device_train_batch_size": 8, "num_generations": 4},
+        "baseline": "fixed-1.0",
+        "seeds": [0],
+        "evaluation": {"samples": 2, "every": 1, "batch_size": 64},
+        "arms": {"fixed-1.0": {"temperature": 1.0},
+                 "ead": {"temperature_schedule": {"type": "annealed_for_length", "response_tokens": 20}}},
+    }
+    spec.update(changes)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"arms": {"a": {"learning_rat": 1e-4}}, "baseline": "a"}, r"arm 'a': Unknown recipe key 'learning_rat'"),
+        ({"baseline": "fixed-2"}, r"baseline 'fixed-2' is not one of the arms"),
+        ({"seeds": [0, 0]}, r"'seeds' lists a seed twice"),
+        ({"evaluation": {"samples": 0}}, r"evaluation.samples must be an integer >= 1"),
+        ({"arm": {}}, r"unknown key\(s\) \['arm'\]"),
+    ],
+)
+def test_arms_file_mistakes_are_one_line_errors(tmp_path, changes, message):
+    from thermorl.bench import load_arms
+
+    with pytest.raises(ValueError, match=message):
+        load_arms(_write_arms(tmp_path / "arms.yaml", **changes))
+
+
+def test_arms_that_start_differently_are_refused(tmp_path, capsys):
+    from thermorl.cli import main
+
+    arms = _write_arms(tmp_path / "arms.yaml", arms={"a": {}, "b": {"max_steps": 3}}, baseline="a")
+    assert main(["bench", str(arms), "--out", str(tmp_path / "out")]) == 2
+    assert "arms 'a' and 'b' differ in ['max_steps']" in capsys.readouterr().err
+    assert main(["bench", str(arms), "--out", str(tmp_path / "out"), "--arms", "a", "c"]) == 2
+    assert "--arms: ['c'] not in the arms file, whose arms are ['a', 'b']" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_bench_smoke_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
+    """1 seed, 2 arms, 2 steps on tiny sizes: per-run JSON, aggregate report, PNG; a rerun does nothing new."""
+    from thermorl.cli import main
+
+    monkeypatch.setenv("THERMORL_CACHE", str(tmp_path / "cache"))
+    arms, out = _write_arms(tmp_path / "arms.yaml"), tmp_path / "out"
+    assert main(["bench", str(arms), "--out", str(out)]) == 0
+    assert "2 run(s) to do, 0 already done" in capsys.readouterr().out
+    run = json.loads((out / "runs" / "ead" / "seed0.json").read_text())
+    assert [p["step"] for p in run["curve"]] == [1, 2]
+    assert [step for step, _ in run["reward"]] == [1, 2]
+    assert run["rollouts_per_step"] == 8
+    assert run["recipe"]["temperature_schedule"]["type"] == "annealed_for_length"
+    assert set(run["final"]) == {"pass@1 greedy", "pass@1 T=1", "pass@k T=1", "worst@k T=1"}
+    assert all(0.0 <= v <= 1.0 for v in run["final"].values())
+    assert run["final"]["worst@k T=1"] <= run["final"]["pass@1 T=1"] <= run["final"]["pass@k T=1"]
+
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["arms"]) == {"fixed-1.0", "ead"}
+    fixed = report["arms"]["fixed-1.0"]
+    assert [p["step"] for p in fixed["curve"]] == [0, 1, 2]
+    assert [p["rollouts"] for p in fixed["curve"]] == [0, 8, 16]
+    assert fixed["curve"][0]["pass@1 T=1"]["mean"] == report["start"]["pass@1 T=1"]
+    assert fixed["final"]["pass@1 T=1"]["mean"] == json.loads(
+        (out / "runs" / "fixed-1.0" / "seed0.json").read_text())["final"]["pass@1 T=1"]
+    assert fixed["steps_to_baseline_final"] is not None  # the baseline reaches its own final accuracy
+    assert (out / "bench.png").stat().st_size > 10_000
+    assert "| fixed-1.0 | 1 |" in (out / "report.md").read_text()
+
+    before = (out / "runs" / "ead" / "seed0.json").read_text()
+    assert main(["bench", str(arms), "--out", str(out)]) == 0
+    assert "0 run(s) to do, 2 already done" in capsys.readouterr().out
+    assert (out / "runs" / "ead" / "seed0.json").read_text() == before
+
+    # The same settings given on the command line (as text) reuse the runs.
+    assert main(["bench", str(arms), "--out", str(out), "--max_steps", "2"]) == 0
+    assert "0 run(s) to do, 2 already done" in capsys.readouterr().out
+
+    # Same folder, other settings: refused, nothing overwritten.
+    assert main(["bench", str(arms), "--out", str(out), "--learning_rate", "3e-4"]) == 2
+    assert "was made with other settings" in capsys.readouterr().err
+    assert (out / "runs" / "ead" / "seed0.json").read_text() == before

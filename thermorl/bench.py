@@ -1,0 +1,480 @@
+"""`thermorl bench ARMS.yaml`: compare training methods (arms) over seeds, honestly and resumably.
+
+An arms file names a base recipe, overrides shared by every arm, the arms themselves (recipe overrides), the seeds
+and how to evaluate:
+
+    recipe: testbed                    # a built-in recipe name or a YAML path (relative to the arms file)
+    overrides: {max_steps: 300}        # applied to every arm
+    baseline: fixed-1.0                # the arm whose final accuracy the others must reach
+    seeds: [0, 1, 2]
+    evaluation: {samples: 8, every: 50, batch_size: 256}
+    arms:
+      fixed-1.0: {temperature: 1.0}
+      ead: {temperature_schedule: {type: annealed_for_length, response_tokens: 20}}
+
+Each (arm, seed) trains in its own subprocess with OMP_NUM_THREADS=1 (one core per run; `--jobs` runs several at
+once) and writes OUT/runs/ARM/seedS.json: the training reward per step, held-out pass@1 (greedy and T=1) every
+`every` steps, and the final held-out pass@1, pass@k and worst@k (all k samples right) at T=1. A run whose JSON
+exists is skipped, so an interrupted bench resumes; one whose JSON was made with other settings is refused. The
+aggregate (OUT/report.json, OUT/report.md, OUT/bench.png) gives each metric's mean and 95% interval over seeds, the
+curves against steps and rollouts, and the steps each arm needs to reach the baseline's final T=1 pass@1.
+Held-out prompts are the recipe's built-in task's held-out split: never in the SFT warm-up nor in RL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .recipe import parse_overrides, read_recipe
+
+RESULT_FORMAT = 1
+EVALUATION_DEFAULTS = {"samples": 8, "every": 50, "batch_size": 256, "seed": 0}
+# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (then the normal's 1.96).
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+# Final metrics of a run, in the order the report shows them.
+FINAL_METRICS = ("pass@1 greedy", "pass@1 T=1", "pass@k T=1", "worst@k T=1")
+ARMS_KEYS = {"recipe", "overrides", "baseline", "seeds", "evaluation", "arms"}
+
+
+# --- the arms file ---------------------------------------------------------------------------------------------
+
+
+def load_arms(path: str | Path) -> dict[str, Any]:
+    """The arms file, checked: every arm's recipe must load, so a typo fails before any run starts."""
+    from .recipe import load_recipe
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"arms file not found: {path}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"arms file {path}: must be a mapping with keys {sorted(ARMS_KEYS)}")
+    unknown = sorted(set(spec) - ARMS_KEYS)
+    if unknown:
+        raise ValueError(f"arms file {path}: unknown key(s) {unknown}; valid: {sorted(ARMS_KEYS)}")
+    arms = spec.get("arms")
+    if not isinstance(arms, dict) or not arms or not all(isinstance(v, dict) for v in arms.values()):
+        raise ValueError(f"arms file {path}: 'arms' must map each arm's name to its recipe overrides")
+    for name in arms:
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise ValueError(f"arms file {path}: arm name {name!r} must be a non-empty string without '/'")
+    if "recipe" not in spec:
+        raise ValueError(f"arms file {path}: 'recipe' (a built-in recipe name or a YAML path) is required")
+    recipe = str(spec["recipe"])
+    local = path.parent / recipe
+    spec["recipe"] = str(local.resolve()) if local.suffix in (".yaml", ".yml") and local.is_file() else recipe
+    overrides = spec.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"arms file {path}: 'overrides' must be a mapping of recipe fields")
+    spec["overrides"] = overrides
+    baseline = spec.get("baseline", next(iter(arms)))
+    if baseline not in arms:
+        raise ValueError(f"arms file {path}: baseline {baseline!r} is not one of the arms {list(arms)}")
+    spec["baseline"] = baseline
+    spec["seeds"] = _check_seeds(spec.get("seeds", [0]), f"arms file {path}: 'seeds'")
+    evaluation = {**EVALUATION_DEFAULTS, **(spec.get("evaluation") or {})}
+    unknown = sorted(set(evaluation) - set(EVALUATION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"arms file {path}: unknown evaluation key(s) {unknown}; valid: {sorted(EVALUATION_DEFAULTS)}")
+    for key, value in evaluation.items():
+        minimum = 0 if key == "seed" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"arms file {path}: evaluation.{key} must be an integer >= {minimum}, got {value!r}")
+    spec["evaluation"] = evaluation
+    for name, arm in arms.items():
+        values = {**read_recipe(spec["recipe"]), **overrides, **arm}
+        try:
+            load_recipe(values)
+        except ValueError as error:
+            raise ValueError(f"arms file {path}: arm {name!r}: {error}") from None
+        if values.get("trainer", "grpo") != "grpo":
+            raise ValueError(f"arms file {path}: arm {name!r}: bench runs online RL arms only (trainer: grpo)")
+    return spec
+
+
+def _check_seeds(seeds, what: str) -> list[int]:
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"{what} must be a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{what} lists a seed twice: {seeds}")
+    return seeds
+
+
+def run_plan(spec: dict[str, Any], arm: str, seed: int, extra: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Everything that determines one run's result (stored in its JSON, compared on resume)."""
+    from .recipe import recipe_dataclasses, validate
+
+    values = {**read_recipe(spec["recipe"]), **spec["overrides"], **spec["arms"][arm], **extra}
+    values.update(seed=seed, output_dir=str(run_dir), save_strategy="no", report_to=[])
+    # Each value as its field's type ("600" from the command line is 600, as in a YAML file), so that the same
+    # settings compare equal on resume however they were given; enum values are stored as their strings.
+    values = json.loads(json.dumps(validate(values, recipe_dataclasses(values.get("trainer", "grpo"))),
+                                   default=lambda value: value.value))
+    return {"format": RESULT_FORMAT, "arm": arm, "seed": seed, "recipe": values, "evaluation": spec["evaluation"]}
+
+
+# --- one run (in its own process) ------------------------------------------------------------------------------
+
+
+def held_out_scores(model, tokenizer, rows, task, samples: int, max_new_tokens: int, batch_size: int, seed: int):
+    """Greedy pass@1, and pass@1 / pass@k / worst@k from `samples` samples at T=1, on `rows`."""
+    from .evaluation.metrics import single_temperature_pass_at_k
+    from .evaluation.pipeline import as_verifier, score
+    from .evaluation.sampling import sample_completions
+
+    completions = sample_completions(model, tokenizer, [row["prompt"] for row in rows], [0.0, 1.0], samples,
+                                     max_new_tokens, batch_size=batch_size, seed=seed, progress=False)
+    _, correct = score(as_verifier(task, list(rows[0])), rows, completions)
+    return {
+        "pass@1 greedy": single_temperature_pass_at_k(correct, 0, 1),
+        "pass@1 T=1": single_temperature_pass_at_k(correct, 1, 1),
+        "pass@k T=1": single_temperature_pass_at_k(correct, 1, samples),
+        "worst@k T=1": statistics.mean(float(all(question[1])) for question in correct),
+    }
+
+
+def run_one(plan_path: Path) -> None:
+    """Train one (arm, seed) and write its result JSON next to the plan."""
+    import torch
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+
+    from .recipe import load_recipe
+    from .train import build_datasets, build_trainer
+
+    torch.set_num_threads(1)
+    plan = json.loads(plan_path.read_text())
+    evaluation = plan["evaluation"]
+    model_args, training_args, script_args = load_recipe(plan["recipe"])
+    _, held_out, task = build_datasets(script_args, training_args.seed)
+    if task is None:
+        raise ValueError("bench needs a built-in task as the recipe's dataset: it scores held-out prompts with its verifier")
+    rows = [dict(row) for row in held_out]
+    new_tokens = training_args.max_completion_length
+
+    class HeldOutCurve(TrainerCallback):
+        """Held-out pass@1 (greedy, and one sample at T=1) every `every` steps; the last step's point is the final
+        evaluation's (k samples at T=1), so the curve ends where the final metrics are."""
+
+        def __init__(self):
+            self.points = []
+
+        def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+            if state.global_step % evaluation["every"] or state.global_step == state.max_steps:
+                return
+            scores = held_out_scores(model, processing_class, rows, task, 1, new_tokens, evaluation["batch_size"],
+                                     evaluation["seed"])
+            self.points.append({"step": state.global_step, "pass@1 greedy": scores["pass@1 greedy"],
+                                "pass@1 T=1": scores["pass@1 T=1"]})
+
+    curve = HeldOutCurve()
+    started = time.perf_counter()
+    trainer = build_trainer(model_args, training_args, script_args, callbacks=[curve])
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    train_seconds = time.perf_counter() - started
+    final = held_out_scores(trainer.model, trainer.processing_class, rows, task, evaluation["samples"], new_tokens,
+                            evaluation["batch_size"], evaluation["seed"])
+    curve.points.append({"step": trainer.state.global_step, "pass@1 greedy": final["pass@1 greedy"],
+                         "pass@1 T=1": final["pass@1 T=1"]})
+    history = trainer.state.log_history
+    result = {
+        **plan,
+        # Completions sampled per optimizer step (each is used num_iterations times).
+        "rollouts_per_step": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+        * training_args.world_size / training_args.num_iterations,
+        "held_out_prompts": len(rows),
+        "reward": [[entry["step"], entry["reward"]] for entry in history if "reward" in entry],
+        "curve": curve.points,
+        "final": final,
+        "train_seconds": round(train_seconds, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    _write_json(plan_path.with_name(plan_path.name.removesuffix(".plan.json") + ".json"), result)
+
+
+def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The warmed-up policy's held-out scores (the curves' step 0), computed once per bench and cached."""
+    path = out / "start.json"
+    plan = run_plan(spec, next(iter(spec["arms"])), spec["seeds"][0], extra, out / "start")
+    key = {k: plan["recipe"].get(k) for k in _START_KEYS} | {"evaluation": spec["evaluation"]}
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored["scores"]
+    import torch
+
+    from .evaluation import load_policy
+    from .recipe import load_recipe
+    from .train import build_datasets, resolve_model_path
+
+    torch.set_num_threads(1)
+    model_args, training_args, script_args = load_recipe(plan["recipe"])
+    _, held_out, task = build_datasets(script_args, training_args.seed)
+    if task is None:
+        raise ValueError("bench needs a built-in task as the recipe's dataset: it scores held-out prompts with its verifier")
+    model_path = resolve_model_path(model_args.model_name_or_path, script_args, held_out)
+    model, tokenizer = load_policy(model_path, device="cpu", dtype="float32")
+    evaluation = spec["evaluation"]
+    scores = held_out_scores(model, tokenizer, [dict(row) for row in held_out], task, evaluation["samples"],
+                             training_args.max_completion_length, evaluation["batch_size"], evaluation["seed"])
+    _write_json(path, {"key": key, "model": model_path, "scores": scores})
+    return scores
+
+
+def check_arms_share_start(spec: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Every arm loads with the command-line overrides, and all start from the same policy and prompts (or the
+    comparison would not be one), train for the same steps and score with the same completion length."""
+    from .recipe import load_recipe
+
+    reference = None
+    for name in spec["arms"]:
+        values = run_plan(spec, name, 0, extra, Path("."))["recipe"]
+        try:
+            load_recipe(values)
+        except ValueError as error:
+            raise ValueError(f"arm {name!r} with the command-line overrides: {error}") from None
+        shared = {key: values.get(key) for key in (*_START_KEYS, "max_steps")}
+        if reference is None:
+            reference = (name, shared)
+        elif shared != reference[1]:
+            differing = sorted(key for key in shared if shared[key] != reference[1][key])
+            raise ValueError(f"arms {reference[0]!r} and {name!r} differ in {differing}: every arm must start from "
+                             "the same policy, prompts and steps")
+
+
+# The recipe fields that determine the starting policy and its held-out prompts.
+_START_KEYS = ("model_name_or_path", "tiny_model_size", "dataset", "dataset_seed", "num_train_examples",
+               "num_eval_examples", "warmup_examples", "warmup_epochs", "max_completion_length")
+
+
+def _settings(plan: dict[str, Any]) -> dict[str, Any]:
+    """What a finished run must share with the current plan to be reused: all but where it was written."""
+    recipe = {k: v for k, v in plan["recipe"].items() if k != "output_dir"}
+    return {**{k: plan.get(k) for k in ("format", "arm", "seed", "evaluation")}, "recipe": recipe}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+# --- the bench -------------------------------------------------------------------------------------------------
+
+
+def run_bench(spec: dict[str, Any], out: Path, extra: dict[str, Any], jobs: int = 1) -> list[str]:
+    """Run every missing (arm, seed), `jobs` at a time; returns the runs that failed."""
+    pending = []
+    for seed in spec["seeds"]:
+        for arm in spec["arms"]:
+            run_dir = out / "runs" / arm / f"seed{seed}"
+            plan = run_plan(spec, arm, seed, extra, run_dir)
+            result = run_dir.with_name(f"seed{seed}.json")
+            if result.is_file():
+                stored = json.loads(result.read_text())
+                if _settings(stored) != _settings(plan):
+                    raise ValueError(f"{result} was made with other settings than {arm!r} seed {seed} has now; "
+                                     "use another --out or delete it")
+                continue
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(run_dir.with_name(f"seed{seed}.plan.json"), plan)
+            pending.append((arm, seed, run_dir.with_name(f"seed{seed}.plan.json")))
+    done = sum(len(spec["seeds"]) for _ in spec["arms"]) - len(pending)
+    print(f"bench: {len(pending)} run(s) to do, {done} already done, {jobs} at a time", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    running: list[tuple[str, int, Path, subprocess.Popen, float]] = []
+    failed = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            arm, seed, plan_path = pending.pop(0)
+            log = open(plan_path.with_name(f"seed{seed}.log"), "w")
+            process = subprocess.Popen([sys.executable, "-m", "thermorl.bench", "--run-plan", str(plan_path)],
+                                       stdout=log, stderr=subprocess.STDOUT, env=env)
+            log.close()
+            running.append((arm, seed, plan_path, process, time.perf_counter()))
+        time.sleep(0.5)
+        for entry in list(running):
+            arm, seed, plan_path, process, began = entry
+            if process.poll() is None:
+                continue
+            running.remove(entry)
+            if process.returncode == 0:
+                final = json.loads(plan_path.with_name(f"seed{seed}.json").read_text())["final"]
+                print(f"  {arm} seed {seed}: held-out pass@1 T=1 {final['pass@1 T=1']:.3f}, greedy "
+                      f"{final['pass@1 greedy']:.3f} ({time.perf_counter() - began:.0f} s)", flush=True)
+            else:
+                failed.append(f"{arm} seed {seed}")
+                print(f"  {arm} seed {seed}: FAILED (exit {process.returncode}); see "
+                      f"{plan_path.with_name(f'seed{seed}.log')}", flush=True)
+    return failed
+
+
+def mean_interval(values: list[float]) -> dict[str, float]:
+    """Mean and the half-width of its 95% Student-t interval over seeds (0 for one seed: no interval)."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return {"mean": mean, "ci95": 0.0, "n": len(values)}
+    quantile = _T975[len(values) - 2] if len(values) - 1 <= len(_T975) else 1.96
+    return {"mean": mean, "ci95": quantile * statistics.stdev(values) / math.sqrt(len(values)), "n": len(values)}
+
+
+def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float]) -> dict[str, Any]:
+    """report.json's content from the finished runs (arms with no finished run are left out)."""
+    arms = {}
+    for arm in spec["arms"]:
+        runs = [json.loads(p.read_text()) for seed in spec["seeds"]
+                if (p := out / "runs" / arm / f"seed{seed}.json").is_file()]
+        if not runs:
+            continue
+        steps = [point["step"] for point in runs[0]["curve"]]
+        curve = [{"step": 0, "rollouts": 0,
+                  **{m: mean_interval([start[m]]) for m in ("pass@1 greedy", "pass@1 T=1")}}]
+        for i, step in enumerate(steps):
+            curve.append({"step": step, "rollouts": step * runs[0]["rollouts_per_step"],
+                          **{m: mean_interval([run["curve"][i][m] for run in runs])
+                             for m in ("pass@1 greedy", "pass@1 T=1")}})
+        rewards = [statistics.mean(values) for values in zip(*([r for _, r in run["reward"]] for run in runs))]
+        arms[arm] = {
+            "seeds": [run["seed"] for run in runs],
+            "final": {m: mean_interval([run["final"][m] for run in runs]) for m in FINAL_METRICS},
+            "curve": curve,
+            "reward_mean_over_seeds": rewards,
+            "rollouts_per_step": runs[0]["rollouts_per_step"],
+            "minutes_per_run": statistics.mean(run["seconds"] for run in runs) / 60,
+        }
+    baseline = spec["baseline"]
+    if baseline in arms:
+        target = arms[baseline]["final"]["pass@1 T=1"]["mean"]
+        for values in arms.values():
+            reached = [p["step"] for p in values["curve"] if p["pass@1 T=1"]["mean"] >= target]
+            values["steps_to_baseline_final"] = reached[0] if reached else None
+    k = spec["evaluation"]["samples"]
+    return {"baseline": baseline, "k": k, "start": start, "arms": arms, "seeds": spec["seeds"]}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    k = report["k"]
+    names = [m.replace("@k", f"@{k}") for m in FINAL_METRICS]
+    lines = [f"| arm | seeds | " + " | ".join(f"held-out {n}" for n in names)
+             + f" | steps to {report['baseline']}'s final T=1 pass@1 |",
+             "|---|---|" + "---|" * (len(names) + 1)]
+    lines.append("| start (warmed-up policy) | | " + " | ".join(f"{report['start'][m]:.3f}" for m in FINAL_METRICS) + " | |")
+    for arm, values in report["arms"].items():
+        cells = [f"{values['final'][m]['mean']:.3f} ± {values['final'][m]['ci95']:.3f}" for m in FINAL_METRICS]
+        reached = values.get("steps_to_baseline_final", "no baseline run")
+        lines.append(f"| {arm} | {len(values['seeds'])} | " + " | ".join(cells)
+                     + f" | {'not reached' if reached is None else reached} |")
+    lines.append("")
+    lines.append("Mean ± half-width of the 95% Student-t interval over seeds (± 0.000 with one seed: no interval).")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    (by_step, by_rollouts), (rewards, bars) = axes
+    k = report["k"]
+    for arm, values in report["arms"].items():
+        curve = values["curve"]
+        for axis, x_key in ((by_step, "step"), (by_rollouts, "rollouts")):
+            x = [p[x_key] for p in curve]
+            mean = [p["pass@1 T=1"]["mean"] for p in curve]
+            ci = [p["pass@1 T=1"]["ci95"] for p in curve]
+            (line,) = axis.plot(x, mean, marker="o", markersize=3, label=arm)
+            axis.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
+                              color=line.get_color(), alpha=0.15)
+        per_step = values["reward_mean_over_seeds"]
+        window = max(1, len(per_step) // 20)
+        smoothed = [statistics.mean(per_step[max(0, i - window + 1): i + 1]) for i in range(len(per_step))]
+        rewards.plot(range(1, len(per_step) + 1), smoothed, label=arm)
+    by_step.set(xlabel="training step", ylabel="held-out pass@1 at T=1", title="Held-out pass@1 (T=1) vs steps, 95% CI")
+    by_rollouts.set(xlabel="rollouts (completions sampled)", ylabel="held-out pass@1 at T=1",
+                    title="Held-out pass@1 (T=1) vs rollouts")
+    rewards.set(xlabel="training step", ylabel="train reward (moving mean, mean of seeds)",
+                title="Reward of each arm's own rollouts")
+    names = [m.replace("@k", f"@{k}") for m in FINAL_METRICS]
+    arms = list(report["arms"])
+    width = 0.8 / (len(arms) + 1)
+    bars.bar([x for x in range(len(names))], [report["start"][m] for m in FINAL_METRICS], width, label="start",
+             color="lightgray")
+    for i, arm in enumerate(arms, start=1):
+        final = report["arms"][arm]["final"]
+        bars.bar([x + i * width for x in range(len(names))], [final[m]["mean"] for m in FINAL_METRICS], width,
+                 yerr=[final[m]["ci95"] for m in FINAL_METRICS], capsize=2, label=arm)
+    bars.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], names, fontsize=9)
+    bars.set(ylabel="held-out accuracy", title="After training (mean, 95% CI over seeds)")
+    for axis in (by_step, by_rollouts, rewards, bars):
+        axis.set_ylim(bottom=0)
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
+    fig.suptitle(f"{report.get('held_out_prompts') or ''} held-out prompts, seeds {report['seeds']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def bench_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="thermorl bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any other --field value is a recipe override applied to every arm (e.g. --max_steps 20).",
+    )
+    parser.add_argument("arms", help="arms file (YAML), e.g. benchmarks/testbed_arms.yaml")
+    parser.add_argument("--out", default=None, help="output folder (default: outputs/bench-<arms file name>)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds instead of the arms file's")
+    parser.add_argument("--arms", dest="only", nargs="+", default=None, help="run only these arms of the file")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, one core each (default 1)")
+    args, rest = parser.parse_known_args(argv)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    spec = load_arms(args.arms)
+    if args.seeds is not None:
+        spec["seeds"] = _check_seeds(args.seeds, "--seeds")
+    if args.only is not None:
+        unknown = [arm for arm in args.only if arm not in spec["arms"]]
+        if unknown:
+            raise ValueError(f"--arms: {unknown} not in the arms file, whose arms are {list(spec['arms'])}")
+        spec["arms"] = {arm: spec["arms"][arm] for arm in args.only}
+    extra = parse_overrides(rest)
+    check_arms_share_start(spec, extra)
+    out = Path(args.out or f"outputs/bench-{Path(args.arms).stem}")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"bench: warm-up and start evaluation (cached after the first run) -> {out}", flush=True)
+    start = start_scores(spec, extra, out)
+    failed = run_bench(spec, out, extra, args.jobs)
+    report = aggregate(spec, out, start)
+    report["held_out_prompts"] = run_plan(spec, next(iter(spec["arms"])), 0, extra, out)["recipe"].get("num_eval_examples")
+    _write_json(out / "report.json", report)
+    table = markdown(report)
+    (out / "report.md").write_text(table + "\n")
+    if report["arms"]:
+        plot(report, out / "bench.png")
+    print(table)
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'}" + (f", {out / 'bench.png'}" if report["arms"] else ""))
+    if failed:
+        print(f"bench: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--run-plan":
+        run_one(Path(sys.argv[2]))
+    else:
+        sys.exit(bench_command(sys.argv[1:]))
