@@ -62,12 +62,12 @@ def wandb_project(training_args) -> str:
 def check_launch(model_args, training_args) -> None:
     """Raise a ValueError naming the first launch setting this machine or the other settings cannot honour."""
     check_run_length(training_args)
-    check_model_path(model_args.model_name_or_path)
     settings = launch_settings(model_args, training_args)
     check_precision(settings)
     check_deepspeed(settings)
     if settings.wandb_project is not None:
         check_wandb_project(settings.wandb_project)
+    check_model_path(model_args.model_name_or_path)
 
 
 def check_run_length(training_args) -> None:
