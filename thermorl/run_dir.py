@@ -33,16 +33,17 @@ def checkpoints_in(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def check_writable(output_dir: str | os.PathLike) -> None:
-    """Raise ValueError when files cannot be created in `output_dir`. Folders made for the probe are removed again,
-    so a run that later stops on a recipe mistake leaves nothing behind."""
+    """Raise ValueError when `output_dir` cannot be written to. A folder that does not exist yet is not made here
+    (a run that then stops on a recipe mistake leaves nothing behind): its nearest existing parent must take a new
+    folder, probed under a unique name so that processes of one launch do not race."""
     folder = Path(output_dir)
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-        for path in created:  # deepest first
-            path.rmdir()
+        if existing == folder:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".thermorl-probe-"))
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise ValueError(f"output_dir '{output_dir}' cannot be written to ({reason}): choose another output_dir.") from None
