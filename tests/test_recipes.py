@@ -16,13 +16,7 @@ def test_every_builtin_recipe_parses_and_validates(name):
     values = yaml.safe_load(builtin_recipe_path(name).read_text())
     # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU-only machine; the rest is checked as is.
     overrides = {"bf16": False, "use_cpu": True} if values.get("bf16") else {}
-    try:
-        model_args, training_args, script_args = load_recipe(name, overrides)
-    except ValueError as error:
-        # The EAD GPU recipes ask for vLLM, which runs a temperature schedule only once the vLLM backend lands.
-        if values.get("temperature_schedule") and values.get("use_vllm") and "not implemented for vLLM" in str(error):
-            pytest.xfail("temperature_schedule with use_vllm awaits the vLLM schedule backend")
-        raise
+    model_args, training_args, script_args = load_recipe(name, overrides)
     assert model_args.model_name_or_path == values["model_name_or_path"]
     if "policy_loss" in values:
         assert training_args.policy_loss == values["policy_loss"]

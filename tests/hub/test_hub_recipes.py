@@ -83,8 +83,6 @@ def test_check_resolves_each_gpu_recipe(name, standins, capsys):
     dataset = standins["gsm8k"] if "gsm8k" in name else standins["math"]
     # use_vllm stays on: check only reports the generation backend, and says whether vLLM is installed.
     overrides = ["--model_name_or_path", standins["chat_model"], "--dataset", dataset]
-    if "ead" in name:
-        overrides += ["--use_vllm", "false"]  # until the vLLM schedule lands, the config refuses it (see the recipe)
     assert thermorl_main(["check", name, *overrides]) == 0
     out = capsys.readouterr().out
     assert "chat template: yes" in out and "prompts conversational (chat template applies)" in out
