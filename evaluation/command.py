@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from thermorl.tasks import TASKS, load_prompt_dataset, resolve_reward_funcs, task_from_spec
+from thermorl.console import log_to_run_folder
 from thermorl.train import HELD_OUT_FILE, find_held_out
 
 from .model_loading import check_model_path, load_policy
@@ -182,6 +183,7 @@ def eval_command(argv: list[str] | None = None) -> int:
             model, tokenizer = load_policy(args.model)
     except (ValueError, OSError) as error:
         parser.error(f"cannot load model {args.model!r}: {error}")
+    log_to_run_folder(args.out)  # the libraries' warnings and logs so far, and from here on, in OUT/thermorl.log
 
     report = evaluate(
         model,

@@ -296,6 +296,12 @@ def tiny_model_dir(tmp_path_factory):
 
 
 def test_eval_command_end_to_end(tiny_model_dir, tmp_path):
+    import logging
+
+    from thermorl import console
+
+    console.configure()  # as the thermorl command does: library records go to the log file, not the console
+    logging.getLogger("transformers.generation").warning("a library warning before --out exists")
     out = tmp_path / "eval"
     argv = ["--model", tiny_model_dir, "--task", "arithmetic", "--temperatures", "0.0,0.7,1.0", "--samples", "4",
             "--num-questions", "6", "--max-new-tokens", "4", "--out", str(out), "--vote-round-size", "2",
@@ -318,6 +324,7 @@ def test_eval_command_end_to_end(tiny_model_dir, tmp_path):
     assert len((out / "samples.jsonl").read_text().splitlines()) == 6 * 3 * 4
     for name in ("pass_at_k.png", "equal_budget.png", "accuracy_vs_temperature.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "a library warning before --out exists" in (out / "thermorl.log").read_text()
 
 
 def test_load_policy_finds_the_latest_checkpoint_and_its_run_tokenizer(tiny_model_dir, tmp_path):

@@ -121,6 +121,7 @@ def test_export_merges_the_adapter_and_eval_reads_both(lora_run, tiny_model_dir,
     merged_dir = tmp_path / "merged"
     assert thermorl_main(["export", "--checkpoint", str(output_dir), "--out", str(merged_dir)]) == 0
     assert not (merged_dir / "adapter_config.json").exists()
+    assert (merged_dir / "thermorl.log").is_file()  # the libraries' records of the merge, not the console
     merged = base_model(merged_dir)
     assert not any("lora" in name for name, _ in merged.named_parameters())
     with_adapter = PeftModel.from_pretrained(base_model(tiny_model_dir), output_dir).eval()

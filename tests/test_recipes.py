@@ -1,5 +1,6 @@
 """Recipes parse through HF's argument parser; typos and wrong types fail at load time, naming the key."""
 
+import re
 import subprocess
 import sys
 
@@ -92,4 +93,5 @@ def test_cli_lists_losses_and_tasks():
     run = subprocess.run([sys.executable, "-m", "thermorl", "list"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0
     assert "sapo: " in run.stdout and "tau_neg=1.05" in run.stdout
+    assert not re.search(r"\bbeta=", run.stdout)  # set through the recipe's `beta`; refused in policy_loss_kwargs
     assert "arithmetic" in run.stdout and "quickstart" in run.stdout

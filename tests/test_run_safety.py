@@ -54,6 +54,8 @@ def test_interrupted_saves_are_cleaned_and_a_replaced_checkpoint_is_put_back(tmp
     make_checkpoint(tmp_path, 3, b"complete step 3")
     os.replace(tmp_path / "checkpoint-3", tmp_path / ".replaced-checkpoint-3")
     (tmp_path / ".saving-checkpoint-3" / "checkpoint-3").mkdir(parents=True)
+    (tmp_path / ".saving-model").mkdir()  # a final save killed midway
+    (tmp_path / ".saving-model" / "model.safetensors").write_bytes(b"half")
     clean_interrupted_saves(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-3"]
     assert (tmp_path / "checkpoint-3" / "model.safetensors").read_bytes() == b"complete step 3"
@@ -111,6 +113,37 @@ def test_disk_full_during_a_save_names_the_last_good_checkpoint(tiny_model_dir, 
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == ["checkpoint-1"]
     assert (run / "checkpoint-1" / "optimizer.pt").exists()
+
+
+def test_disk_full_during_the_final_save_keeps_the_previous_model(tiny_model_dir, varied_reward, fast_grpo_kwargs,
+                                                                 tmp_path):
+    args = ThermoGRPOConfig(**{**fast_grpo_kwargs, "save_strategy": "steps", "save_steps": 1, "max_steps": 1})
+    trainer = ThermoGRPOTrainer(model=tiny_model_dir, reward_funcs=varied_reward, args=args,
+                                train_dataset=Dataset.from_dict({"prompt": PROMPTS * 4}))
+    trainer.train()
+    run = tmp_path / "run"
+    trainer.save_model(str(run))  # a first final model, as a finished run leaves it
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert "model.safetensors" in before
+    save = trainer._save
+
+    def fills_the_disk(output_dir, state_dict=None):
+        save(output_dir, state_dict)  # the files are written, then the disk fills
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 11232320 vs 11232212")
+
+    trainer._save = fills_the_disk
+    with torch.no_grad():
+        next(trainer.model.parameters()).add_(1.0)  # the model that fails to save differs from the saved one
+    with pytest.raises(DiskFullError, match=r"full: the final model could not be written \(what was there is "
+                                            r"unchanged\); the newest complete checkpoint is .*checkpoint-1"):
+        trainer.save_model(str(run))
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert not (run / ".saving-model").exists()
+
+    trainer._save = save  # with space again, the save replaces the files
+    trainer.save_model(str(run))
+    assert (run / "model.safetensors").read_bytes() != before["model.safetensors"]
+    assert not (run / ".saving-model").exists()
 
 
 def test_other_save_errors_are_not_called_a_full_disk():

@@ -181,7 +181,7 @@ def _write_arms(path, **changes):
                       "num_eval_examples": 12, "per_device_train_batch_size": 8, "num_generations": 4},
         "baseline": "fixed-1.0",
         "seeds": [0],
-        "evaluation": {"samples": 2, "every": 1, "batch_size": 64},
+        "evaluation": {"samples": 2, "every": 1, "batch_size": 64, "temperatures": [0.7, 1.0]},
         "arms": {"fixed-1.0": {"temperature": 1.0},
                  "ead": {"temperature_schedule": {"type": "annealed_for_length", "response_tokens": 20}}},
     }
@@ -197,6 +197,9 @@ def _write_arms(path, **changes):
         ({"baseline": "fixed-2"}, r"baseline 'fixed-2' is not one of the arms"),
         ({"seeds": [0, 0]}, r"'seeds' lists a seed twice"),
         ({"evaluation": {"samples": 0}}, r"evaluation.samples must be an integer >= 1"),
+        ({"evaluation": {"temperatures": [0.6, 1.2]}}, r"evaluation.temperatures must include 1.0"),
+        ({"evaluation": {"temperatures": [1.0, 1.0]}}, r"evaluation.temperatures must be a list of two or more"),
+        ({"evaluation": {"vote_threshold": 0}}, r"evaluation.vote_threshold must be a number in \(0, 1\]"),
         ({"arm": {}}, r"unknown key\(s\) \['arm'\]"),
     ],
 )
@@ -234,6 +237,11 @@ def test_bench_smoke_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert set(run["final"]) == {"pass@1 greedy", "pass@1 T=1", "pass@k T=1", "worst@k T=1"}
     assert all(0.0 <= v <= 1.0 for v in run["final"].values())
     assert run["final"]["worst@k T=1"] <= run["final"]["pass@1 T=1"] <= run["final"]["pass@k T=1"]
+    grid = run["grid"]
+    assert set(grid["per temperature pass@1"]) == {"0.7", "1"}
+    assert grid["per temperature pass@1"]["1"] == run["final"]["pass@1 T=1"]  # the T=1 metrics are the grid's samples
+    assert grid["best single T pass@k"] <= grid["pass@all"] and grid["spread pass@k"] <= grid["pass@all"]
+    assert 0.0 <= grid["vote samples saved"] < 1.0
 
     report = json.loads((out / "report.json").read_text())
     assert set(report["arms"]) == {"fixed-1.0", "ead"}
@@ -246,11 +254,23 @@ def test_bench_smoke_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert fixed["steps_to_baseline_final"] is not None  # the baseline reaches its own final accuracy
     assert (out / "bench.png").stat().st_size > 10_000
     assert "| fixed-1.0 | 1 |" in (out / "report.md").read_text()
+    assert "Across temperatures 0.7, 1 (2 samples at each)" in (out / "report.md").read_text()
+    assert set(report["arms"]["ead"]["grid"]) >= {"pass@all", "vote early exit", "best single T"}
+    assert "grid" in report["start"]
 
     before = (out / "runs" / "ead" / "seed0.json").read_text()
     assert main(["bench", str(arms), "--out", str(out)]) == 0
     assert "0 run(s) to do, 2 already done" in capsys.readouterr().out
     assert (out / "runs" / "ead" / "seed0.json").read_text() == before
+
+    # --report: the report from what is finished, naming what is not; nothing runs.
+    assert main(["bench", str(arms), "--out", str(out), "--seeds", "0", "1", "--report"]) == 0
+    printed = capsys.readouterr().out
+    assert "not finished: ead seed 1, fixed-1.0 seed 1" in printed and "run(s) to do" not in printed
+    assert not (out / "runs" / "ead" / "seed1.plan.json").exists()
+    assert json.loads((out / "report.json").read_text())["arms"]["ead"]["seeds"] == [0]
+    assert main(["bench", str(arms), "--out", str(tmp_path / "empty"), "--report"]) == 2
+    assert "--report: no finished run in" in capsys.readouterr().err
 
     # The same settings given on the command line (as text) reuse the runs.
     assert main(["bench", str(arms), "--out", str(out), "--max_steps", "2"]) == 0
@@ -260,3 +280,30 @@ def test_bench_smoke_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert main(["bench", str(arms), "--out", str(out), "--learning_rate", "3e-4"]) == 2
     assert "was made with other settings" in capsys.readouterr().err
     assert (out / "runs" / "ead" / "seed0.json").read_text() == before
+
+
+def test_grid_summary_against_hand_counts():
+    """Two prompts, temperatures 0.5 and 1.0, two samples each, with completions fixed by hand."""
+    from thermorl.bench import grid_summary
+    from thermorl.evaluation.pipeline import as_verifier, score
+    from thermorl.tasks.countdown_steps import CountdownStepsTask
+
+    right0, wrong0 = "7-4=3,5+1=6,6+3=9", "7+5=12,12+4=16,16-1=15"
+    right1, wrong1 = "4+3=7,7+2=9,9+1=10", "4-3=1,2+1=3,3+1=4"
+    rows = [{"prompt": "1 4 5 7>9:", "numbers": [1, 4, 5, 7], "target": 9},
+            {"prompt": "1 2 3 4>10:", "numbers": [1, 2, 3, 4], "target": 10}]
+    table = [[[right0, right0], [wrong0, right0]], [[wrong1, wrong1], [wrong1, right1]]]
+    answers, correct = score(as_verifier(CountdownStepsTask(), list(rows[0])), rows, table)
+    scores = grid_summary([0.5, 1.0], answers, correct, {"vote_round_size": 1, "vote_threshold": 0.8})
+    assert scores["per temperature pass@1"] == {"0.5": 0.5, "1": 0.5}
+    # pass@2: T=0.5 solves prompt 0 only, T=1 both.
+    assert (scores["best single T"], scores["best single T pass@k"]) == (1.0, 1.0)
+    # One sample at each temperature: prompt 0 always solved, prompt 1 half the time (T=1's 1 right of 2).
+    assert scores["spread pass@k"] == pytest.approx(0.75)
+    assert scores["pass@all"] == 1.0
+    # Pooled majority: prompt 0 -> right0 (3 of 4), prompt 1 -> wrong1 (3 of 4).
+    assert scores["vote all samples"] == 0.5
+    # Round 1 (one sample per temperature): prompt 1 agrees on wrong1 and exits after 2 of 4 samples; prompt 0
+    # disagrees, then T=1 is split 1-1 after round 2, so it votes on all 4 (right0).
+    assert scores["vote early exit"] == 0.5
+    assert scores["vote samples saved"] == pytest.approx(0.25)

@@ -166,3 +166,42 @@ def test_gpu_launch_config_on_a_cpu_machine_names_the_setting(tiny_recipe, tmp_p
     root_cause = result.stderr[result.stderr.index("Root Cause"):]
     assert message in root_cause
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_launched_by_thermorl_a_recipe_mistake_stops_before_any_worker(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rat: 1e-5\n")
+    assert_user_error(thermorl("train", bad, "--accelerate_config", "cpu_zero2"), "Unknown recipe key 'learning_rat'")
+    assert_user_error(thermorl("train", bad, "--accelerate_config", "zero9"),
+                      "--accelerate_config: no file 'zero9'", "built-in: cpu_zero2, cpu_zero3, ddp")
+    assert_user_error(thermorl("train", "quickstart", "--num_processes", "2"),
+                      "--num_processes set without --accelerate_config")
+    not_a_config = tmp_path / "config.yaml"
+    not_a_config.write_text("- a list\n")
+    assert_user_error(thermorl("train", "quickstart", "--accelerate_config", not_a_config),
+                      f"--accelerate_config {not_a_config}: not an accelerate config")
+
+
+@pytest.mark.parametrize("config, processes", [("ddp", "2"), ("single", None)])
+def test_launched_by_thermorl_a_worker_mistake_is_the_workers_line_and_exit_2(config, processes, tiny_recipe, tmp_path):
+    """Unlike `accelerate launch` (above), no launcher report follows: the worker's line, exit 2. `single` runs its
+    one process as a subprocess, `ddp` through torch's elastic agent: both failure paths."""
+    extra = ("--num_processes", processes) if processes else ()
+    result = thermorl("train", tiny_recipe, "--accelerate_config", config, *extra)
+    lines = {line for line in result.stderr.splitlines() if line.strip()}
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 1 and "`mixed_precision: bf16`, but this run is on the CPU" in lines.pop(), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_launched_by_thermorl_two_processes_train(tiny_recipe, tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = thermorl("train", tiny_recipe, "--accelerate_config", "cpu_zero2", "--main_process_port", port)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(f"Model and checkpoints written to {tmp_path / 'run'}") == 1  # the main process's
+    assert (tmp_path / "run" / "model.safetensors").is_file()

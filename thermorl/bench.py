@@ -7,14 +7,17 @@ and how to evaluate:
     overrides: {max_steps: 300}        # applied to every arm
     baseline: fixed-1.0                # the arm whose final accuracy the others must reach
     seeds: [0, 1, 2]
-    evaluation: {samples: 8, every: 50, batch_size: 256}
+    evaluation: {samples: 8, every: 50, batch_size: 256, temperatures: [0.6, 1.0, 1.2]}
     arms:
       fixed-1.0: {temperature: 1.0}
       ead: {temperature_schedule: {type: annealed_for_length, response_tokens: 20}}
 
 Each (arm, seed) trains in its own subprocess with OMP_NUM_THREADS=1 (one core per run; `--jobs` runs several at
 once) and writes OUT/runs/ARM/seedS.json: the training reward per step, held-out pass@1 (greedy and T=1) every
-`every` steps, and the final held-out pass@1, pass@k and worst@k (all k samples right) at T=1. A run whose JSON
+`every` steps, and the final held-out pass@1, pass@k and worst@k (all k samples right) at T=1; with
+`temperatures`, also the test-time-scaling view across that grid (k samples at each): the k samples spread over the
+temperatures vs the best single temperature's pass@k, Pass@All, and early-exit voting's accuracy and samples saved
+against voting on every sample. A run whose JSON
 exists is skipped, so an interrupted bench resumes; one whose JSON was made with other settings is refused. The
 aggregate (OUT/report.json, OUT/report.md, OUT/bench.png) gives each metric's mean and 95% interval over seeds, the
 curves against steps and rollouts, and the steps each arm needs to reach the baseline's final T=1 pass@1.
@@ -39,12 +42,16 @@ import yaml
 from .recipe import parse_overrides, read_recipe
 
 RESULT_FORMAT = 1
-EVALUATION_DEFAULTS = {"samples": 8, "every": 50, "batch_size": 256, "seed": 0}
+EVALUATION_DEFAULTS = {"samples": 8, "every": 50, "batch_size": 256, "seed": 0, "temperatures": None,
+                       "vote_threshold": 0.8, "vote_round_size": 2}
 # Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (then the normal's 1.96).
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 # Final metrics of a run, in the order the report shows them.
 FINAL_METRICS = ("pass@1 greedy", "pass@1 T=1", "pass@k T=1", "worst@k T=1")
+# Final metrics across the evaluation's temperature grid (k samples per temperature), in report order.
+GRID_METRICS = ("best single T pass@k", "spread pass@k", "pass@all", "vote all samples", "vote early exit",
+                "vote samples saved")
 ARMS_KEYS = {"recipe", "overrides", "baseline", "seeds", "evaluation", "arms"}
 
 
@@ -88,10 +95,14 @@ def load_arms(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(evaluation) - set(EVALUATION_DEFAULTS))
     if unknown:
         raise ValueError(f"arms file {path}: unknown evaluation key(s) {unknown}; valid: {sorted(EVALUATION_DEFAULTS)}")
-    for key, value in evaluation.items():
-        minimum = 0 if key == "seed" else 1
+    for key in ("samples", "every", "batch_size", "seed", "vote_round_size"):
+        value, minimum = evaluation[key], 0 if key == "seed" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"arms file {path}: evaluation.{key} must be an integer >= {minimum}, got {value!r}")
+    evaluation["temperatures"] = _check_grid(evaluation["temperatures"], f"arms file {path}: evaluation.temperatures")
+    threshold = evaluation["vote_threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise ValueError(f"arms file {path}: evaluation.vote_threshold must be a number in (0, 1], got {threshold!r}")
     spec["evaluation"] = evaluation
     for name, arm in arms.items():
         values = {**read_recipe(spec["recipe"]), **overrides, **arm}
@@ -112,6 +123,19 @@ def _check_seeds(seeds, what: str) -> list[int]:
     return seeds
 
 
+def _check_grid(temperatures, what: str) -> list[float] | None:
+    """The evaluation's temperature grid: None (no grid), or two or more distinct temperatures > 0."""
+    if temperatures is None:
+        return None
+    if (not isinstance(temperatures, list) or len(temperatures) < 2
+            or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in temperatures)
+            or len(set(temperatures)) != len(temperatures)):
+        raise ValueError(f"{what} must be a list of two or more distinct temperatures > 0, got {temperatures!r}")
+    if 1.0 not in temperatures:
+        raise ValueError(f"{what} must include 1.0 (the T=1 metrics come from its samples), got {temperatures!r}")
+    return [float(t) for t in temperatures]
+
+
 def run_plan(spec: dict[str, Any], arm: str, seed: int, extra: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Everything that determines one run's result (stored in its JSON, compared on resume)."""
     from .recipe import recipe_dataclasses, validate
@@ -128,20 +152,58 @@ def run_plan(spec: dict[str, Any], arm: str, seed: int, extra: dict[str, Any], r
 # --- one run (in its own process) ------------------------------------------------------------------------------
 
 
-def held_out_scores(model, tokenizer, rows, task, samples: int, max_new_tokens: int, batch_size: int, seed: int):
-    """Greedy pass@1, and pass@1 / pass@k / worst@k from `samples` samples at T=1, on `rows`."""
+def held_out_scores(model, tokenizer, rows, task, evaluation: dict[str, Any], samples: int, max_new_tokens: int):
+    """(scores, grid): greedy pass@1 (one completion per prompt: greedy decoding is deterministic) and pass@1 /
+    pass@k / worst@k from `samples` samples at T=1; with the evaluation's temperature grid (which includes 1.0) and
+    more than one sample, the T=1 samples are the grid's and `grid` is its test-time-scaling summary, else None."""
     from .evaluation.metrics import single_temperature_pass_at_k
     from .evaluation.pipeline import as_verifier, score
     from .evaluation.sampling import sample_completions
 
-    completions = sample_completions(model, tokenizer, [row["prompt"] for row in rows], [0.0, 1.0], samples,
-                                     max_new_tokens, batch_size=batch_size, seed=seed, progress=False)
-    _, correct = score(as_verifier(task, list(rows[0])), rows, completions)
+    temperatures = evaluation["temperatures"] if evaluation["temperatures"] and samples > 1 else [1.0]
+    prompts, verifier = [row["prompt"] for row in rows], as_verifier(task, list(rows[0]))
+    settings = {"batch_size": evaluation["batch_size"], "seed": evaluation["seed"], "progress": False}
+    _, greedy = score(verifier, rows, sample_completions(model, tokenizer, prompts, [0.0], 1, max_new_tokens, **settings))
+    answers, correct = score(verifier, rows, sample_completions(model, tokenizer, prompts, temperatures, samples,
+                                                                 max_new_tokens, **settings))
+    at_1 = temperatures.index(1.0)
+    scores = {
+        "pass@1 greedy": single_temperature_pass_at_k(greedy, 0, 1),
+        "pass@1 T=1": single_temperature_pass_at_k(correct, at_1, 1),
+        "pass@k T=1": single_temperature_pass_at_k(correct, at_1, samples),
+        "worst@k T=1": statistics.mean(float(all(question[at_1])) for question in correct),
+    }
+    return scores, grid_summary(temperatures, answers, correct, evaluation) if len(temperatures) > 1 else None
+
+
+def grid_summary(temperatures, answers, correct, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Test-time scaling across the temperature grid from k samples at each (evaluation/ does the counting).
+
+    At equal samples: k samples spread evenly over the grid vs the best single temperature's pass@k (the best chosen
+    on these same prompts, which favours it). Pass@All: solved by some sample at some temperature (k per
+    temperature). Voting on the answers of all k x T samples vs the early-exit vote replayed on them, and the share
+    of samples the early exit leaves undrawn."""
+    from .evaluation.metrics import majority_vote, voted_answer_correct
+    from .evaluation.report import summarize
+    from .evaluation.voting import RecordedAnswers, multi_temperature_vote
+
+    samples = len(correct[0][0])
+    round_size, threshold = min(evaluation["vote_round_size"], samples), evaluation["vote_threshold"]
+    votes = multi_temperature_vote(RecordedAnswers(answers), len(answers), len(temperatures), samples, round_size,
+                                   threshold)
+    report = summarize(temperatures, answers, correct, votes, threshold, round_size)
+    pooled = [([a for per_t in q_answers for a in per_t], [c for per_t in q_correct for c in per_t])
+              for q_answers, q_correct in zip(answers, correct)]
+    at_budget = report["equal_budget_curve"][-1]
     return {
-        "pass@1 greedy": single_temperature_pass_at_k(correct, 0, 1),
-        "pass@1 T=1": single_temperature_pass_at_k(correct, 1, 1),
-        "pass@k T=1": single_temperature_pass_at_k(correct, 1, samples),
-        "worst@k T=1": statistics.mean(float(all(question[1])) for question in correct),
+        "best single T pass@k": at_budget["best_single_pass_at_k"],
+        "best single T": at_budget["best_single_temperature"],
+        "spread pass@k": at_budget["spread_over_temperatures"],
+        "pass@all": report["pass_at_all"],
+        "vote all samples": statistics.mean(float(voted_answer_correct(a, c, majority_vote(a)[0])) for a, c in pooled),
+        "vote early exit": report["voting"]["accuracy"],
+        "vote samples saved": 1.0 - report["voting"]["samples_used_fraction"],
+        "per temperature pass@1": {f"{t:g}": row["accuracy"] for t, row in zip(temperatures, report["per_temperature"])},
     }
 
 
@@ -174,8 +236,7 @@ def run_one(plan_path: Path) -> None:
         def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
             if state.global_step % evaluation["every"] or state.global_step == state.max_steps:
                 return
-            scores = held_out_scores(model, processing_class, rows, task, 1, new_tokens, evaluation["batch_size"],
-                                     evaluation["seed"])
+            scores, _ = held_out_scores(model, processing_class, rows, task, evaluation, 1, new_tokens)
             self.points.append({"step": state.global_step, "pass@1 greedy": scores["pass@1 greedy"],
                                 "pass@1 T=1": scores["pass@1 T=1"]})
 
@@ -185,8 +246,8 @@ def run_one(plan_path: Path) -> None:
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     train_seconds = time.perf_counter() - started
-    final = held_out_scores(trainer.model, trainer.processing_class, rows, task, evaluation["samples"], new_tokens,
-                            evaluation["batch_size"], evaluation["seed"])
+    final, grid = held_out_scores(trainer.model, trainer.processing_class, rows, task, evaluation,
+                                  evaluation["samples"], new_tokens)
     curve.points.append({"step": trainer.state.global_step, "pass@1 greedy": final["pass@1 greedy"],
                          "pass@1 T=1": final["pass@1 T=1"]})
     history = trainer.state.log_history
@@ -199,6 +260,7 @@ def run_one(plan_path: Path) -> None:
         "reward": [[entry["step"], entry["reward"]] for entry in history if "reward" in entry],
         "curve": curve.points,
         "final": final,
+        "grid": grid,
         "train_seconds": round(train_seconds, 1),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -228,8 +290,10 @@ def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path) -> dict
     model_path = resolve_model_path(model_args.model_name_or_path, script_args, held_out)
     model, tokenizer = load_policy(model_path, device="cpu", dtype="float32")
     evaluation = spec["evaluation"]
-    scores = held_out_scores(model, tokenizer, [dict(row) for row in held_out], task, evaluation["samples"],
-                             training_args.max_completion_length, evaluation["batch_size"], evaluation["seed"])
+    scores, grid = held_out_scores(model, tokenizer, [dict(row) for row in held_out], task, evaluation,
+                                   evaluation["samples"], training_args.max_completion_length)
+    if grid is not None:
+        scores["grid"] = grid
     _write_json(path, {"key": key, "model": model_path, "scores": scores})
     return scores
 
@@ -275,8 +339,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # --- the bench -------------------------------------------------------------------------------------------------
 
 
-def run_bench(spec: dict[str, Any], out: Path, extra: dict[str, Any], jobs: int = 1) -> list[str]:
-    """Run every missing (arm, seed), `jobs` at a time; returns the runs that failed."""
+def pending_runs(spec: dict[str, Any], out: Path, extra: dict[str, Any]) -> list[tuple[str, int, dict, Path]]:
+    """The (arm, seed, plan, run folder) not finished yet; a finished run made with other settings is an error."""
     pending = []
     for seed in spec["seeds"]:
         for arm in spec["arms"]:
@@ -289,9 +353,17 @@ def run_bench(spec: dict[str, Any], out: Path, extra: dict[str, Any], jobs: int 
                     raise ValueError(f"{result} was made with other settings than {arm!r} seed {seed} has now; "
                                      "use another --out or delete it")
                 continue
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            _write_json(run_dir.with_name(f"seed{seed}.plan.json"), plan)
-            pending.append((arm, seed, run_dir.with_name(f"seed{seed}.plan.json")))
+            pending.append((arm, seed, plan, run_dir))
+    return pending
+
+
+def run_bench(spec: dict[str, Any], out: Path, extra: dict[str, Any], jobs: int = 1) -> list[str]:
+    """Run every missing (arm, seed), `jobs` at a time; returns the runs that failed."""
+    pending = []
+    for arm, seed, plan, run_dir in pending_runs(spec, out, extra):
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir.with_name(f"seed{seed}.plan.json"), plan)
+        pending.append((arm, seed, run_dir.with_name(f"seed{seed}.plan.json")))
     done = sum(len(spec["seeds"]) for _ in spec["arms"]) - len(pending)
     print(f"bench: {len(pending)} run(s) to do, {done} already done, {jobs} at a time", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -355,6 +427,9 @@ def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float]) -> dict[
             "rollouts_per_step": runs[0]["rollouts_per_step"],
             "minutes_per_run": statistics.mean(run["seconds"] for run in runs) / 60,
         }
+        if all(run.get("grid") for run in runs):
+            arms[arm]["grid"] = {m: mean_interval([run["grid"][m] for run in runs]) for m in GRID_METRICS}
+            arms[arm]["grid"]["best single T"] = [run["grid"]["best single T"] for run in runs]
     baseline = spec["baseline"]
     if baseline in arms:
         target = arms[baseline]["final"]["pass@1 T=1"]["mean"]
@@ -362,7 +437,8 @@ def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float]) -> dict[
             reached = [p["step"] for p in values["curve"] if p["pass@1 T=1"]["mean"] >= target]
             values["steps_to_baseline_final"] = reached[0] if reached else None
     k = spec["evaluation"]["samples"]
-    return {"baseline": baseline, "k": k, "start": start, "arms": arms, "seeds": spec["seeds"]}
+    return {"baseline": baseline, "k": k, "temperatures": spec["evaluation"]["temperatures"], "start": start,
+            "arms": arms, "seeds": spec["seeds"]}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -379,6 +455,29 @@ def markdown(report: dict[str, Any]) -> str:
                      + f" | {'not reached' if reached is None else reached} |")
     lines.append("")
     lines.append("Mean ± half-width of the 95% Student-t interval over seeds (± 0.000 with one seed: no interval).")
+    if any("grid" in values for values in report["arms"].values()):
+        lines += ["", grid_markdown(report)]
+    return "\n".join(lines)
+
+
+def grid_markdown(report: dict[str, Any]) -> str:
+    """The test-time-scaling table: each arm's policy sampled k times at every temperature of the grid."""
+    k, temperatures = report["k"], report["temperatures"]
+    grid_size = len(temperatures)
+    headers = [f"best single T, pass@{k}", f"{k} samples spread over the grid", f"Pass@All ({k} per T)",
+               f"vote on all {k * grid_size}", "early-exit vote", "samples saved by early exit"]
+    lines = [f"Across temperatures {', '.join(f'{t:g}' for t in temperatures)} ({k} samples at each):", "",
+             "| arm | " + " | ".join(headers) + " | best single T (per seed) |", "|---|" + "---|" * (len(headers) + 1)]
+    if "grid" in report["start"]:
+        start = report["start"]["grid"]
+        lines.append("| start (warmed-up policy) | " + " | ".join(f"{start[m]:.3f}" for m in GRID_METRICS)
+                     + f" | {start['best single T']:g} |")
+    for arm, values in report["arms"].items():
+        if "grid" not in values:
+            continue
+        grid = values["grid"]
+        lines.append(f"| {arm} | " + " | ".join(f"{grid[m]['mean']:.3f} ± {grid[m]['ci95']:.3f}" for m in GRID_METRICS)
+                     + " | " + ", ".join(f"{t:g}" for t in grid["best single T"]) + " |")
     return "\n".join(lines)
 
 
@@ -440,6 +539,8 @@ def bench_command(argv: list[str]) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds instead of the arms file's")
     parser.add_argument("--arms", dest="only", nargs="+", default=None, help="run only these arms of the file")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one core each (default 1)")
+    parser.add_argument("--report", action="store_true",
+                        help="write the report from the runs finished so far (with their seeds) and run nothing")
     args, rest = parser.parse_known_args(argv)
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
@@ -455,9 +556,16 @@ def bench_command(argv: list[str]) -> int:
     check_arms_share_start(spec, extra)
     out = Path(args.out or f"outputs/bench-{Path(args.arms).stem}")
     out.mkdir(parents=True, exist_ok=True)
-    print(f"bench: warm-up and start evaluation (cached after the first run) -> {out}", flush=True)
+    if args.report:
+        missing = pending_runs(spec, out, extra)
+        if len(missing) == len(spec["arms"]) * len(spec["seeds"]):
+            raise ValueError(f"--report: no finished run in {out} for these arms and seeds")
+        print(f"bench: report from the finished runs in {out}; not finished: "
+              + (", ".join(f"{arm} seed {seed}" for arm, seed, _, _ in missing) or "none"), flush=True)
+    else:
+        print(f"bench: warm-up and start evaluation (cached after the first run) -> {out}", flush=True)
     start = start_scores(spec, extra, out)
-    failed = run_bench(spec, out, extra, args.jobs)
+    failed = [] if args.report else run_bench(spec, out, extra, args.jobs)
     report = aggregate(spec, out, start)
     report["held_out_prompts"] = run_plan(spec, next(iter(spec["arms"])), 0, extra, out)["recipe"].get("num_eval_examples")
     _write_json(out / "report.json", report)

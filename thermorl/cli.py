@@ -10,7 +10,8 @@ import time
 USAGE = """thermorl <command> [...]
 
 commands:
-  train RECIPE [--field value ...]   train with a recipe (a YAML path or a built-in name, e.g. quickstart)
+  train RECIPE [--field value ...]   train with a recipe (a YAML path or a built-in name, e.g. quickstart);
+                                     --accelerate_config zero2 --num_processes 8: on 8 GPUs (launch/README.md)
   check RECIPE [--field value ...]   resolve model, data, prompts, rewards and launch settings; print the plan
   quickstart [--field value ...]     the offline main job: tiny model, SAPO, accuracy before and after
   eval --model PATH --task NAME ...  multi-temperature test-time-scaling evaluation (thermorl eval --help)
@@ -21,13 +22,20 @@ commands:
 
 
 def _train(argv: list[str]) -> int:
+    from .launcher import launch, split_launch_args
     from .recipe import load_recipe
     from .train import train
 
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: thermorl train RECIPE [--field value ...]\n\nRECIPE is a YAML file or a built-in recipe name; "
-              "any ModelConfig / ThermoGRPOConfig / script field can be overridden after it.")
+        print("usage: thermorl train RECIPE [--field value ...] [--accelerate_config CONFIG [--num_processes N] ...]"
+              "\n\nRECIPE is a YAML file or a built-in recipe name; any ModelConfig / ThermoGRPOConfig / script field "
+              "can be overridden after it.\n--accelerate_config runs it under accelerate's launcher: a YAML file or a "
+              "built-in config of launch/ (zero2, zero3, ddp, ...); --num_processes, --num_machines, --machine_rank, "
+              "--main_process_ip and --main_process_port go to the launcher.")
         return 0 if argv else 2
+    argv, launch_options = split_launch_args(argv)
+    if launch_options:
+        return launch(argv, launch_options)
     model_args, training_args, script_args = load_recipe(argv[0], argv[1:])
     trainer = train(model_args, training_args, script_args)
     if trainer.accelerator.is_main_process:
@@ -75,9 +83,12 @@ def _list(argv: list[str]) -> int:
     from .recipe import list_builtin_recipes
 
     print("recipes: " + ", ".join(list_builtin_recipes()))
-    print("losses:")
+    print("losses (policy_loss, then its policy_loss_kwargs with their defaults):")
     for name in sorted(LOSSES):
-        print(f"  {name}: " + ", ".join(f"{k}={v!r}" for k, v in loss_parameters(name).items()))
+        # beta is passed by the trainer from the recipe's own `beta` field, and refused in policy_loss_kwargs.
+        settable = {k: v for k, v in loss_parameters(name).items() if k != "beta"}
+        print(f"  {name}: " + ", ".join(f"{k}={v!r}" for k, v in settable.items()))
+    print("  (every loss: the KL coefficient is the recipe field `beta`)")
     print("tasks: " + ", ".join(sorted(TASKS)))
     return 0
 

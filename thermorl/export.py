@@ -11,6 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
+from .console import log_to_run_folder
+
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -57,5 +59,6 @@ def export_command(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default=None, help="base model (default: base_model_name_or_path of the adapter)")
     args = parser.parse_args(argv)
     out = export_merged(args.checkpoint, args.out, args.base)
-    print(f"Merged model written to {out}")
+    log = log_to_run_folder(out)  # the libraries' warnings and logs, kept in memory until the folder existed
+    print(f"Merged model written to {out} (library warnings and logs: {log})")
     return 0

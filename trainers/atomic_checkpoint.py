@@ -5,7 +5,8 @@ scheduler, RNG states, trainer_state.json), and `get_last_checkpoint` takes the 
 process killed mid-save therefore leaves a partial `checkpoint-N` that `resume_from_checkpoint` picks up and
 fails on, or loads without its optimizer state. Here the parts go to `output_dir/.saving-checkpoint-N/checkpoint-N`,
 which `get_last_checkpoint` does not match, and are renamed into place once every rank has finished writing: a
-rename inside one filesystem is atomic, so `checkpoint-N` is either complete or absent.
+rename inside one filesystem is atomic, so `checkpoint-N` is either complete or absent. The final model goes through
+`output_dir/.saving-model` the same way, file by file.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..errors import DiskFullError
 # Neither name matches the Trainer's `checkpoint-N` patterns (resume, rotation), so a crash leaves them inert.
 STAGING_PREFIX = ".saving-"
 REPLACED_PREFIX = ".replaced-"
+FINAL_MODEL = "model"  # the final save_model's staging folder is STAGING_PREFIX + FINAL_MODEL
 
 
 class AtomicCheckpointMixin:
@@ -77,6 +79,38 @@ class AtomicCheckpointMixin:
         self.accelerator.wait_for_everyone()
 
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The final model (any save_model not made for a checkpoint) is written to a staging folder and its files
+        renamed into `output_dir` once all are written: a full disk midway leaves what was there before intact."""
+        if _internal_call or self.args.push_to_hub:
+            return super().save_model(output_dir, _internal_call)
+        output_dir = output_dir or self.args.output_dir
+        staging = os.path.join(output_dir, STAGING_PREFIX + FINAL_MODEL)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        try:
+            super().save_model(staging, _internal_call)
+        except (OSError, RuntimeError) as error:
+            if not is_disk_full(error):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+            raise DiskFullError(
+                f"The disk holding output_dir '{output_dir}' is full: the final model could not be written (what was "
+                f"there is unchanged); the newest complete checkpoint is {newest_checkpoint(output_dir) or 'none'}. "
+                "Free space, then resume with `resume_from_checkpoint: latest`."
+            ) from error
+        self.accelerator.wait_for_everyone()  # DeepSpeed: every rank has taken part in gathering the weights
+        if self.args.should_save:
+            for name in os.listdir(staging):
+                target = os.path.join(output_dir, name)
+                if os.path.isdir(target) and not os.path.islink(target):
+                    shutil.rmtree(target)
+                os.replace(os.path.join(staging, name), target)
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+
+
 def publish(written: str, final: str) -> None:
     """Rename the finished checkpoint into place, replacing one of the same step as the Trainer would overwrite it."""
     if not os.path.exists(final):
@@ -121,5 +155,5 @@ def clean_interrupted_saves(run_dir: str) -> None:
                 shutil.rmtree(path)
             else:
                 os.replace(path, final)
-        elif entry.startswith(STAGING_PREFIX + PREFIX_CHECKPOINT_DIR):
+        elif entry.startswith(STAGING_PREFIX + PREFIX_CHECKPOINT_DIR) or entry == STAGING_PREFIX + FINAL_MODEL:
             shutil.rmtree(path)

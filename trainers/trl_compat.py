@@ -25,6 +25,7 @@ TRL_HOOKS = {
     "GRPOTrainer._load_optimizer_and_scheduler": "checkpoint",
     "GRPOTrainer._set_signature_columns_if_needed": "",
     "GRPOTrainer._get_output_dir": "trial",
+    "GRPOTrainer.save_model": "output_dir, _internal_call",
     "GRPOTrainer._get_per_token_logps_and_entropies": "model, input_ids, attention_mask, logits_to_keep, batch_size, "
     "compute_entropy, compute_aux_loss, pixel_values, image_grid_thw, num_images, pixel_attention_mask, "
     "spatial_shapes, num_tiles, image_sizes, token_type_ids, mm_token_type_ids, image_position_ids",

@@ -1,0 +1,102 @@
+"""`thermorl train RECIPE --accelerate_config CONFIG [--num_processes N ...]`: accelerate's launcher, run by thermorl.
+
+`accelerate launch -m thermorl train RECIPE` works too, but when a worker stops on a user mistake (one line, exit
+code 2) accelerate and torch's elastic agent then print their own tracebacks and exit 1. Launched from here, the
+recipe is loaded once before any worker starts (a mistake in it is one line and nothing starts), and a worker's
+exit code 2 is the launch's exit code 2 with nothing printed after the worker's line. Any other failure (a bug, a
+killed worker) still shows everything the launcher reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+CONFIG_FLAG = "--accelerate_config"
+# accelerate launch options passed through (each takes a value); anything else after the recipe is a recipe field.
+PASSED_FLAGS = ("--num_processes", "--num_machines", "--machine_rank", "--main_process_ip", "--main_process_port")
+
+
+def split_launch_args(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the recipe and its overrides, the launch options given); a launch option without a value is an error."""
+    rest, launch = [], {}
+    i = 0
+    while i < len(argv):
+        token, value = argv[i], None
+        name = token.split("=", 1)[0]
+        if name in (CONFIG_FLAG, *PASSED_FLAGS):
+            if "=" in token:
+                value = token.split("=", 1)[1]
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value, i = argv[i + 1], i + 1
+            if not value:
+                raise ValueError(f"{name} needs a value")
+            launch[name] = value
+        else:
+            rest.append(token)
+        i += 1
+    if launch and CONFIG_FLAG not in launch:
+        raise ValueError(f"{', '.join(launch)} set without {CONFIG_FLAG}: name a launch config (e.g. {CONFIG_FLAG} "
+                         "zero2), or run `accelerate launch` yourself")
+    return rest, launch
+
+
+def builtin_configs() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("thermorl.launch").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def resolve_config(name_or_path: str) -> Path:
+    """A YAML path, or the name of a config in launch/ ("zero2" or "zero2.yaml")."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    builtin = resources.files("thermorl.launch") / f"{name_or_path.removesuffix('.yaml')}.yaml"
+    if "/" not in name_or_path and builtin.is_file():
+        return Path(str(builtin))
+    raise FileNotFoundError(f"{CONFIG_FLAG}: no file {name_or_path!r} and no built-in launch config of that name "
+                            f"(built-in: {', '.join(builtin_configs())})")
+
+
+def check_config(path: Path) -> None:
+    """The file must be an accelerate config accelerate can read (its own error is a traceback)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    try:
+        load_config_from_file(str(path))
+    except Exception as error:  # yaml, json and accelerate's own schema errors
+        raise ValueError(f"{CONFIG_FLAG} {path}: not an accelerate config accelerate can read: "
+                         f"{type(error).__name__}: {error}") from None
+
+
+def launch(recipe_argv: list[str], options: dict[str, str]) -> int:
+    """Run `thermorl train` under accelerate's launcher; returns the exit code."""
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from .recipe import load_recipe
+
+    config = resolve_config(options[CONFIG_FLAG])
+    check_config(config)
+    load_recipe(recipe_argv[0], recipe_argv[1:])  # a recipe mistake stops here, before any worker starts
+    passed = [item for flag in PASSED_FLAGS if flag in options for item in (flag, options[flag])]
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(config), *passed, "-m", "thermorl", "train", *recipe_argv])
+    # The elastic agent logs each failed worker at ERROR level before raising; the worker has said why already.
+    elastic = logging.getLogger("torch.distributed.elastic")
+    level, elastic.level = elastic.level, logging.CRITICAL
+    try:
+        launch_command(args)
+    except subprocess.CalledProcessError as error:  # one process, run as a subprocess: it printed its own error
+        return error.returncode
+    except ChildFailedError as error:
+        codes = {failure.exitcode for failure in error.failures.values()}
+        # The agent stops the other workers when one fails (a negative code: the signal).
+        if 2 in codes and all(code == 2 or code < 0 for code in codes):
+            return 2
+        raise
+    finally:
+        elastic.level = level
+    return 0
