@@ -183,7 +183,10 @@ def eval_command(argv: list[str] | None = None) -> int:
             model, tokenizer = load_policy(args.model)
     except (ValueError, OSError) as error:
         parser.error(f"cannot load model {args.model!r}: {error}")
-    log_to_run_folder(args.out)  # the libraries' warnings and logs so far, and from here on, in OUT/thermorl.log
+    try:
+        log_to_run_folder(args.out)  # the libraries' warnings and logs so far, and from here on, in OUT/thermorl.log
+    except OSError as error:
+        parser.error(f"--out {args.out}: cannot write there: {error.strerror or error}")
 
     report = evaluate(
         model,

@@ -295,12 +295,14 @@ def tiny_model_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
-def test_eval_command_end_to_end(tiny_model_dir, tmp_path):
+def test_eval_command_end_to_end(tiny_model_dir, tmp_path, monkeypatch):
     import logging
 
     from thermorl import console
 
     console.configure()  # as the thermorl command does: library records go to the log file, not the console
+    # As in a fresh `thermorl eval` process: no earlier run's log file is the records' target yet.
+    monkeypatch.setattr(console._file_records, "target", None)
     logging.getLogger("transformers.generation").warning("a library warning before --out exists")
     out = tmp_path / "eval"
     argv = ["--model", tiny_model_dir, "--task", "arithmetic", "--temperatures", "0.0,0.7,1.0", "--samples", "4",

@@ -120,6 +120,8 @@ def test_disk_full_during_the_final_save_keeps_the_previous_model(tiny_model_dir
     args = ThermoGRPOConfig(**{**fast_grpo_kwargs, "save_strategy": "steps", "save_steps": 1, "max_steps": 1})
     trainer = ThermoGRPOTrainer(model=tiny_model_dir, reward_funcs=varied_reward, args=args,
                                 train_dataset=Dataset.from_dict({"prompt": PROMPTS * 4}))
+    from safetensors import SafetensorError
+
     trainer.train()
     run = tmp_path / "run"
     trainer.save_model(str(run))  # a first final model, as a finished run leaves it
@@ -128,8 +130,8 @@ def test_disk_full_during_the_final_save_keeps_the_previous_model(tiny_model_dir
     save = trainer._save
 
     def fills_the_disk(output_dir, state_dict=None):
-        save(output_dir, state_dict)  # the files are written, then the disk fills
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 11232320 vs 11232212")
+        save(output_dir, state_dict)  # the files are written, then the disk fills (safetensors' own error type)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     trainer._save = fills_the_disk
     with torch.no_grad():
@@ -147,6 +149,10 @@ def test_disk_full_during_the_final_save_keeps_the_previous_model(tiny_model_dir
 
 
 def test_other_save_errors_are_not_called_a_full_disk():
+    from safetensors import SafetensorError
+
+    assert is_disk_full(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert not is_disk_full(SafetensorError("Error while serializing: I/O error: Permission denied (os error 13)"))
     assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
     assert not is_disk_full(RuntimeError("CUDA error"))
     wrapped = RuntimeError("save failed")

@@ -200,6 +200,7 @@ def _write_arms(path, **changes):
         ({"evaluation": {"temperatures": [0.6, 1.2]}}, r"evaluation.temperatures must include 1.0"),
         ({"evaluation": {"temperatures": [1.0, 1.0]}}, r"evaluation.temperatures must be a list of two or more"),
         ({"evaluation": {"vote_threshold": 0}}, r"evaluation.vote_threshold must be a number in \(0, 1\]"),
+        ({"evaluation": {"temperatures": [0.6, 1.0], "samples": 1}}, r"evaluation.temperatures needs evaluation.samples >= 2"),
         ({"arm": {}}, r"unknown key\(s\) \['arm'\]"),
     ],
 )
@@ -307,3 +308,11 @@ def test_grid_summary_against_hand_counts():
     # disagrees, then T=1 is split 1-1 after round 2, so it votes on all 4 (right0).
     assert scores["vote early exit"] == 0.5
     assert scores["vote samples saved"] == pytest.approx(0.25)
+
+
+def test_rollouts_outside_training_batches_count_on_the_rollouts_axis():
+    from thermorl.bench import extra_rollouts_at
+
+    run = {"extra_rollouts": [[1, 8000.0], [75, 8000.0], [76, 16000.0]]}
+    assert [extra_rollouts_at(run, step) for step in (0, 1, 75, 76, 300)] == [0.0, 8000.0, 8000.0, 16000.0, 16000.0]
+    assert extra_rollouts_at({}, 300) == 0.0  # runs of other arms (and results written before the field existed)

@@ -176,6 +176,7 @@ def test_launched_by_thermorl_a_recipe_mistake_stops_before_any_worker(tmp_path)
                       "--accelerate_config: no file 'zero9'", "built-in: cpu_zero2, cpu_zero3, ddp")
     assert_user_error(thermorl("train", "quickstart", "--num_processes", "2"),
                       "--num_processes set without --accelerate_config")
+    assert_user_error(thermorl("train", "--accelerate_config", "zero2"), "thermorl train needs a RECIPE")
     not_a_config = tmp_path / "config.yaml"
     not_a_config.write_text("- a list\n")
     assert_user_error(thermorl("train", "quickstart", "--accelerate_config", not_a_config),
@@ -186,22 +187,50 @@ def test_launched_by_thermorl_a_recipe_mistake_stops_before_any_worker(tmp_path)
 def test_launched_by_thermorl_a_worker_mistake_is_the_workers_line_and_exit_2(config, processes, tiny_recipe, tmp_path):
     """Unlike `accelerate launch` (above), no launcher report follows: the worker's line, exit 2. `single` runs its
     one process as a subprocess, `ddp` through torch's elastic agent: both failure paths."""
-    extra = ("--num_processes", processes) if processes else ()
+    extra = ("--num_processes", processes, "--main_process_port", free_port()) if processes else ()
     result = thermorl("train", tiny_recipe, "--accelerate_config", config, *extra)
     lines = {line for line in result.stderr.splitlines() if line.strip()}
     assert result.returncode == 2, result.stderr[-3000:]
     assert len(lines) == 1 and "`mixed_precision: bf16`, but this run is on the CPU" in lines.pop(), result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "run" / "model.safetensors").exists()
+    if config == "single":  # --debug reaches the worker, whose traceback then shows
+        debug = thermorl("--debug", "train", tiny_recipe, "--accelerate_config", config)
+        assert debug.returncode != 0 and "Traceback" in debug.stderr and "mixed_precision: bf16" in debug.stderr
 
 
-def test_launched_by_thermorl_two_processes_train(tiny_recipe, tmp_path):
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    result = thermorl("train", tiny_recipe, "--accelerate_config", "cpu_zero2", "--main_process_port", port)
+        return sock.getsockname()[1]
+
+
+def test_launched_by_thermorl_two_processes_train(tiny_recipe, tmp_path):
+    result = thermorl("train", tiny_recipe, "--accelerate_config", "cpu_zero2", "--main_process_port", free_port())
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count(f"Model and checkpoints written to {tmp_path / 'run'}") == 1  # the main process's
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_launch_checks_keys_and_types_only_and_hands_accelerate_the_worker_command(tmp_path, monkeypatch):
+    """4 completions per device with groups of 8 is valid on 8 processes (32 per step): the launching process, whose
+    world size is 1, must not refuse it; accelerate gets the config, the launch options and `thermorl train ...`."""
+    import accelerate.commands.launch as accelerate_launch
+
+    from thermorl.launcher import launch, split_launch_args
+
+    wide = tmp_path / "wide.yaml"
+    wide.write_text("per_device_train_batch_size: 4\nnum_generations: 8\n")
+    recipe_argv, options = split_launch_args(
+        [str(wide), "--num_processes=8", "--accelerate_config", "zero2", "--seed", "3"])
+    assert (recipe_argv, options) == ([str(wide), "--seed", "3"], {"--num_processes": "8", "--accelerate_config": "zero2"})
+    launched = []
+    monkeypatch.setattr(accelerate_launch, "launch_command", launched.append)
+    assert launch(recipe_argv, options) == 0
+    (args,) = launched
+    assert args.config_file.endswith("zero2.yaml") and args.num_processes == 8 and args.module
+    assert [args.training_script, *args.training_script_args] == ["thermorl", "train", str(wide), "--seed", "3"]
+    with pytest.raises(ValueError, match="'seed' expects an integer, got 'three'"):
+        launch([str(wide), "--seed", "three"], options)

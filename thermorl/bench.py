@@ -100,6 +100,9 @@ def load_arms(path: str | Path) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"arms file {path}: evaluation.{key} must be an integer >= {minimum}, got {value!r}")
     evaluation["temperatures"] = _check_grid(evaluation["temperatures"], f"arms file {path}: evaluation.temperatures")
+    if evaluation["temperatures"] and evaluation["samples"] < 2:
+        raise ValueError(f"arms file {path}: evaluation.temperatures needs evaluation.samples >= 2 (k samples at each "
+                         f"temperature), got samples {evaluation['samples']}")
     threshold = evaluation["vote_threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
         raise ValueError(f"arms file {path}: evaluation.vote_threshold must be a number in (0, 1], got {threshold!r}")
@@ -258,6 +261,9 @@ def run_one(plan_path: Path) -> None:
         * training_args.world_size / training_args.num_iterations,
         "held_out_prompts": len(rows),
         "reward": [[entry["step"], entry["reward"]] for entry in history if "reward" in entry],
+        # Completions sampled outside the training batches (VAS rollout mode's re-rolls), cumulative, by step.
+        "extra_rollouts": [[entry["step"], entry["vas/rescore_completions"]] for entry in history
+                           if "vas/rescore_completions" in entry],
         "curve": curve.points,
         "final": final,
         "grid": grid,
@@ -267,7 +273,7 @@ def run_one(plan_path: Path) -> None:
     _write_json(plan_path.with_name(plan_path.name.removesuffix(".plan.json") + ".json"), result)
 
 
-def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path) -> dict[str, Any]:
+def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path, cached_only: bool = False) -> dict[str, Any]:
     """The warmed-up policy's held-out scores (the curves' step 0), computed once per bench and cached."""
     path = out / "start.json"
     plan = run_plan(spec, next(iter(spec["arms"])), spec["seeds"][0], extra, out / "start")
@@ -276,6 +282,8 @@ def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path) -> dict
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
             return stored["scores"]
+    if cached_only:
+        raise ValueError(f"{path} is missing or was made with other settings: run the bench (without --report) first")
     import torch
 
     from .evaluation import load_policy
@@ -403,6 +411,12 @@ def mean_interval(values: list[float]) -> dict[str, float]:
     return {"mean": mean, "ci95": quantile * statistics.stdev(values) / math.sqrt(len(values)), "n": len(values)}
 
 
+def extra_rollouts_at(run: dict[str, Any], step: int) -> float:
+    """Completions a run sampled outside its training batches up to `step` (VAS re-rolls; 0 for other arms)."""
+    logged = [count for at, count in run.get("extra_rollouts", []) if at <= step]
+    return logged[-1] if logged else 0.0
+
+
 def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float]) -> dict[str, Any]:
     """report.json's content from the finished runs (arms with no finished run are left out)."""
     arms = {}
@@ -415,7 +429,8 @@ def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float]) -> dict[
         curve = [{"step": 0, "rollouts": 0,
                   **{m: mean_interval([start[m]]) for m in ("pass@1 greedy", "pass@1 T=1")}}]
         for i, step in enumerate(steps):
-            curve.append({"step": step, "rollouts": step * runs[0]["rollouts_per_step"],
+            curve.append({"step": step, "rollouts": step * runs[0]["rollouts_per_step"]
+                          + statistics.mean(extra_rollouts_at(run, step) for run in runs),
                           **{m: mean_interval([run["curve"][i][m] for run in runs])
                              for m in ("pass@1 greedy", "pass@1 T=1")}})
         rewards = [statistics.mean(values) for values in zip(*([r for _, r in run["reward"]] for run in runs))]
@@ -445,14 +460,15 @@ def markdown(report: dict[str, Any]) -> str:
     k = report["k"]
     names = [m.replace("@k", f"@{k}") for m in FINAL_METRICS]
     lines = [f"| arm | seeds | " + " | ".join(f"held-out {n}" for n in names)
-             + f" | steps to {report['baseline']}'s final T=1 pass@1 |",
-             "|---|---|" + "---|" * (len(names) + 1)]
-    lines.append("| start (warmed-up policy) | | " + " | ".join(f"{report['start'][m]:.3f}" for m in FINAL_METRICS) + " | |")
+             + f" | steps to {report['baseline']}'s final T=1 pass@1 | rollouts sampled |",
+             "|---|---|" + "---|" * (len(names) + 2)]
+    lines.append("| start (warmed-up policy) | | " + " | ".join(f"{report['start'][m]:.3f}" for m in FINAL_METRICS)
+                 + " | | |")
     for arm, values in report["arms"].items():
         cells = [f"{values['final'][m]['mean']:.3f} ± {values['final'][m]['ci95']:.3f}" for m in FINAL_METRICS]
         reached = values.get("steps_to_baseline_final", "no baseline run")
         lines.append(f"| {arm} | {len(values['seeds'])} | " + " | ".join(cells)
-                     + f" | {'not reached' if reached is None else reached} |")
+                     + f" | {'not reached' if reached is None else reached} | {values['curve'][-1]['rollouts']:,.0f} |")
     lines.append("")
     lines.append("Mean ± half-width of the 95% Student-t interval over seeds (± 0.000 with one seed: no interval).")
     if any("grid" in values for values in report["arms"].values()):
@@ -555,7 +571,6 @@ def bench_command(argv: list[str]) -> int:
     extra = parse_overrides(rest)
     check_arms_share_start(spec, extra)
     out = Path(args.out or f"outputs/bench-{Path(args.arms).stem}")
-    out.mkdir(parents=True, exist_ok=True)
     if args.report:
         missing = pending_runs(spec, out, extra)
         if len(missing) == len(spec["arms"]) * len(spec["seeds"]):
@@ -563,8 +578,9 @@ def bench_command(argv: list[str]) -> int:
         print(f"bench: report from the finished runs in {out}; not finished: "
               + (", ".join(f"{arm} seed {seed}" for arm, seed, _, _ in missing) or "none"), flush=True)
     else:
+        out.mkdir(parents=True, exist_ok=True)
         print(f"bench: warm-up and start evaluation (cached after the first run) -> {out}", flush=True)
-    start = start_scores(spec, extra, out)
+    start = start_scores(spec, extra, out, cached_only=args.report)
     failed = [] if args.report else run_bench(spec, out, extra, args.jobs)
     report = aggregate(spec, out, start)
     report["held_out_prompts"] = run_plan(spec, next(iter(spec["arms"])), 0, extra, out)["recipe"].get("num_eval_examples")

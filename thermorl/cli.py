@@ -34,6 +34,9 @@ def _train(argv: list[str]) -> int:
               "--main_process_ip and --main_process_port go to the launcher.")
         return 0 if argv else 2
     argv, launch_options = split_launch_args(argv)
+    if not argv or argv[0].startswith("-"):
+        raise ValueError("thermorl train needs a RECIPE (a YAML file or a built-in name) first: thermorl train RECIPE "
+                         "[--field value ...]")
     if launch_options:
         return launch(argv, launch_options)
     model_args, training_args, script_args = load_recipe(argv[0], argv[1:])
@@ -131,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"thermorl: unknown command '{argv[0]}'.\n\n{USAGE}", file=sys.stderr)
         return 2
     threads.enable()
-    console.configure(verbose="--verbose" in flags or os.environ.get("THERMORL_VERBOSE", "0") not in ("", "0"))
+    verbose = "--verbose" in flags or os.environ.get("THERMORL_VERBOSE", "0") not in ("", "0")
+    # Worker processes (thermorl train --accelerate_config) read the flags from the environment they inherit.
+    os.environ.update({name: "1" for name, on in (("THERMORL_DEBUG", debug), ("THERMORL_VERBOSE", verbose)) if on})
+    console.configure(verbose=verbose)
     try:
         return command(argv[1:])
     except (ValueError, FileNotFoundError, UserError) as error:

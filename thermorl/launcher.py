@@ -2,9 +2,10 @@
 
 `accelerate launch -m thermorl train RECIPE` works too, but when a worker stops on a user mistake (one line, exit
 code 2) accelerate and torch's elastic agent then print their own tracebacks and exit 1. Launched from here, the
-recipe is loaded once before any worker starts (a mistake in it is one line and nothing starts), and a worker's
-exit code 2 is the launch's exit code 2 with nothing printed after the worker's line. Any other failure (a bug, a
-killed worker) still shows everything the launcher reports.
+recipe's keys and value types are checked before any worker starts (a mistake there is one line and nothing
+starts), and a worker's exit code 2 (the first worker to fail, when several do) is the launch's exit code 2 with
+nothing printed after the worker's line. Any other failure (a bug, a killed worker) still shows everything the
+launcher reports. --debug and --verbose reach the workers through THERMORL_DEBUG / THERMORL_VERBOSE.
 """
 
 from __future__ import annotations
@@ -76,27 +77,33 @@ def launch(recipe_argv: list[str], options: dict[str, str]) -> int:
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from .recipe import load_recipe
+    from .recipe import parse_overrides, read_recipe, recipe_dataclasses, validate
 
     config = resolve_config(options[CONFIG_FLAG])
     check_config(config)
-    load_recipe(recipe_argv[0], recipe_argv[1:])  # a recipe mistake stops here, before any worker starts
+    # Keys and value types only: building the configs here would check batch sizes at this process's world size
+    # (1, not the workers') and touch the GPU from a process that trains nothing. The workers check the rest.
+    values = {**read_recipe(recipe_argv[0]), **parse_overrides(recipe_argv[1:])}
+    validate(values, recipe_dataclasses(values.get("trainer", "grpo")))
     passed = [item for flag in PASSED_FLAGS if flag in options for item in (flag, options[flag])]
     args = launch_command_parser().parse_args(
         ["--config_file", str(config), *passed, "-m", "thermorl", "train", *recipe_argv])
     # The elastic agent logs each failed worker at ERROR level before raising; the worker has said why already.
     elastic = logging.getLogger("torch.distributed.elastic")
-    level, elastic.level = elastic.level, logging.CRITICAL
+    level = elastic.level
+    elastic.setLevel(logging.CRITICAL)
     try:
         launch_command(args)
-    except subprocess.CalledProcessError as error:  # one process, run as a subprocess: it printed its own error
-        return error.returncode
+    except subprocess.CalledProcessError as error:  # one process, run as a subprocess
+        if error.returncode == 2:
+            return 2
+        raise
     except ChildFailedError as error:
-        codes = {failure.exitcode for failure in error.failures.values()}
-        # The agent stops the other workers when one fails (a negative code: the signal).
-        if 2 in codes and all(code == 2 or code < 0 for code in codes):
+        # The first worker to fail says why; the others may then fail on a broken collective or be stopped.
+        first = min(error.failures.values(), key=lambda failure: failure.timestamp)
+        if first.exitcode == 2:
             return 2
         raise
     finally:
-        elastic.level = level
+        elastic.setLevel(level)
     return 0

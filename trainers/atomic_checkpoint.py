@@ -48,7 +48,7 @@ class AtomicCheckpointMixin:
         self._staging_run_dir = staging_run_dir
         try:
             super()._save_checkpoint(model, trial)
-        except (OSError, RuntimeError) as error:
+        except Exception as error:  # safetensors' SafetensorError is neither an OSError nor a RuntimeError
             if not is_disk_full(error):
                 raise
             shutil.rmtree(staging_run_dir, ignore_errors=True)  # frees the space the partial save took
@@ -81,8 +81,9 @@ class AtomicCheckpointMixin:
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The final model (any save_model not made for a checkpoint) is written to a staging folder and its files
-        renamed into `output_dir` once all are written: a full disk midway leaves what was there before intact."""
-        if _internal_call or self.args.push_to_hub:
+        renamed into `output_dir` once all are written: a full disk while writing leaves what was there before
+        intact. (File by file: unlike a checkpoint's, a kill between two renames can leave old and new files.)"""
+        if _internal_call or self.args.push_to_hub or not self._final_save_has_one_writer():
             return super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
         staging = os.path.join(output_dir, STAGING_PREFIX + FINAL_MODEL)
@@ -91,7 +92,7 @@ class AtomicCheckpointMixin:
         self.accelerator.wait_for_everyone()
         try:
             super().save_model(staging, _internal_call)
-        except (OSError, RuntimeError) as error:
+        except Exception as error:  # safetensors' SafetensorError is neither an OSError nor a RuntimeError
             if not is_disk_full(error):
                 raise
             shutil.rmtree(staging, ignore_errors=True)
@@ -101,7 +102,7 @@ class AtomicCheckpointMixin:
                 "Free space, then resume with `resume_from_checkpoint: latest`."
             ) from error
         self.accelerator.wait_for_everyone()  # DeepSpeed: every rank has taken part in gathering the weights
-        if self.args.should_save:
+        if self.args.should_save and os.path.isdir(staging):
             for name in os.listdir(staging):
                 target = os.path.join(output_dir, name)
                 if os.path.isdir(target) and not os.path.islink(target):
@@ -109,6 +110,16 @@ class AtomicCheckpointMixin:
                 os.replace(os.path.join(staging, name), target)
             shutil.rmtree(staging)
         self.accelerator.wait_for_everyone()
+
+    def _final_save_has_one_writer(self) -> bool:
+        """Whether the main process alone writes the final model. FSDP and ZeRO-3 without gathering the 16-bit
+        weights write shards from every rank (on every node): those saves stay where the Trainer puts them."""
+        if self.is_fsdp_enabled:
+            return False
+        if self.is_deepspeed_enabled:
+            zero = self.accelerator.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+            return zero.get("stage") != 3 or bool(zero.get("stage3_gather_16bit_weights_on_model_save"))
+        return True
 
 
 def publish(written: str, final: str) -> None:
@@ -123,16 +134,20 @@ def publish(written: str, final: str) -> None:
     shutil.rmtree(replaced)
 
 
-# torch.save reports a short write (ENOSPC inside its zip writer) as "unexpected pos N vs M".
+# torch.save reports a short write (ENOSPC inside its zip writer) as "unexpected pos N vs M"; safetensors raises its
+# own SafetensorError (an Exception) with the OS error's text and number.
 _SHORT_WRITE = re.compile(r"unexpected pos \d+ vs \d+")
+_OS_ERROR_TEXT = re.compile(rf"No space left on device|Disk quota exceeded|os error ({errno.ENOSPC}|{errno.EDQUOT})\b")
 
 
 def is_disk_full(error: BaseException) -> bool:
-    """An OSError(ENOSPC) or torch's zip writer failing a write, anywhere in the exception's chain."""
+    """ENOSPC / EDQUOT as an OSError, in torch's zip writer's or safetensors' error text, anywhere in the chain."""
     while error is not None:
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         if isinstance(error, RuntimeError) and _SHORT_WRITE.search(str(error)):
+            return True
+        if not isinstance(error, OSError) and _OS_ERROR_TEXT.search(str(error)):
             return True
         error = error.__cause__ or error.__context__
     return False
