@@ -1,7 +1,9 @@
 """Noisy preferences: ADPO (pairwise, listwise) against TRL's DPO at equal steps, on the tiny model (issue 7).
 
-Data. The tiny model warmed up on the quickstart's task (2-digit addition, cached) samples `--candidates` answers
-for each of `--prompts` training prompts at temperature 1; the task's verifier scores them (1 right, 0 wrong) and
+Data. The tiny model warmed up on a task (`--setting quickstart`, the default: the quickstart's model and task, sums
+of three one-digit numbers, where RL from this model learns; `--setting addition`: 2-digit addition, this
+benchmark's first version, docs/adpo.md) samples `--candidates` answers for each of `--prompts` training prompts at
+temperature 1; the task's verifier scores them (1 right, 0 wrong) and
 the prompts with both kinds are kept. For a fraction `noise` of them the labels are reversed (pairwise: chosen and
 rejected swapped; listwise: scores s -> 1 - s), the same prompts for every method of a seed.
 
@@ -14,7 +16,7 @@ Both ADPO runs use --tau-anc and the fixed reference anchor.
 Metric: greedy accuracy of the trained policy on the task's held-out prompts (never seen by the warm-up SFT nor in
 the preference data). Writes JSON and a PNG.
 
-    python benchmarks/adpo_noisy_preferences.py [--steps 40] [--seeds 0 1 2] [--noise 0 0.2 0.4]
+    python benchmarks/adpo_noisy_preferences.py [--setting quickstart] [--steps 40] [--seeds 0 1 2] [--noise 0 0.2 0.4]
 """
 
 from __future__ import annotations
@@ -28,20 +30,25 @@ import tempfile
 import time
 from pathlib import Path
 
-TASK = "arithmetic:digits=2,ops=+"
-# The quickstart recipe's split and warm-up, so the warmed model comes from the same cache entry.
-TRAIN_ROWS, HELD_OUT_ROWS, WARMUP_EXAMPLES, WARMUP_EPOCHS = 6000, 256, 6000, 4.0
+# task, training rows, held-out rows, warm-up examples and epochs. `quickstart` is the quickstart recipe's split and
+# warm-up, so the warmed model comes from the same cache entry; `addition` is the quickstart of an earlier version.
+SETTINGS = {
+    "quickstart": ("arithmetic:digits=1,num_operands=3,ops=+", 700, 256, 700, 8.0),
+    "addition": ("arithmetic:digits=2,ops=+", 6000, 256, 6000, 4.0),
+}
 MAX_NEW_TOKENS = 5
 METHODS = ("dpo", "adpo_pair", "adpo_list")
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setting", default="quickstart", choices=list(SETTINGS), help="model, task and prompts")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.2, 0.4], help="shares of reversed labels")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--prompts", type=int, default=6000, help="training prompts sampled for preference data")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="training prompts sampled for preference data (default: all of the setting's)")
     parser.add_argument("--candidates", type=int, default=4, help="answers sampled per prompt (listwise P)")
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per step")
     parser.add_argument("--learning-rate", type=float, default=5e-5)
@@ -50,7 +57,7 @@ def parse_args():
     parser.add_argument("--beta-r", type=float, default=0.5, help="ADPO score temperature")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="docs/adpo_noisy_preferences", help="path prefix of the .json and .png")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def greedy_accuracy(model, tokenizer, rows, task) -> float:
@@ -142,8 +149,8 @@ def plot(summary: dict, start_accuracy: float, noise_levels: list[float], path: 
     fig.savefig(path, dpi=100)
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
     import torch
     from transformers import AutoTokenizer
@@ -154,9 +161,11 @@ def main():
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    task = task_from_spec(TASK)
-    train_rows, held_out = task.make_splits(TRAIN_ROWS, HELD_OUT_ROWS, seed=0)
-    settings = WarmupSettings(task=TASK, examples=WARMUP_EXAMPLES, epochs=WARMUP_EPOCHS)
+    task_spec, train_size, held_out_size, warmup_examples, warmup_epochs = SETTINGS[args.setting]
+    task = task_from_spec(task_spec)
+    train_rows, held_out = task.make_splits(train_size, held_out_size, seed=0)
+    args.prompts = min(args.prompts or train_size, train_size)
+    settings = WarmupSettings(task=task_spec, examples=warmup_examples, epochs=warmup_epochs)
     model_dir = warm_tiny_model(settings, held_out_prompts=list(held_out["prompt"]))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     start_model, _ = load_policy(model_dir, device="cpu", dtype="float32")
@@ -186,7 +195,7 @@ def main():
             std = values.std().item() if len(values) > 1 else 0.0
             summary[method][str(noise)] = {"mean": values.mean().item(), "std": std, "n": len(values)}
     result = {
-        "task": TASK, "model": model_dir, "start_accuracy": start_accuracy, "pool_prompts": len(pool),
+        "task": task_spec, "model": model_dir, "start_accuracy": start_accuracy, "pool_prompts": len(pool),
         "settings": {k: v for k, v in vars(args).items() if k != "out"}, "summary": summary, "runs": runs,
         "minutes": round((time.perf_counter() - started) / 60, 1),
     }

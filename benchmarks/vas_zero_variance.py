@@ -1,10 +1,12 @@
 """Variance-aware prompt sampling vs uniform sampling where many prompts start all-wrong or all-right (issue 4).
 
-The tiny model warmed up on 2-digit addition (the quickstart task and warm-up, cached) is trained with SAPO on a mix
-of two difficulties: 2-digit additions (the quickstart task: at T=1 about half the prompts come back all-wrong in 8
-samples, the rest right now and then) and 3-digit additions (never seen: all-wrong). The tiny model gets no prompt
-all-right at T=1, so here the zero-variance groups are all-wrong ones. Each arm (see ARMS) runs the same number of
-steps for each seed.
+Default setting (`--setting quickstart`, where uniform sampling learns): the quickstart's model (warmed up on sums
+of three one-digit numbers, the same cache) is trained with SAPO at the quickstart's learning rate (5e-5, 300 steps)
+on a mix of two difficulties: sums of three one-digit numbers from the quickstart's training split (at T=1 some
+prompts come back all-right, many all-wrong, the rest mixed) and sums of four (never seen in the warm-up: almost
+all-wrong). `--setting addition` is the first version of this benchmark: the model warmed up on 2-digit addition,
+2- and 3-digit additions, learning rate 1e-4 and 60 steps, where no arm learned (docs/vas.md).
+Each arm (see ARMS) runs the same number of steps for each seed.
 Measured per run:
   - zero-variance share: TRL's frac_reward_zero_std, the share of groups in the training batches whose rewards are
     all equal (no gradient from them), averaged over the run and over its last quarter;
@@ -12,10 +14,11 @@ Measured per run:
   - the final policy's pass rate over the whole prompt set, `--eval-samples` completions per prompt at T=1, every
     prompt weighted equally (a fair "reward after equal steps"), and its share of prompts at pass rate 0 or 1;
   - cost: wall time, and for rollout mode the re-roll's completions and tokens relative to training's.
-Writes `--out`/results.json (every run) and `--out`/vas_zero_variance.png. Defaults (5 arms x 3 seeds x 60 steps)
-take ~15 minutes on 2 CPU cores; `--arms uniform online rollout` about 10.
+Writes `--out`/results.json (every run) and `--out`/vas_zero_variance.png. The quickstart setting (5 arms x 3 seeds x
+300 steps) takes ~1 hour on one core; `--setting addition` ~15 minutes.
 
-    python benchmarks/vas_zero_variance.py --steps 60 --seeds 0 1 2 --out outputs/vas_zero_variance
+    python benchmarks/vas_zero_variance.py --seeds 0 1 2 --out outputs/vas_zero_variance
+    python benchmarks/vas_zero_variance.py --setting addition --out outputs/vas_zero_variance_addition
 """
 
 from __future__ import annotations
@@ -30,8 +33,16 @@ from pathlib import Path
 
 import torch
 
-WARM_TASK = "arithmetic:digits=2,ops=+"
-LEVELS = ("arithmetic:digits=2,ops=+", "arithmetic:digits=3,ops=+")
+# Each setting: the task the model is warmed up on (and whose verifier scores every level: the row's answer
+# decides), the prompt levels, the learning rate and the steps.
+SETTINGS = {
+    "quickstart": {"warm_task": "arithmetic:digits=1,num_operands=3,ops=+",
+                   "levels": ("arithmetic:digits=1,num_operands=3,ops=+", "arithmetic:digits=1,num_operands=4,ops=+"),
+                   "learning_rate": 5e-5, "steps": 300},
+    "addition": {"warm_task": "arithmetic:digits=2,ops=+",
+                 "levels": ("arithmetic:digits=2,ops=+", "arithmetic:digits=3,ops=+"),
+                 "learning_rate": 1e-4, "steps": 60},
+}
 # Sampling arms: TRL's uniform RepeatSampler, VAS with the paper's VPS weights (alpha 0.8, beta 0.2) in both modes,
 # and both modes with the outcome variance alone (beta 0): diverse wrong answers give all-wrong prompts TDS > 0.
 ARMS = {
@@ -45,7 +56,8 @@ ARMS = {
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=60, help="Optimizer steps per run.")
+    parser.add_argument("--setting", default="quickstart", choices=list(SETTINGS), help="Model, prompts, lr, steps.")
+    parser.add_argument("--steps", type=int, default=None, help="Optimizer steps per run (default: the setting's).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--prompts-per-level", type=int, default=96, help="Prompts of each difficulty.")
@@ -58,24 +70,35 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def mixed_dataset(prompts_per_level: int):
+def warmed_model(setting: str) -> str:
+    """The quickstart setting takes the quickstart's own warmed-up model (same cache, held-out prompts excluded)."""
+    if setting == "quickstart":
+        from thermorl.recipe import load_recipe
+        from thermorl.train import build_datasets, resolve_model_path
+
+        model_args, training_args, script_args = load_recipe("quickstart", [])
+        _, held_out, _ = build_datasets(script_args, training_args.seed)
+        return resolve_model_path(model_args.model_name_or_path, script_args, held_out)
+    from thermorl.models.warmup import WarmupSettings, warm_tiny_model
+
+    return warm_tiny_model(WarmupSettings(task=SETTINGS[setting]["warm_task"], examples=6000, epochs=4))
+
+
+def mixed_dataset(levels, prompts_per_level: int):
     from datasets import concatenate_datasets
 
     from thermorl.tasks import task_from_spec
 
     parts = []
-    for level, spec in enumerate(LEVELS):
+    for level, spec in enumerate(levels):
         part = task_from_spec(spec).make_dataset(prompts_per_level, seed=10_000 + level)
         parts.append(part.add_column("level", [level] * len(part)))
     return concatenate_datasets(parts)
 
 
 @torch.no_grad()
-def pass_rates(model, tokenizer, dataset, samples: int, max_new_tokens: int, seed: int) -> list[float]:
-    """Per-prompt share of `samples` completions at T=1 that the verifier accepts."""
-    from thermorl.tasks import task_from_spec
-
-    task = task_from_spec(WARM_TASK)  # every level shares the arithmetic verifier: the row's answer decides
+def pass_rates(model, tokenizer, dataset, task, samples: int, max_new_tokens: int, seed: int) -> list[float]:
+    """Per-prompt share of `samples` completions at T=1 that `task`'s verifier accepts."""
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -95,20 +118,20 @@ def pass_rates(model, tokenizer, dataset, samples: int, max_new_tokens: int, see
     return rates
 
 
-def summarize_rates(rates: list[float], levels: list[int]) -> dict:
+def summarize_rates(rates: list[float], levels: list[int], num_levels: int) -> dict:
     return {
         "pass_rate": statistics.fmean(rates),
         "zero_variance_prompt_share": statistics.fmean(float(r in (0.0, 1.0)) for r in rates),
         "pass_rate_by_level": [
             statistics.fmean(r for r, lv in zip(rates, levels, strict=True) if lv == level)
-            for level in range(len(LEVELS))
+            for level in range(num_levels)
         ],
         "all_wrong_share": statistics.fmean(float(r == 0.0) for r in rates),
         "all_right_share": statistics.fmean(float(r == 1.0) for r in rates),
     }
 
 
-def run(arm: str, seed: int, model_path: str, dataset, options) -> dict:
+def run(arm: str, seed: int, model_path: str, dataset, options, setting: dict) -> dict:
     from transformers import AutoTokenizer
 
     from thermorl.tasks import task_from_spec
@@ -119,20 +142,19 @@ def run(arm: str, seed: int, model_path: str, dataset, options) -> dict:
         vas = vas | {"vas_update_interval": options.update_interval, "vas_rollouts_per_prompt": options.rollouts_per_prompt}
     args = ThermoGRPOConfig(
         output_dir=os.path.join(options.out, "runs", f"{arm}-{seed}"), use_cpu=True, bf16=False, seed=seed,
-        policy_loss="sapo", learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0, beta=0.0,
+        policy_loss="sapo", learning_rate=setting["learning_rate"], lr_scheduler_type="constant", warmup_steps=0, beta=0.0,
         max_steps=options.steps, per_device_train_batch_size=8 * options.batch_prompts, num_generations=8,
         max_completion_length=5, temperature=1.0, logging_steps=1, save_strategy="no", report_to=[],
         gradient_checkpointing=False, disable_tqdm=True, **vas,
     )
-    trainer = ThermoGRPOTrainer(
-        model=model_path, reward_funcs=task_from_spec(WARM_TASK).reward_funcs, args=args, train_dataset=dataset
-    )
+    task = task_from_spec(setting["warm_task"])  # every level shares the arithmetic verifier: the answer decides
+    trainer = ThermoGRPOTrainer(model=model_path, reward_funcs=task.reward_funcs, args=args, train_dataset=dataset)
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
     logs = [entry for entry in trainer.state.log_history if "reward" in entry]
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    rates = pass_rates(trainer.model, tokenizer, dataset, options.eval_samples, 5, seed=1_000 + seed)
+    rates = pass_rates(trainer.model, tokenizer, dataset, task, options.eval_samples, 5, seed=1_000 + seed)
     last_quarter = logs[-max(1, len(logs) // 4) :]
     result = {
         "arm": arm,
@@ -145,7 +167,7 @@ def run(arm: str, seed: int, model_path: str, dataset, options) -> dict:
         "train_reward_mean": statistics.fmean(entry["reward"] for entry in logs),
         "train_completions": len(logs) * args.generation_batch_size,
         "train_completion_tokens": sum(entry["completions/mean_length"] for entry in logs) * args.generation_batch_size,
-        "final": summarize_rates(rates, list(dataset["level"])),
+        "final": summarize_rates(rates, list(dataset["level"]), len(setting["levels"])),
     }
     if vas.get("vas_mode") == "rollout":
         result["rescore_completions"] = logs[-1]["vas/rescore_completions"]
@@ -231,24 +253,36 @@ def main(argv=None) -> int:
         arms = list(report["summary"])
         plot(report["runs"], report["summary"], report["start"], str(out / "vas_zero_variance.png"), arms)
         return 0
-    from thermorl.models.warmup import WarmupSettings, warm_tiny_model
-
-    model_path = warm_tiny_model(WarmupSettings(task=WARM_TASK, examples=6000, epochs=4))
-    dataset = mixed_dataset(options.prompts_per_level)
+    setting = SETTINGS[options.setting]
+    options.steps = options.steps or setting["steps"]
+    model_path = warmed_model(options.setting)
+    dataset = mixed_dataset(setting["levels"], options.prompts_per_level)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from thermorl.tasks import task_from_spec
+
     start_rates = pass_rates(
         AutoModelForCausalLM.from_pretrained(model_path), AutoTokenizer.from_pretrained(model_path), dataset,
-        options.eval_samples, 5, seed=999,
+        task_from_spec(setting["warm_task"]), options.eval_samples, 5, seed=999,
     )
-    start = summarize_rates(start_rates, list(dataset["level"]))
+    start = summarize_rates(start_rates, list(dataset["level"]), len(setting["levels"]))
     print(f"start: {json.dumps(start)}", flush=True)
 
+    # One JSON per finished run, so an interrupted benchmark resumes where it stopped (same settings only).
+    finished = out / "runs"
+    finished.mkdir(parents=True, exist_ok=True)
+    settings_key = {k: v for k, v in vars(options).items() if k not in ("seeds", "arms", "out", "replot")}
     runs = []
     for seed in options.seeds:
         for arm in options.arms:
-            result = run(arm, seed, model_path, dataset, options)
+            path = finished / f"{arm}-{seed}.json"
+            saved = json.loads(path.read_text()) if path.exists() else None
+            if saved is not None and saved["settings"] == settings_key:
+                runs.append(saved["result"])
+                continue
+            result = run(arm, seed, model_path, dataset, options, setting)
+            path.write_text(json.dumps({"settings": settings_key, "result": result}))
             runs.append(result)
             print(
                 f"{arm:10s} seed {seed}: zero-variance groups {result['zero_std_mean']:.3f} "
@@ -257,9 +291,8 @@ def main(argv=None) -> int:
                 flush=True,
             )
     summary = aggregate(runs, options.arms)
-    report = {"settings": vars(options), "levels": LEVELS, "warm_task": WARM_TASK, "start": start,
+    report = {"settings": vars(options), "levels": setting["levels"], "warm_task": setting["warm_task"], "start": start,
               "summary": summary, "runs": runs}
-    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))
     plot(runs, summary, start, str(out / "vas_zero_variance.png"), options.arms)
     print(json.dumps(summary, indent=2))
