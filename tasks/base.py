@@ -31,6 +31,9 @@ class Task(ABC):
     name: ClassVar[str]
     # Dataset columns that `is_correct` reads from a row, besides the completion.
     checked_columns: ClassVar[tuple[str, ...]]
+    # True when `sample_row` makes some prompts likelier than others (the countdown tasks build a prompt from a
+    # random solution, so a prompt with many solutions, an easy one, comes up more often): see `make_splits`.
+    uneven_prompts: ClassVar[bool] = False
 
     @abstractmethod
     def sample_row(self, rng: random.Random) -> dict[str, Any]:
@@ -52,7 +55,18 @@ class Task(ABC):
         return Dataset.from_list(self._distinct_rows(n, random.Random(seed), set(exclude_prompts)))
 
     def make_splits(self, n_train: int, n_eval: int, seed: int) -> tuple[Dataset, Dataset]:
-        """Train rows (== make_dataset(n_train, seed)) and held-out rows whose prompts are disjoint."""
+        """Train rows and held-out rows whose prompts are disjoint, from the same distribution.
+
+        Train rows are make_dataset(n_train, seed) and the held-out rows are drawn after them, except for a task
+        with `uneven_prompts`: there the held-out prompts drawn after the training ones would be the rarer, harder
+        ones whenever the training set takes much of the task's prompt space (2 000 of countdown_steps' 2 835
+        prompts left held-out prompts with a quarter fewer solutions), so both are drawn together and split at
+        random.
+        """
+        if self.uneven_prompts:
+            rows = self._distinct_rows(n_train + n_eval, random.Random(seed), set())
+            random.Random(f"{self.name}-split-{seed}").shuffle(rows)
+            return Dataset.from_list(rows[:n_train]), Dataset.from_list(rows[n_train:])
         train_rows = self._distinct_rows(n_train, random.Random(seed), set())
         eval_rng = random.Random(f"{self.name}-eval-{seed}")
         eval_rows = self._distinct_rows(n_eval, eval_rng, {row["prompt"] for row in train_rows})

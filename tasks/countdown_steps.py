@@ -62,6 +62,7 @@ class CountdownStepsTask(Task):
 
     name: ClassVar[str] = "countdown_steps"
     checked_columns: ClassVar[tuple[str, ...]] = ("numbers", "target")
+    uneven_prompts: ClassVar[bool] = True  # a prompt is made from a random solution
 
     def __post_init__(self):
         if isinstance(self.num_numbers, bool) or not isinstance(self.num_numbers, int) or self.num_numbers < 3:
@@ -127,6 +128,23 @@ class CountdownStepsTask(Task):
 
     def is_correct(self, completion: str, row: Mapping[str, Any]) -> bool:
         return self.check_trace(completion, list(row["numbers"])) == row["target"]
+
+    def outcome(self, completion: str, row: Mapping[str, Any]) -> str:
+        """Where a trace went wrong: "correct"; "malformed" (a step not well-formed or not exact, an operand not
+        available, or the wrong number of steps); "dead end" (the first steps left two numbers that cannot make the
+        target: a choice-phase failure); "missed" (they could, and the last step did not)."""
+        if self.check_trace(completion, list(row["numbers"])) is None:
+            return "malformed"
+        if self.is_correct(completion, row):
+            return "correct"
+        remaining = list(row["numbers"])
+        for step in completion.strip().split(",")[:-1]:
+            a, _, b, written = _STEP.fullmatch(step).groups()
+            remaining.remove(int(a))
+            remaining.remove(int(b))
+            remaining.append(int(written))
+        big, small = max(remaining), min(remaining)
+        return "missed" if row["target"] in (big + small, big - small) else "dead end"
 
     def extract_answer(self, completion: str) -> str | None:
         """The trace without surrounding spaces if it is a well-formed sequence of steps, else None: every correct

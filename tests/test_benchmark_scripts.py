@@ -84,3 +84,15 @@ def test_ead_benchmark_trains_every_arm_from_the_quickstart_model(tmp_path):
         assert cell == {"mean": runs[0]["eval"]["held_out"]["1.0"]["pass@1"], "std": 0.0}
         assert results["summary"][arm]["train reward, last 10 steps"]["mean"] == sum(runs[0]["rewards"]) / 2
     assert (out / "ead_sample_efficiency.png").exists()
+
+
+def test_testbed_failures_splits_every_sample_into_one_outcome():
+    failures = load_benchmark("testbed_failures")
+    result = failures.main(["--samples", "2", "--warmup_examples", "64", "--warmup_epochs", "1",
+                            "--num_train_examples", "32", "--num_eval_examples", "16"])
+    assert set(result) == {"held-out", "training"}
+    for shares in result.values():
+        assert set(shares) == set(failures.OUTCOMES)
+        assert abs(sum(shares.values()) - 1) < 1e-9
+        # 16 prompts x 2 samples: every share is a whole number of the 32 traces.
+        assert all(abs(share * 32 - round(share * 32)) < 1e-9 for share in shares.values())

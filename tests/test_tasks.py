@@ -61,14 +61,30 @@ def test_same_seed_gives_identical_rows_and_other_seed_differs(spec):
     assert len(set(first["prompt"])) == 50
 
 
-@pytest.mark.parametrize("name", ["arithmetic", "countdown"])
-def test_splits_are_disjoint_and_train_matches_make_dataset(name):
+@pytest.mark.parametrize("name", ["arithmetic", "countdown", "countdown_steps"])
+def test_splits_are_disjoint_and_repeat(name):
     task = get_task(name)
     train, held_out = task.make_splits(300, 100, seed=0)
     assert len(train) == 300 and len(held_out) == 100
     assert not set(train["prompt"]) & set(held_out["prompt"])
-    assert train.to_list() == task.make_dataset(300, seed=0).to_list()
-    assert held_out.to_list() == task.make_splits(300, 100, seed=0)[1].to_list()
+    again = task.make_splits(300, 100, seed=0)
+    assert (again[0].to_list(), again[1].to_list()) == (train.to_list(), held_out.to_list())
+    assert set(task.make_splits(300, 100, seed=1)[1]["prompt"]) != set(held_out["prompt"])
+
+
+def test_an_even_tasks_training_split_is_make_dataset():
+    task = get_task("arithmetic")
+    assert task.make_splits(300, 100, seed=0)[0].to_list() == task.make_dataset(300, seed=0).to_list()
+
+
+@pytest.mark.parametrize("name", ["countdown", "countdown_steps"])
+def test_an_uneven_tasks_splits_come_from_one_draw_in_random_order(name):
+    task = get_task(name)
+    train, held_out = task.make_splits(300, 100, seed=0)
+    together = list(task.make_dataset(400, seed=0)["prompt"])
+    assert sorted(list(train["prompt"]) + list(held_out["prompt"])) == sorted(together)
+    # Not the first 300 drawn: those are the likeliest prompts, which would leave the held-out set the rarest.
+    assert set(train["prompt"]) != set(together[:300])
 
 
 def test_exclude_prompts_and_too_small_task():
