@@ -1,6 +1,7 @@
-"""Where the reasoning testbed's policy fails: the share of sampled traces that are correct, malformed, dead ends
-(the first steps left two numbers that cannot make the target: the choice phase) or missed (they could, and the
-last step did not: the execution of the last move), on held-out prompts and on as many training prompts.
+"""Where the reasoning testbed's policy fails: the share of sampled traces that are correct, malformed (arithmetic
+slips included), dead ends (the first steps left two numbers that cannot make the target: the choice phase) or
+missed (they could, and the exact last step took the other operation), on held-out prompts and on as many training
+prompts.
 
 By default it scores the testbed recipe's warmed-up policy (built and cached on the first run); --model scores a
 trained one (a folder `thermorl train` wrote). Held-out and training prompts scoring alike is what an unbiased
@@ -24,14 +25,13 @@ from thermorl.train import build_datasets, resolve_model_path
 OUTCOMES = ("correct", "malformed", "dead end", "missed")
 
 
-def outcome_shares(model, tokenizer, task, rows, temperature: float, samples: int, max_new_tokens: int):
+def outcome_counts(model, tokenizer, task, rows, temperature: float, samples: int, max_new_tokens: int):
     completions = sample_completions(model, tokenizer, [row["prompt"] for row in rows], [temperature], samples,
                                      max_new_tokens, batch_size=256, seed=0, progress=False)
     counts = collections.Counter(task.outcome(completion, row)
                                  for row, per_temperature in zip(rows, completions)
                                  for completion in per_temperature[0])
-    total = sum(counts.values())
-    return {name: counts[name] / total for name in OUTCOMES}
+    return {name: counts[name] for name in OUTCOMES}
 
 
 def main(argv=None) -> dict:
@@ -50,13 +50,13 @@ def main(argv=None) -> dict:
     path = args.model or resolve_model_path(model_args.model_name_or_path, script_args, held_out)
     model, tokenizer = load_policy(path, device="cpu", dtype="float32")
     result = {}
-    for name, rows in (("held-out", held_out), ("training", train.select(range(len(held_out))))):
-        result[name] = outcome_shares(model, tokenizer, task, [dict(row) for row in rows], args.temperature,
+    for name, rows in (("held-out", held_out), ("training", train.select(range(min(len(train), len(held_out)))))):
+        result[name] = outcome_counts(model, tokenizer, task, [dict(row) for row in rows], args.temperature,
                                       args.samples, training_args.max_completion_length)
     print(f"{path}, T={args.temperature:g}, {args.samples} samples per prompt, {len(held_out)} prompts each")
     print(f"| prompts | {' | '.join(OUTCOMES)} |\n|---|{'---|' * len(OUTCOMES)}")
-    for name, shares in result.items():
-        print(f"| {name} | " + " | ".join(f"{shares[o]:.3f}" for o in OUTCOMES) + " |")
+    for name, counts in result.items():
+        print(f"| {name} | " + " | ".join(f"{counts[o] / sum(counts.values()):.3f}" for o in OUTCOMES) + " |")
     return result
 
 

@@ -61,8 +61,11 @@ class Task(ABC):
         with `uneven_prompts`: there the held-out prompts drawn after the training ones would be the rarer, harder
         ones whenever the training set takes much of the task's prompt space (2 000 of countdown_steps' 2 835
         prompts left held-out prompts with a quarter fewer solutions), so both are drawn together and split at
-        random.
+        random; changing n_eval then changes the training rows too.
         """
+        for what, n in (("training", n_train), ("held-out", n_eval)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"number of {what} rows must be a positive integer, got {n!r}")
         if self.uneven_prompts:
             rows = self._distinct_rows(n_train + n_eval, random.Random(seed), set())
             random.Random(f"{self.name}-split-{seed}").shuffle(rows)

@@ -130,12 +130,14 @@ class CountdownStepsTask(Task):
         return self.check_trace(completion, list(row["numbers"])) == row["target"]
 
     def outcome(self, completion: str, row: Mapping[str, Any]) -> str:
-        """Where a trace went wrong: "correct"; "malformed" (a step not well-formed or not exact, an operand not
-        available, or the wrong number of steps); "dead end" (the first steps left two numbers that cannot make the
-        target: a choice-phase failure); "missed" (they could, and the last step did not)."""
-        if self.check_trace(completion, list(row["numbers"])) is None:
+        """Where a trace went wrong: "correct"; "malformed" (a step not well-formed or not exact, an arithmetic slip
+        included, an operand not available, or the wrong number of steps); "dead end" (the first steps left two
+        numbers that cannot make the target: a choice-phase failure); "missed" (they could, and the last step, exact,
+        took the other operation)."""
+        end = self.check_trace(completion, list(row["numbers"]))
+        if end is None:
             return "malformed"
-        if self.is_correct(completion, row):
+        if end == row["target"]:
             return "correct"
         remaining = list(row["numbers"])
         for step in completion.strip().split(",")[:-1]:

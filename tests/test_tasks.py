@@ -72,6 +72,13 @@ def test_splits_are_disjoint_and_repeat(name):
     assert set(task.make_splits(300, 100, seed=1)[1]["prompt"]) != set(held_out["prompt"])
 
 
+@pytest.mark.parametrize("name", ["arithmetic", "countdown"])
+@pytest.mark.parametrize("sizes, what", [((10, 0), "held-out"), ((10, -3), "held-out"), ((0, 10), "training")])
+def test_split_sizes_must_be_positive(name, sizes, what):
+    with pytest.raises(ValueError, match=f"number of {what} rows must be a positive integer"):
+        get_task(name).make_splits(*sizes, seed=0)
+
+
 def test_an_even_tasks_training_split_is_make_dataset():
     task = get_task("arithmetic")
     assert task.make_splits(300, 100, seed=0)[0].to_list() == task.make_dataset(300, seed=0).to_list()

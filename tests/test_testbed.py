@@ -122,6 +122,9 @@ def test_sft_traces_are_exact_take_random_first_steps_and_hit_the_target_when_th
         ("7-4=3,5+1=6,6-3=3", "missed"),  # 6 and 3 make 9; the last step subtracted
         ("7+5=12,4+1=5,12+5=17", "dead end"),  # 12 and 5 make 17 or 7, never 9
         ("7+1=8,5-4=1,8-1=7", "missed"),  # 8 and 1 make 9
+        ("7+5=12,4-1=3,12+3=15", "missed"),  # 12 - 3 makes 9
+        (" 7-4=3,5+1=6,6-3=3\n", "missed"),
+        ("7-4=3,5+1=6,6+3=8", "malformed"),  # a slip in the last step
         ("7-4=3,5+1=6", "malformed"),  # a step short
         ("4-7=3,5+1=6,6+3=9", "malformed"),  # 4 - 7 is not 3
         ("7-4=3,3+1=4,5+4=9", "correct"),
