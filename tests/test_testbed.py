@@ -365,3 +365,25 @@ def test_rollouts_outside_training_batches_count_on_the_rollouts_axis():
     run = {"extra_rollouts": [[1, 8000.0], [75, 8000.0], [76, 16000.0]]}
     assert [extra_rollouts_at(run, step) for step in (0, 1, 75, 76, 300)] == [0.0, 8000.0, 8000.0, 16000.0, 16000.0]
     assert extra_rollouts_at({}, 300) == 0.0  # runs of other arms (and results written before the field existed)
+
+
+def test_reward_curve_keeps_the_steps_it_was_logged_at(tmp_path):
+    """With two optimizer steps per rollout batch the reward is logged every other step: the report's (and the
+    plot's) reward curve keeps those steps, averaging the seeds step by step."""
+    from thermorl.bench import aggregate
+
+    def write(arm, seed, rewards):
+        run = {"seed": seed, "reward": rewards, "rollouts_per_step": 64.0, "seconds": 60.0,
+               "curve": [{"step": 4, "pass@1 greedy": 0.3, "pass@1 T=1": 0.2}],
+               "final": {"pass@1 greedy": 0.3, "pass@1 T=1": 0.2, "pass@k T=1": 0.5, "worst@k T=1": 0.0}}
+        path = tmp_path / "runs" / arm / f"seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run))
+
+    write("two-steps", 0, [[1, 0.2], [3, 0.4]])
+    write("two-steps", 1, [[1, 0.4], [3, 0.6]])
+    spec = {"arms": {"two-steps": {}}, "seeds": [0, 1], "baseline": "two-steps",
+            "evaluation": {"samples": 8, "temperatures": None}}
+    start = {"pass@1 greedy": 0.3, "pass@1 T=1": 0.1}
+    report = aggregate(spec, tmp_path, start)
+    assert report["arms"]["two-steps"]["reward_mean_over_seeds"] == [[1, pytest.approx(0.3)], [3, pytest.approx(0.5)]]

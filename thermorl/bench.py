@@ -433,7 +433,11 @@ def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float]) -> dict[
                           + statistics.mean(extra_rollouts_at(run, step) for run in runs),
                           **{m: mean_interval([run["curve"][i][m] for run in runs])
                              for m in ("pass@1 greedy", "pass@1 T=1")}})
-        rewards = [statistics.mean(values) for values in zip(*([r for _, r in run["reward"]] for run in runs))]
+        # Steps at which every run logged a reward (one per rollout batch: every other step with
+        # steps_per_generation 2), with the mean over seeds.
+        reward_steps = [step for step, _ in runs[0]["reward"]]
+        rewards = [[step, statistics.mean(values)]
+                   for step, values in zip(reward_steps, zip(*([r for _, r in run["reward"]] for run in runs)))]
         arms[arm] = {
             "seeds": [run["seed"] for run in runs],
             "final": {m: mean_interval([run["final"][m] for run in runs]) for m in FINAL_METRICS},
@@ -515,10 +519,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
             (line,) = axis.plot(x, mean, marker="o", markersize=3, label=arm)
             axis.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
                               color=line.get_color(), alpha=0.15)
-        per_step = values["reward_mean_over_seeds"]
-        window = max(1, len(per_step) // 20)
-        smoothed = [statistics.mean(per_step[max(0, i - window + 1): i + 1]) for i in range(len(per_step))]
-        rewards.plot(range(1, len(per_step) + 1), smoothed, label=arm)
+        steps, per_batch = zip(*values["reward_mean_over_seeds"]) if values["reward_mean_over_seeds"] else ((), ())
+        window = max(1, len(per_batch) // 20)
+        smoothed = [statistics.mean(per_batch[max(0, i - window + 1): i + 1]) for i in range(len(per_batch))]
+        rewards.plot(steps, smoothed, label=arm)
     by_step.set(xlabel="training step", ylabel="held-out pass@1 at T=1", title="Held-out pass@1 (T=1) vs steps, 95% CI")
     by_rollouts.set(xlabel="rollouts (completions sampled)", ylabel="held-out pass@1 at T=1",
                     title="Held-out pass@1 (T=1) vs rollouts")
