@@ -23,7 +23,7 @@ commands:
 
 def _train(argv: list[str]) -> int:
     from .launcher import launch, split_launch_args
-    from .recipe import load_recipe
+    from .recipe import load_recipe, resolve_recipe
     from .train import train
 
     if not argv or argv[0] in ("-h", "--help"):
@@ -39,10 +39,10 @@ def _train(argv: list[str]) -> int:
                          "[--field value ...]")
     if launch_options:
         return launch(argv, launch_options)
-    model_args, training_args, script_args = load_recipe(argv[0], argv[1:])
-    trainer = train(model_args, training_args, script_args)
+    values = resolve_recipe(argv[0], argv[1:])
+    trainer = train(*load_recipe(values), recipe_values=values)
     if trainer.accelerator.is_main_process:
-        print(f"Model and checkpoints written to {training_args.output_dir}")
+        print(f"Model and checkpoints written to {trainer.args.output_dir}")
     return 0
 
 

@@ -29,11 +29,12 @@ def held_out_accuracy(model_path: str, held_out, task, max_new_tokens: int, seed
 
 def quickstart(overrides: list[str] | None = None) -> dict:
     from . import threads
-    from .recipe import load_recipe
+    from .recipe import load_recipe, resolve_recipe
     from .train import build_datasets, resolve_model_path, train
 
     started = time.perf_counter()
-    model_args, training_args, script_args = load_recipe("quickstart", overrides or [])
+    recipe_values = resolve_recipe("quickstart", overrides or [])
+    model_args, training_args, script_args = load_recipe(recipe_values)
     _, held_out, task = build_datasets(script_args, training_args.seed)
     if task is None:
         raise ValueError("quickstart measures accuracy with a built-in task's verifier; set dataset to one.")
@@ -48,7 +49,7 @@ def quickstart(overrides: list[str] | None = None) -> dict:
 
     print(f"[3/4] Training with '{training_args.policy_loss}' for {training_args.max_steps} steps on the CPU...", flush=True)
     model_args.model_name_or_path = start_model
-    trainer = train(model_args, training_args, script_args)
+    trainer = train(model_args, training_args, script_args, recipe_values=recipe_values)
     reward_curve = [(e["step"], e["reward"]) for e in trainer.state.log_history if "reward" in e]
 
     print("[4/4] Accuracy on the same held-out prompts after RL...", flush=True)

@@ -247,15 +247,22 @@ def validate(values: dict[str, Any], dataclass_types: tuple[type, ...]) -> dict[
     return checked
 
 
-def load_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] | None = None):
-    """Recipe file (or built-in name, or dict) plus overrides -> (ModelConfig, ThermoGRPOConfig, ThermoScriptArguments)."""
-    from transformers import HfArgumentParser
-
+def resolve_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] | None = None) -> dict[str, Any]:
+    """Recipe file (or built-in name, or dict) plus overrides -> the validated values (what a run folder keeps in
+    its thermorl_recipe.yaml)."""
     values = dict(recipe) if isinstance(recipe, dict) else read_recipe(recipe)
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     values.update(overrides or {})
-    dataclass_types = recipe_dataclasses(values.get("trainer", "grpo"))
-    values = validate(values, dataclass_types)
+    values = validate(values, recipe_dataclasses(values.get("trainer", "grpo")))
     values.setdefault("output_dir", "outputs/thermorl-run")
+    return values
+
+
+def load_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] | None = None):
+    """Recipe file (or built-in name, or dict) plus overrides -> (ModelConfig, ThermoGRPOConfig, ThermoScriptArguments)."""
+    from transformers import HfArgumentParser
+
+    values = resolve_recipe(recipe, overrides)
+    dataclass_types = recipe_dataclasses(values.get("trainer", "grpo"))
     return HfArgumentParser(dataclass_types).parse_dict(values, allow_extra_keys=False)

@@ -222,8 +222,10 @@ def _model_init_kwargs(model_args) -> dict[str, Any]:
     return kwargs
 
 
-def train(model_args, training_args, script_args, callbacks: list | None = None):
-    """Run training; returns the trainer (its state holds the log history)."""
+def train(model_args, training_args, script_args, callbacks: list | None = None,
+          recipe_values: dict[str, Any] | None = None):
+    """Run training; returns the trainer (its state holds the log history). `recipe_values` (from
+    `resolve_recipe`) is kept in the output folder as thermorl_recipe.yaml, for resume and `thermorl eval`."""
     if not training_args.model_init_kwargs and model_args.model_name_or_path is None:
         raise ValueError("The recipe needs model_name_or_path (a local folder, a hub name, or 'thermorl:tiny').")
     # Issue 6: launch settings checked against the machine; W&B offline (and says so) when no API key is set.
@@ -231,6 +233,7 @@ def train(model_args, training_args, script_args, callbacks: list | None = None)
     from .console import log_to_run_folder, quiet_trainer
     from .launch_checks import check_launch
     from .run_dir import prepare_output_dir
+    from .run_recipe import write_run_recipe
     from .tracking import prepare_reporting
 
     check_launch(model_args, training_args)
@@ -250,6 +253,8 @@ def train(model_args, training_args, script_args, callbacks: list | None = None)
             training_args.output_dir, script_args,
             script_args.dataset_seed if script_args.dataset_seed is not None else training_args.seed,
         )
+        if recipe_values is not None:
+            write_run_recipe(training_args.output_dir, recipe_values)
     trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()
