@@ -41,7 +41,7 @@ def _train(argv: list[str]) -> int:
         return launch(argv, launch_options)
     values = resolve_recipe(argv[0], argv[1:])
     trainer = train(*load_recipe(values), recipe_values=values)
-    if trainer.accelerator.is_main_process:
+    if trainer is not None and trainer.accelerator.is_main_process:  # None: the resumed run was complete
         print(f"Model and checkpoints written to {trainer.args.output_dir}")
     return 0
 
@@ -140,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     console.configure(verbose=verbose)
     try:
         return command(argv[1:])
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: train() says where to resume from
+        if debug:
+            raise
+        report_user_error(f"thermorl {argv[0]}: {str(interrupt) or 'interrupted.'}")
+        return 130
     except (ValueError, FileNotFoundError, UserError) as error:
         if debug:
             raise

@@ -95,14 +95,14 @@ def launch(recipe_argv: list[str], options: dict[str, str]) -> int:
     try:
         launch_command(args)
     except subprocess.CalledProcessError as error:  # one process, run as a subprocess
-        if error.returncode == 2:
-            return 2
+        if error.returncode in (2, 130):  # the worker said why (a user error, Ctrl-C)
+            return error.returncode
         raise
     except ChildFailedError as error:
         # The first worker to fail says why; the others may then fail on a broken collective or be stopped.
         first = min(error.failures.values(), key=lambda failure: failure.timestamp)
-        if first.exitcode == 2:
-            return 2
+        if first.exitcode in (2, 130):
+            return first.exitcode
         raise
     finally:
         elastic.setLevel(level)

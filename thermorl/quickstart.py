@@ -1,7 +1,9 @@
 """`thermorl quickstart`: the offline main job.
 
 Warm up the tiny model on a built-in task (cached), measure its accuracy on held-out prompts, train it with SAPO
-on the CPU through the same recipe path as any run, measure again, and say where everything went.
+on the CPU through the same recipe path as any run, measure again, and say where everything went. The demo replaces
+its own folder (outputs/quickstart) on every run; given another `--output_dir`, it refuses one that holds a run, as
+`thermorl train` does, unless `--overwrite_output_dir true`.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ def held_out_accuracy(model_path: str, held_out, task, max_new_tokens: int, seed
     return {f"T={row['temperature']:g}": row["accuracy"] for row in report["per_temperature"]}
 
 
-def quickstart(overrides: list[str] | None = None) -> dict:
+def quickstart(overrides: list[str] | dict | None = None) -> dict | None:
     from . import threads
-    from .recipe import load_recipe, resolve_recipe
+    from .recipe import load_recipe, parse_overrides, resolve_recipe
     from .train import build_datasets, resolve_model_path, train
 
     started = time.perf_counter()
-    recipe_values = resolve_recipe("quickstart", overrides or [])
+    overrides = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    if not {"output_dir", "overwrite_output_dir"} & overrides.keys():
+        overrides["overwrite_output_dir"] = True  # the demo's own folder: the previous demo run is replaced
+    recipe_values = resolve_recipe("quickstart", overrides)
     model_args, training_args, script_args = load_recipe(recipe_values)
     _, held_out, task = build_datasets(script_args, training_args.seed)
     if task is None:
@@ -50,6 +55,8 @@ def quickstart(overrides: list[str] | None = None) -> dict:
     print(f"[3/4] Training with '{training_args.policy_loss}' for {training_args.max_steps} steps on the CPU...", flush=True)
     model_args.model_name_or_path = start_model
     trainer = train(model_args, training_args, script_args, recipe_values=recipe_values)
+    if trainer is None:  # a resumed run that was complete: train() said so
+        return None
     reward_curve = [(e["step"], e["reward"]) for e in trainer.state.log_history if "reward" in e]
 
     print("[4/4] Accuracy on the same held-out prompts after RL...", flush=True)

@@ -49,3 +49,76 @@ def read_run_recipe(folder: str | Path) -> dict[str, Any] | None:
     """The saved recipe values of the run `folder` belongs to, or None if it has none."""
     path = find_run_recipe(folder)
     return None if path is None else yaml.safe_load(path.read_text())
+
+
+# What a resumed run may change. The checkpoint carries the run's model, optimizer, scheduler and data order; any
+# other field it was started with shapes what is trained, so resuming with a new value would either be ignored or
+# mix two runs in one. One rule: a resumed run keeps the saved value of every field but those below.
+FREE_ON_RESUME = frozenset({
+    # how long it runs (extending a run is what resuming is for)
+    "max_steps", "num_train_epochs",
+    # where it writes and what it reports
+    "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "logging_steps", "logging_strategy",
+    "logging_first_step", "save_steps", "save_strategy", "save_total_limit", "save_only_model",
+    "report_to", "run_name", "disable_tqdm", "log_level", "log_completions", "num_completions_to_print",
+    "push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo",
+    # how it computes, not what
+    "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+    "gradient_checkpointing", "per_device_eval_batch_size", "eval_strategy", "eval_steps",
+})
+# Fields the checkpoint's optimizer and scheduler state set when they are loaded: a new value would not be used.
+OPTIMIZER_STATE_FIELDS = frozenset({
+    "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "weight_decay",
+    "adam_beta1", "adam_beta2", "adam_epsilon", "optim", "optim_args",
+})
+
+
+def _field_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    import dataclasses
+
+    from .recipe import recipe_dataclasses
+
+    defaults: dict[str, Any] = {}
+    for cls in recipe_dataclasses(values.get("trainer", "grpo")):
+        for field in dataclasses.fields(cls):
+            if field.init and field.default is not dataclasses.MISSING:
+                defaults.setdefault(field.name, field.default)
+            elif field.init and field.default_factory is not dataclasses.MISSING:
+                defaults.setdefault(field.name, field.default_factory())
+    return defaults
+
+
+def changes_on_resume(saved: dict[str, Any], values: dict[str, Any]) -> list[str]:
+    """The fields a resumed run would change against its saved recipe, outside FREE_ON_RESUME, each described as
+    'learning_rate 5e-05 (now 0.001: ...)'. A field missing from one recipe has its default there."""
+    defaults = _field_defaults(values)
+    changed = []
+    for name in dict.fromkeys([*saved, *values]):
+        if name in FREE_ON_RESUME:
+            continue
+        old, new = (_plain(recipe.get(name, defaults.get(name))) for recipe in (saved, values))
+        if old != new:
+            why = ("the checkpoint's optimizer and scheduler state sets it" if name in OPTIMIZER_STATE_FIELDS
+                   else "it changes what is trained")
+            changed.append(f"{name} {old!r} (now {new!r}: {why})")
+    return changed
+
+
+def check_resume_settings(checkpoint: str, values: dict[str, Any] | None) -> str | None:
+    """Refuse a resume whose settings differ from the run's saved recipe (see FREE_ON_RESUME); returns a note when
+    they cannot be compared, else None."""
+    from .errors import UserError
+
+    saved_path = find_run_recipe(checkpoint)
+    if saved_path is None or values is None:
+        missing = f"no {RUN_RECIPE_FILE} beside {checkpoint}" if saved_path is None else "no recipe given to train()"
+        return (f"Resuming {checkpoint}: {missing}, so this run's settings cannot be compared with the ones it was "
+                "started with; going on with the ones given.")
+    changed = changes_on_resume(yaml.safe_load(saved_path.read_text()), values)
+    if changed:
+        raise UserError(
+            f"resume_from_checkpoint '{checkpoint}': the run was started with other settings, which a resumed run "
+            f"cannot change: {'; '.join(changed)}. Resume with the run's values ({saved_path}), or start a new run in "
+            "another output_dir to change them."
+        )
+    return None

@@ -224,38 +224,66 @@ def _model_init_kwargs(model_args) -> dict[str, Any]:
 
 def train(model_args, training_args, script_args, callbacks: list | None = None,
           recipe_values: dict[str, Any] | None = None):
-    """Run training; returns the trainer (its state holds the log history). `recipe_values` (from
-    `resolve_recipe`) is kept in the output folder as thermorl_recipe.yaml, for resume and `thermorl eval`."""
+    """Run training; returns the trainer (its state holds the log history), or None when `resume_from_checkpoint`
+    names a checkpoint already at the run's last step (said in one line; nothing is trained or written).
+    `recipe_values` (from `resolve_recipe`) is kept in the output folder as thermorl_recipe.yaml, for resume and
+    `thermorl eval`; a resumed run must keep the settings it was started with (run_recipe.FREE_ON_RESUME lists
+    those it may change). A Ctrl-C during training becomes a KeyboardInterrupt whose message names the newest
+    checkpoint and how to resume."""
     if not training_args.model_init_kwargs and model_args.model_name_or_path is None:
         raise ValueError("The recipe needs model_name_or_path (a local folder, a hub name, or 'thermorl:tiny').")
     # Issue 6: launch settings checked against the machine; W&B offline (and says so) when no API key is set.
     from . import threads
     from .console import log_to_run_folder, quiet_trainer
     from .launch_checks import check_launch
-    from .run_dir import prepare_output_dir
-    from .run_recipe import write_run_recipe
+    from .run_dir import finished_at, interrupted_line, prepare_output_dir
+    from .run_recipe import check_resume_settings, write_run_recipe
     from .tracking import prepare_reporting
 
     check_launch(model_args, training_args)
-    # Issue 12: the output folder checked (no run overwritten, `latest` must exist), third-party logs go to its
-    # thermorl.log, and the `thermorl` command picks the faster CPU thread count for this model.
-    resume_from = prepare_output_dir(training_args, overwrite=script_args.overwrite_output_dir)
-    callbacks = [*(callbacks or []), *prepare_reporting(training_args)]
-    threads.use_fastest_before_warmup(model_args, training_args, script_args.tiny_model_size)
-    trainer = build_trainer(model_args, training_args, script_args, callbacks)
-    # After the data and model are resolved, so that a recipe mistake leaves no folder behind; the records kept
-    # in memory until now are written first.
-    log_to_run_folder(training_args.output_dir)
-    quiet_trainer(trainer)
-    threads.use_fastest(trainer.model, training_args.per_device_train_batch_size)
-    if trainer.accelerator.is_main_process:
-        write_held_out(
-            training_args.output_dir, script_args,
-            script_args.dataset_seed if script_args.dataset_seed is not None else training_args.seed,
-        )
-        if recipe_values is not None:
-            write_run_recipe(training_args.output_dir, recipe_values)
-    trainer.train(resume_from_checkpoint=resume_from)
-    trainer.save_model(training_args.output_dir)
-    trainer.save_state()
+    # Issues 12 and 23: the output folder checked (no run or model overwritten, `latest` must exist and be
+    # complete) and locked for this run; third-party logs go to its thermorl.log, and the `thermorl` command picks
+    # the faster CPU thread count for this model.
+    resume_from, lock = prepare_output_dir(training_args, overwrite=script_args.overwrite_output_dir,
+                                           model_name_or_path=model_args.model_name_or_path)
+    try:
+        if resume_from is not None:
+            complete = finished_at(resume_from, training_args)
+            if complete is not None:
+                if training_args.process_index == 0:
+                    print(complete, flush=True)
+                return None
+            # Read before this run's recipe replaces the saved one.
+            note = check_resume_settings(resume_from, recipe_values)
+            if note is not None and training_args.process_index == 0:
+                print(note, flush=True)
+        callbacks = [*(callbacks or []), *prepare_reporting(training_args)]
+        threads.use_fastest_before_warmup(model_args, training_args, script_args.tiny_model_size)
+        trainer = build_trainer(model_args, training_args, script_args, callbacks)
+    except BaseException:
+        if lock is not None:  # a recipe mistake leaves no folder behind
+            lock.release(remove_new_folder=True)
+        raise
+    try:
+        # After the data and model are resolved, so that a recipe mistake leaves no folder behind; the records
+        # kept in memory until now are written first.
+        log_to_run_folder(training_args.output_dir)
+        quiet_trainer(trainer)
+        threads.use_fastest(trainer.model, training_args.per_device_train_batch_size)
+        if trainer.accelerator.is_main_process:
+            write_held_out(
+                training_args.output_dir, script_args,
+                script_args.dataset_seed if script_args.dataset_seed is not None else training_args.seed,
+            )
+            if recipe_values is not None:
+                write_run_recipe(training_args.output_dir, recipe_values)
+        try:
+            trainer.train(resume_from_checkpoint=resume_from)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(interrupted_line(training_args, trainer.state.global_step)) from None
+        trainer.save_model(training_args.output_dir)
+        trainer.save_state()
+    finally:
+        if lock is not None:
+            lock.release()
     return trainer
