@@ -3,10 +3,10 @@
 - It must be writable (a read-only folder otherwise fails at the first checkpoint, minutes in).
 - It must not be the model being trained (`model_name_or_path`), nor hold it in one of its checkpoint-N folders:
   the final save would overwrite the base model's weights, checkpoint rotation would delete them.
-- One run at a time: the run's main process holds a file lock (`.thermorl-run.lock`, fcntl.flock) on the folder
-  for the whole run, and a second run started on the same folder is refused with a line naming the first (the lock
-  file holds its pid, host, start time and command). The operating system drops the lock when its process ends,
-  however it ends, so a killed run never blocks the next one.
+- One run at a time: the run's main process holds a lock (fcntl.flock on the folder) for the whole run, and a
+  second run started on the same folder is refused with a line naming the first (`.thermorl-run.lock` in the folder
+  holds its pid, host, start time and command while it runs). The operating system drops the lock when its process
+  ends, however it ends, so a killed run never blocks the next one.
 - A new run does not start in a folder that holds another run (its checkpoint-N folders or its saved final model):
   the Trainer would write among the old checkpoints and rotate them away, and the final save would replace the old
   model. The user resumes it (`resume_from_checkpoint: latest`), picks another folder, or sets
@@ -105,7 +105,9 @@ def check_not_the_model(output_dir: str | os.PathLike, model_name_or_path: str |
 
 
 class RunLock:
-    """The lock a run's main process holds on its output folder (see the module docstring)."""
+    """The lock a run's main process holds on its output folder (see the module docstring). The lock is on the
+    folder itself; LOCK_FILE beside it says who holds it and is removed when the run ends, so a refused or finished
+    run leaves the folder as it was."""
 
     def __init__(self, output_dir: str | os.PathLike):
         folder = Path(output_dir)
@@ -114,29 +116,28 @@ class RunLock:
         self._created = next((p for p in (*reversed(folder.parents), folder) if not p.exists()), None)
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        self._handle = open(folder / LOCK_FILE, "a+")  # not "w": the holder's record is read before it is replaced
+        self._folder_fd = os.open(folder, os.O_RDONLY)
         try:
-            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._folder_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._handle.seek(0)
-            holder = " ".join(self._handle.read().split()) or "a run that has not written its record yet"
-            self._handle.close()
-            raise UserError(f"output_dir '{output_dir}' is in use by another run ({holder}): wait for it to end, or "
-                            "choose another output_dir.") from None
-        self._handle.seek(0)
-        self._handle.truncate()
+            os.close(self._folder_fd)
+            record = folder / LOCK_FILE
+            holder = " ".join(record.read_text().split()) if record.is_file() else ""
+            raise UserError(f"output_dir '{output_dir}' is in use by another run "
+                            f"({holder or 'one that has not written its record yet'}): wait for it to end, or choose "
+                            "another output_dir.") from None
         started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-        self._handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: "
-                           f"{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}\n")
-        self._handle.flush()
+        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        (folder / LOCK_FILE).write_text(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {command}\n")
 
     def release(self, remove_new_folder: bool = False) -> None:
-        """Drop the lock; with `remove_new_folder`, remove the folders it created if nothing else was written."""
-        if self._handle.closed:
+        """Drop the lock; with `remove_new_folder`, remove the folders it created if nothing was written in them."""
+        if self._folder_fd is None:
             return
-        self._handle.close()
-        if remove_new_folder and self._created is not None and os.listdir(self.folder) == [LOCK_FILE]:
-            os.remove(self.folder / LOCK_FILE)
+        (self.folder / LOCK_FILE).unlink(missing_ok=True)
+        os.close(self._folder_fd)
+        self._folder_fd = None
+        if remove_new_folder and self._created is not None and not os.listdir(self.folder):
             folder = self.folder
             while True:
                 os.rmdir(folder)

@@ -250,7 +250,8 @@ def train(model_args, training_args, script_args, callbacks: list | None = None,
         if resume_from is not None:
             complete = finished_at(resume_from, training_args)
             if complete is not None:
-                if training_args.process_index == 0:
+                if lock is not None:
+                    lock.release()
                     print(complete, flush=True)
                 return None
             # Read before this run's recipe replaces the saved one.

@@ -54,8 +54,7 @@ class AtomicCheckpointMixin:
             shutil.rmtree(staging_run_dir, ignore_errors=True)  # frees the space the partial save took
             raise DiskFullError(
                 f"The disk holding output_dir '{run_dir}' is full: {name} could not be written (nothing of it was "
-                f"kept); the newest complete checkpoint is {newest_checkpoint(run_dir) or 'none'}. Free space, then "
-                "resume with `resume_from_checkpoint: latest`."
+                f"kept); {after_disk_full(run_dir)}"
             ) from error
         finally:
             self._staging_run_dir = None
@@ -98,8 +97,7 @@ class AtomicCheckpointMixin:
             shutil.rmtree(staging, ignore_errors=True)
             raise DiskFullError(
                 f"The disk holding output_dir '{output_dir}' is full: the final model could not be written (what was "
-                f"there is unchanged); the newest complete checkpoint is {newest_checkpoint(output_dir) or 'none'}. "
-                "Free space, then resume with `resume_from_checkpoint: latest`."
+                f"there is unchanged); {after_disk_full(output_dir)}"
             ) from error
         self.accelerator.wait_for_everyone()  # DeepSpeed: every rank has taken part in gathering the weights
         if self.args.should_save and os.path.isdir(staging):
@@ -155,6 +153,14 @@ def is_disk_full(error: BaseException) -> bool:
 
 def newest_checkpoint(run_dir: str) -> str | None:
     return get_last_checkpoint(run_dir) if os.path.isdir(run_dir) else None
+
+
+def after_disk_full(run_dir: str) -> str:
+    """What to do once space is freed: resume from the newest complete checkpoint, or start again without one."""
+    checkpoint = newest_checkpoint(run_dir)
+    if checkpoint is None:
+        return "no checkpoint was written before it, so there is nothing to resume: free space, then start the run again."
+    return f"the newest complete checkpoint is {checkpoint}: free space, then resume with `resume_from_checkpoint: latest`."
 
 
 def clean_interrupted_saves(run_dir: str) -> None:
