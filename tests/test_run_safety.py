@@ -11,7 +11,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from thermorl.errors import DiskFullError
+from thermorl.errors import DiskFullError, UserError
 from thermorl.run_dir import prepare_output_dir
 from thermorl.trainers import RewardFunctionError, ThermoGRPOConfig, ThermoGRPOTrainer
 from thermorl.trainers.atomic_checkpoint import clean_interrupted_saves, is_disk_full
@@ -25,9 +25,11 @@ def run_args(output_dir, resume=None):
 
 
 def make_checkpoint(folder, step, content=b"weights"):
+    from safetensors.torch import save_file
+
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
-    (path / "model.safetensors").write_bytes(content)
+    save_file({"weight": torch.frombuffer(bytearray(content), dtype=torch.uint8)}, str(path / "model.safetensors"))
     (path / "trainer_state.json").write_text("{}")
     return path
 
@@ -37,12 +39,17 @@ def make_checkpoint(folder, step, content=b"weights"):
 def test_overwrite_removes_the_old_runs_checkpoints_and_resume_latest_finds_the_newest(tmp_path):
     make_checkpoint(tmp_path, 100)
     make_checkpoint(tmp_path, 200)
-    assert prepare_output_dir(run_args(tmp_path, "latest")) == str(tmp_path / "checkpoint-200")
-    with pytest.raises(ValueError, match=r"checkpoint-100, checkpoint-200.*overwrite_output_dir: true"):
+    resume_from, lock = prepare_output_dir(run_args(tmp_path, "latest"))
+    lock.release()
+    assert resume_from == str(tmp_path / "checkpoint-200")
+    with pytest.raises(UserError, match=r"checkpoint-100, checkpoint-200.*overwrite_output_dir: true"):
         prepare_output_dir(run_args(tmp_path))
     assert (tmp_path / "checkpoint-200" / "model.safetensors").exists()
-    assert prepare_output_dir(run_args(tmp_path), overwrite=True) is None
-    assert not list(tmp_path.glob("checkpoint-*"))
+    (tmp_path / "model.safetensors").write_bytes(b"the old run's final model")
+    resume_from, lock = prepare_output_dir(run_args(tmp_path), overwrite=True)
+    lock.release()
+    assert resume_from is None
+    assert not list(tmp_path.glob("checkpoint-*")) and not (tmp_path / "model.safetensors").exists()
 
 
 def test_interrupted_saves_are_cleaned_and_a_replaced_checkpoint_is_put_back(tmp_path):
@@ -58,7 +65,7 @@ def test_interrupted_saves_are_cleaned_and_a_replaced_checkpoint_is_put_back(tmp
     (tmp_path / ".saving-model" / "model.safetensors").write_bytes(b"half")
     clean_interrupted_saves(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-3"]
-    assert (tmp_path / "checkpoint-3" / "model.safetensors").read_bytes() == b"complete step 3"
+    assert b"complete step 3" in (tmp_path / "checkpoint-3" / "model.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize("max_steps", [0, -2, -5])
@@ -113,6 +120,22 @@ def test_disk_full_during_a_save_names_the_last_good_checkpoint(tiny_model_dir, 
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == ["checkpoint-1"]
     assert (run / "checkpoint-1" / "optimizer.pt").exists()
+
+
+def test_disk_full_before_any_checkpoint_says_start_again_not_resume(tiny_model_dir, varied_reward, fast_grpo_kwargs):
+    args = ThermoGRPOConfig(**{**fast_grpo_kwargs, "save_strategy": "steps", "save_steps": 1, "max_steps": 1})
+    trainer = ThermoGRPOTrainer(model=tiny_model_dir, reward_funcs=varied_reward, args=args,
+                                train_dataset=Dataset.from_dict({"prompt": PROMPTS * 4}))
+
+    def disk_full(output_dir):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    trainer._save_optimizer_and_scheduler = disk_full
+    with pytest.raises(DiskFullError, match=r"full: checkpoint-1 could not be written.*no checkpoint was written "
+                                            r"before it, so there is nothing to resume: free space, then start the run "
+                                            r"again") as raised:
+        trainer.train()
+    assert "latest" not in str(raised.value)
 
 
 def test_disk_full_during_the_final_save_keeps_the_previous_model(tiny_model_dir, varied_reward, fast_grpo_kwargs,
