@@ -52,14 +52,18 @@ SHARDED_WEIGHTS = re.compile(r"(model|pytorch_model)-\d+-of-\d+\.(safetensors|bi
 MODEL_SIDE_FILES = (CONFIG_NAME, GENERATION_CONFIG_NAME, "adapter_config.json", TRAINING_ARGS_NAME)
 
 
+def checkpoint_step(folder: str | os.PathLike) -> int | None:
+    """N of a `checkpoint-N` folder, else None."""
+    prefix, _, step = Path(folder).name.rpartition("-")
+    return int(step) if prefix == PREFIX_CHECKPOINT_DIR and step.isdigit() else None
+
+
 def checkpoints_in(output_dir: str | os.PathLike) -> list[Path]:
     """The `checkpoint-N` folders of `output_dir`, by step."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
-             and p.name.rsplit("-", 1)[1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    return sorted((p for p in folder.iterdir() if p.is_dir() and checkpoint_step(p) is not None), key=checkpoint_step)
 
 
 def saved_model_files(output_dir: str | os.PathLike) -> list[Path]:
@@ -218,8 +222,8 @@ def check_checkpoint(checkpoint: str) -> None:
     problem = damaged_file(checkpoint)
     if problem is None:
         return
-    step = int(Path(checkpoint).name.rsplit("-", 1)[-1]) if Path(checkpoint).name.rsplit("-", 1)[-1].isdigit() else None
-    earlier = [c for c in checkpoints_in(Path(checkpoint).parent) if step is None or int(c.name.rsplit("-", 1)[1]) < step]
+    step = checkpoint_step(checkpoint)
+    earlier = [c for c in checkpoints_in(Path(checkpoint).parent) if step is None or checkpoint_step(c) < step]
     complete = next((c for c in reversed(earlier) if damaged_file(c) is None), None)
     advice = (f"the newest complete checkpoint before it is {complete}: resume with `resume_from_checkpoint: {complete}`"
               if complete is not None else "no earlier checkpoint is complete: start the run again")
