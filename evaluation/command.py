@@ -22,7 +22,7 @@ from thermorl.console import log_to_run_folder
 from thermorl.train import HELD_OUT_FILE, find_held_out
 
 from .model_loading import check_model_path, load_policy
-from .vllm_sampling import load_engine
+from .vllm_sampling import default_dtype, load_engine
 from .pipeline import (
     DEFAULT_VOTE_ROUND_SIZE,
     RewardVerifier,
@@ -59,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=("hf", "vllm"), default="hf",
         help="hf: batched transformers generate; vllm: every sample in one vLLM engine call",
     )
-    parser.add_argument("--dtype", default=None, help="vllm backend: model dtype (default: vLLM's choice)")
+    parser.add_argument(
+        "--dtype", default=None,
+        help="vllm backend: model dtype (default: float32 on the CPU, where vLLM's own choice is bfloat16; vLLM's "
+        "choice on a GPU)",
+    )
     parser.add_argument(
         "--gpu-memory-utilization", type=float, default=None,
         help="vllm backend: share of accelerator (on CPU: host) memory vLLM reserves (default 0.9)",
@@ -177,7 +181,7 @@ def eval_command(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     try:
         if args.backend == "vllm":
-            model = load_engine(args.model, args.dtype or "auto", args.gpu_memory_utilization or 0.9, args.seed)
+            model = load_engine(args.model, args.dtype or default_dtype(), args.gpu_memory_utilization or 0.9, args.seed)
             tokenizer = model.get_tokenizer()
         else:
             model, tokenizer = load_policy(args.model)

@@ -191,7 +191,8 @@ def evaluate(
     """Report dict of a multi-temperature evaluation (see report.summarize); files too if out_dir is given.
 
     backend "hf": `model` is a Hugging Face model, sampled with batched `generate` (batch_size rows per call);
-    "vllm": `model` is a vLLM `LLM` (tokenizer: its `get_tokenizer()`), every sample in one engine call.
+    "vllm": `model` is a vLLM `LLM` (tokenizer: its `get_tokenizer()`), every sample in one engine call, seeded by
+    the engine's own seed (`seed` is only recorded: see vllm_sampling.py).
 
     dataset: rows with a "prompt" (text or chat messages) and whatever the verifier reads.
     task_or_verifier: a thermorl Task, a TRL-style reward function, or None for math-verify against
@@ -212,7 +213,7 @@ def evaluate(
     prompts = [prompt_text(row["prompt"], tokenizer) for row in rows]
 
     if backend == "vllm":
-        completions = sample_completions_vllm(model, prompts, temperatures, samples, max_new_tokens, seed=seed)
+        completions = sample_completions_vllm(model, prompts, temperatures, samples, max_new_tokens)
     elif backend == "hf":
         completions = sample_completions(
             model, tokenizer, prompts, temperatures, samples, max_new_tokens,
