@@ -266,9 +266,10 @@ def eval_command(argv: list[str] | None = None) -> int:
             dataset, verifier = load_dataset_and_verifier(args)
         except (ValueError, FileNotFoundError, ImportError, AttributeError, TypeError) as error:
             parser.error(str(error))
+    dtype = (args.dtype or default_dtype()) if args.backend == "vllm" else None
     try:
         if args.backend == "vllm":
-            model = load_engine(args.model, args.dtype or default_dtype(), args.gpu_memory_utilization or 0.9, args.seed)
+            model = load_engine(args.model, dtype, args.gpu_memory_utilization or 0.9, args.seed)
             tokenizer = model.get_tokenizer()
         else:
             model, tokenizer = load_policy(args.model)
@@ -295,7 +296,7 @@ def eval_command(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
         show_table=True,
         metadata={"model": args.model, "task": args.task, "reward_fn": args.reward_fn, "recipe": recipe,
-                  "chat_template_kwargs": chat_template_kwargs},
+                  "chat_template_kwargs": chat_template_kwargs, **({"dtype": dtype} if dtype else {})},
         backend=args.backend,
         chat_template_kwargs=chat_template_kwargs,
     )
