@@ -99,3 +99,9 @@ def test_gpu_recipe_trains_on_the_cpu_with_exactly_the_override_list(standin_ove
     assert (out / "model.safetensors").is_file()
     docs = (Path(__file__).parents[1] / "docs" / "gpu-recipes-on-cpu.md").read_text()
     assert " ".join(CPU_OVERRIDES) in docs
+
+
+def test_lora_keeps_half_precision_base_weights_allowed_on_the_cpu():
+    # The frozen base weights may stay in bfloat16: PEFT trains float32 adapters.
+    assert launch_checks.cpu_overrides({"dtype": "bfloat16", "use_peft": True}) == {}
+    assert launch_checks.cpu_overrides({"dtype": "bfloat16"}) == {"dtype": "float32"}

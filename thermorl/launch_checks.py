@@ -38,6 +38,7 @@ class LaunchSettings:
     vllm_mode: str = "colocate"
     ds3_gather_for_generation: bool = True
     load_in_4bit: bool = False
+    use_peft: bool = False
     model_dtype: str | None = None
     bnb_4bit_quant_storage: str | None = None
     wandb_project: str | None = None  # None: not reporting to W&B
@@ -58,6 +59,7 @@ def launch_settings(model_args, training_args) -> LaunchSettings:
         vllm_mode=getattr(training_args, "vllm_mode", "colocate"),
         ds3_gather_for_generation=bool(getattr(training_args, "ds3_gather_for_generation", True)),
         load_in_4bit=bool(getattr(model_args, "load_in_4bit", False)),
+        use_peft=bool(getattr(model_args, "use_peft", False)),
         model_dtype=getattr(model_args, "dtype", None),
         bnb_4bit_quant_storage=getattr(model_args, "bnb_4bit_quant_storage", None),
         wandb_project=wandb_project(training_args) if reports_to_wandb(training_args) else None,
@@ -75,7 +77,8 @@ def check_launch(model_args, training_args) -> None:
     settings = launch_settings(model_args, training_args)
     if settings.device_type == "cpu":
         check_fits_cpu({"bf16": settings.bf16, "fp16": settings.fp16, "dtype": settings.model_dtype,
-                        "use_vllm": settings.use_vllm, "vllm_mode": settings.vllm_mode}, on_cpu=True)
+                        "use_peft": settings.use_peft, "use_vllm": settings.use_vllm, "vllm_mode": settings.vllm_mode},
+                       on_cpu=True)
     check_precision(settings)
     check_deepspeed(settings)
     if settings.wandb_project is not None:
@@ -124,7 +127,9 @@ def gpu_only_settings(values: dict[str, Any]) -> dict[str, tuple[str, Any]]:
         if _is_true(values.get(name)):
             found[name] = (f"`{name}: true` is {name} mixed precision, which needs a GPU", False)
     dtype = str(values.get("dtype")).removeprefix("torch.")
-    if dtype in ("bfloat16", "float16"):
+    # With LoRA (use_peft) the half-precision base weights stay frozen, and PEFT keeps the adapters it trains in
+    # float32 (get_peft_model's autocast_adapter_dtype, which TRL leaves on).
+    if dtype in ("bfloat16", "float16") and not _is_true(values.get("use_peft")):
         # Measured (tests/hub's 3.2M-parameter chat model, 3 GRPO steps at learning rate 1e-6, bf16 off): 64,038
         # weights changed when stored in bfloat16, 3,202,299 in float32. An update below half a unit in the last
         # place rounds away, and bf16 mixed precision (which keeps float32 master weights) needs a GPU.
@@ -151,9 +156,11 @@ def override_flags(overrides: dict[str, Any]) -> str:
 
 
 def runs_on_cpu(values: dict[str, Any]) -> bool:
+    if _is_true(values.get("use_cpu")):
+        return True
     import torch
 
-    return _is_true(values.get("use_cpu")) or not torch.cuda.is_available()
+    return not torch.cuda.is_available()
 
 
 def check_fits_cpu(values: dict[str, Any], on_cpu: bool | None = None) -> None:
