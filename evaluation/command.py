@@ -197,6 +197,18 @@ def eval_recipe(args, overrides: list[str]) -> dict | None:
     return None
 
 
+def check_no_split_flags(args) -> None:
+    """A recipe holds the built-in task's split settings: eval's own split flags would be ignored, so refused."""
+    from thermorl.errors import UserError
+
+    given = [flag for flag, value in (("--num-train-examples", args.num_train_examples),
+                                      ("--data-seed", args.data_seed)) if value is not None]
+    if given:
+        raise UserError(f"{' and '.join(given)}: the recipe evaluated here sets the split (num_train_examples, "
+                        "num_eval_examples, seed / dataset_seed): override those recipe fields instead, e.g. "
+                        "--num_train_examples 700 --dataset_seed 0")
+
+
 def recipe_dataset_and_verifier(values: dict, args):
     """(dataset, verifier, chat_template_kwargs) from a training recipe: the rows of --split (a built-in task: the
     rows the recipe holds out) shaped by thermorl.train.build_datasets, and the recipe's reward function (a
@@ -260,6 +272,7 @@ def eval_command(argv: list[str] | None = None) -> int:
     recipe = eval_recipe(args, overrides)
     chat_template_kwargs = {}
     if recipe is not None:
+        check_no_split_flags(args)
         dataset, verifier, chat_template_kwargs = recipe_dataset_and_verifier(recipe, args)
     else:
         try:

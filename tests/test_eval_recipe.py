@@ -100,3 +100,11 @@ def test_eval_refuses_task_with_a_recipe_and_recipe_fields_without_one(standins,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--system_prompt Hi: not an option of thermorl eval" in err
     assert "Traceback" not in err and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_eval_refuses_split_flags_a_recipe_would_override(standins, tmp_path, capsys):
+    argv = ["eval", "--model", standins["chat_model"], "--recipe", "quickstart", "--data-seed", "3",
+            "--out", str(tmp_path / "a"), *FAST]
+    assert thermorl_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--data-seed: the recipe evaluated here sets the split" in err
