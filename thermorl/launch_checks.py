@@ -1,7 +1,7 @@
 """Launch settings checked against the machine and against each other before a trainer is built.
 
-Each check raises an error (UserError, ValueError) that names the setting (recipe key or accelerate config key) and the fix, so a bad
-combination fails in seconds with a sentence instead of minutes later inside DeepSpeed or W&B.
+Each check raises an error (UserError, ValueError) that names the setting (recipe key or accelerate config key) and
+the fix, so a bad combination fails in seconds with a sentence instead of minutes later inside DeepSpeed or W&B.
 
 GPU recipes on a CPU machine: `gpu_only_settings` is the one rule for what such a run cannot honour (bf16/fp16 mixed
 precision, weights stored in bfloat16/float16, vLLM colocated with the trainer), and `cpu_overrides` the exact
