@@ -3,6 +3,15 @@
     thermorl eval --model outputs/run/checkpoint-500 --task arithmetic --temperatures 0.0:1.2:0.1 --samples 8
     thermorl eval --model outputs/quickstart   # the run's own task, on the rows its recipe held out
 
+    thermorl eval --model outputs/run --recipe qwen3-0.6b-gsm8k-sapo --split test   # prompts as in training
+
+With a recipe (--recipe RECIPE [--field value ...], or the run's own OUTPUT_DIR/thermorl_recipe.yaml when --model is
+a run folder or one of its checkpoints and --task is not given), the prompts, chat template and reward are the
+training ones: the dataset (its --split) is loaded and shaped by the functions training uses (thermorl.train
+build_datasets: dataset_config, prompt_column / prompt_template / system_prompt / answer_column), conversations are
+rendered with the recipe's chat_template_kwargs as TRL's GRPOTrainer renders them, and the recipe's reward function
+(else a built-in task's checker) scores the completions.
+
 A built-in task is evaluated on the rows its training recipe held out: `thermorl train` records the split settings
 and held-out prompts in OUTPUT_DIR/thermorl_held_out.json, found from --model (the output folder or a checkpoint in
 it); without one, the recipe defaults (num_train_examples, num_eval_examples, seed) apply.
@@ -22,7 +31,7 @@ from thermorl.console import log_to_run_folder
 from thermorl.train import HELD_OUT_FILE, find_held_out
 
 from .model_loading import check_model_path, load_policy
-from .vllm_sampling import load_engine
+from .vllm_sampling import default_dtype, load_engine
 from .pipeline import (
     DEFAULT_VOTE_ROUND_SIZE,
     RewardVerifier,
@@ -37,6 +46,7 @@ from .pipeline import (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="thermorl eval",
+        allow_abbrev=False,  # unknown --field options are recipe overrides, never abbreviations of eval's options
         description="Sample K completions per question at every temperature of a grid (one batched generate call "
         "for all temperatures) and report pass@k, maj@k, Pass@All and early-exit multi-temperature voting.",
     )
@@ -49,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         help='built-in task spec ("arithmetic", "countdown:num_numbers=4"), data file or Hub dataset; default: the '
         "task of the training run in --model (its thermorl_held_out.json)",
     )
+    parser.add_argument(
+        "--recipe", default=None,
+        help="training recipe (YAML file or built-in name; any --field value after the options overrides it) whose "
+        "dataset, prompt shaping, chat_template_kwargs and reward_funcs the evaluation uses; default: the run's "
+        "thermorl_recipe.yaml in --model, unless --task is given",
+    )
     parser.add_argument("--temperatures", default="0.0:1.2:0.1", help="start:stop:step (stop included) or a,b,c")
     parser.add_argument("--samples", type=int, default=8, help="samples K per (question, temperature)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -59,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=("hf", "vllm"), default="hf",
         help="hf: batched transformers generate; vllm: every sample in one vLLM engine call",
     )
-    parser.add_argument("--dtype", default=None, help="vllm backend: model dtype (default: vLLM's choice)")
+    parser.add_argument(
+        "--dtype", default=None,
+        help="vllm backend: model dtype (default: float32 on the CPU, where vLLM's own choice is bfloat16; vLLM's "
+        "choice on a GPU)",
+    )
     parser.add_argument(
         "--gpu-memory-utilization", type=float, default=None,
         help="vllm backend: share of accelerator (on CPU: host) memory vLLM reserves (default 0.9)",
@@ -78,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--vote-round-size", type=int, default=DEFAULT_VOTE_ROUND_SIZE, help="samples per temperature per voting round"
     )
-    parser.add_argument("--split", default="test", help="dataset split (built-in tasks: held-out rows)")
-    parser.add_argument("--prompt-column", default="prompt")
+    parser.add_argument(
+        "--split", default="test", help="dataset split, the recipe's dataset's too (built-in tasks: held-out rows)"
+    )
+    parser.add_argument("--prompt-column", default=None, help="the column holding the prompts (default: prompt)")
     parser.add_argument(
         "--data-seed", type=int, default=None,
         help="seed of a built-in task's split (the training recipe's `seed`); default: the run's, else the recipe default",
@@ -139,7 +161,7 @@ def load_dataset_and_verifier(args):
     if builtin:
         dataset = builtin_held_out(task_spec, args, record)
     else:
-        dataset = load_prompt_dataset(task_spec, split=args.split, prompt_column=args.prompt_column)
+        dataset = load_prompt_dataset(task_spec, split=args.split, prompt_column=args.prompt_column or "prompt")
         if args.num_questions is not None:
             dataset = dataset.select(range(min(args.num_questions, len(dataset))))
     if args.reward_fn is not None:
@@ -152,9 +174,81 @@ def load_dataset_and_verifier(args):
     return dataset, as_verifier(verifier, dataset.column_names)
 
 
+def eval_recipe(args, overrides: list[str]) -> dict | None:
+    """The validated recipe values the evaluation rebuilds the training prompts from: --recipe with its overrides,
+    else the saved recipe of the run --model belongs to (unless --task names other data); None without either."""
+    from thermorl.errors import UserError
+    from thermorl.recipe import resolve_recipe
+    from thermorl.run_recipe import RUN_RECIPE_FILE, read_run_recipe
+
+    if args.recipe is not None:
+        chosen = [flag for flag, value in (("--task", args.task), ("--prompt-column", args.prompt_column)) if value]
+        if chosen:
+            raise UserError(f"{' and '.join(chosen)} and --recipe both say which data to evaluate and how: the "
+                            f"recipe's dataset and prompt_column are used, so drop {' and '.join(chosen)} (or "
+                            "override the recipe's fields, e.g. --dataset FILE)")
+        return resolve_recipe(args.recipe, overrides)
+    saved = read_run_recipe(args.model) if args.task is None and args.prompt_column is None else None
+    if saved is not None:
+        return resolve_recipe(saved, overrides)
+    if overrides:
+        raise UserError(f"{' '.join(overrides)}: not an option of thermorl eval, and there is no recipe to override "
+                        f"(pass --recipe RECIPE, or a run folder holding {RUN_RECIPE_FILE} as --model without --task)")
+    return None
+
+
+def check_no_split_flags(args) -> None:
+    """A recipe holds the built-in task's split settings: eval's own split flags would be ignored, so refused."""
+    from thermorl.errors import UserError
+
+    given = [flag for flag, value in (("--num-train-examples", args.num_train_examples),
+                                      ("--data-seed", args.data_seed)) if value is not None]
+    if given:
+        raise UserError(f"{' and '.join(given)}: the recipe evaluated here sets the split (num_train_examples, "
+                        "num_eval_examples, seed / dataset_seed): override those recipe fields instead, e.g. "
+                        "--num_train_examples 700 --dataset_seed 0")
+
+
+def recipe_dataset_and_verifier(values: dict, args):
+    """(dataset, verifier, chat_template_kwargs) from a training recipe: the rows of --split (a built-in task: the
+    rows the recipe holds out) shaped by thermorl.train.build_datasets, and the recipe's reward function (a
+    built-in task without reward_funcs: the task's checker; --reward-fn wins)."""
+    from thermorl.errors import UserError
+    from thermorl.launch_checks import cpu_overrides, runs_on_cpu
+    from thermorl.recipe import load_recipe
+    from thermorl.train import build_datasets
+
+    if runs_on_cpu(values):
+        # Training-only settings (bf16, bfloat16 weights, vLLM for rollouts) that TrainingArguments refuses on the
+        # CPU; eval reads only the data, prompt and reward fields, and loads --model by its own options.
+        values = {**values, **cpu_overrides(values)}
+    _, training_args, script_args = load_recipe(values)
+    script_args.dataset_split = args.split
+    train_rows, held_out, task = build_datasets(script_args, training_args.seed)
+    dataset = held_out if task is not None else train_rows
+    if args.num_questions is not None:
+        dataset = dataset.select(range(min(args.num_questions, len(dataset))))
+    if args.reward_fn is not None:
+        verifier = RewardVerifier(resolve_reward_funcs([args.reward_fn])[0], args.correct_threshold)
+    elif script_args.reward_funcs:
+        reward_funcs = resolve_reward_funcs(script_args.reward_funcs)
+        if len(reward_funcs) > 1:
+            raise UserError(f"reward_funcs: the recipe names {len(reward_funcs)} reward functions "
+                            f"({', '.join(script_args.reward_funcs)}), and eval counts a completion correct by one: "
+                            "choose it with --reward-fn")
+        verifier = RewardVerifier(reward_funcs[0], args.correct_threshold)
+    elif task is not None:
+        verifier = TaskVerifier(task)
+    else:
+        raise UserError(f"reward_funcs: the recipe's dataset '{script_args.dataset}' is not a built-in task and the "
+                        "recipe names no reward_funcs: add them, or pass --reward-fn")
+    args.task = script_args.dataset
+    return dataset, as_verifier(verifier, dataset.column_names), dict(training_args.chat_template_kwargs or {})
+
+
 def eval_command(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, overrides = parser.parse_known_args(argv)
     vllm_flags = {"--dtype": args.dtype, "--gpu-memory-utilization": args.gpu_memory_utilization}
     vllm_only = [flag for flag, value in vllm_flags.items() if value is not None]
     if args.backend == "hf" and vllm_only:
@@ -172,12 +266,23 @@ def eval_command(argv: list[str] | None = None) -> int:
             vote_round_size=args.vote_round_size,
         )
         check_model_path(args.model)
-        dataset, verifier = load_dataset_and_verifier(args)
-    except (ValueError, FileNotFoundError, ImportError, AttributeError, TypeError) as error:
+    except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
+    # A recipe's mistakes are the recipe's: one line from the thermorl command, as `thermorl train` gives them.
+    recipe = eval_recipe(args, overrides)
+    chat_template_kwargs = {}
+    if recipe is not None:
+        check_no_split_flags(args)
+        dataset, verifier, chat_template_kwargs = recipe_dataset_and_verifier(recipe, args)
+    else:
+        try:
+            dataset, verifier = load_dataset_and_verifier(args)
+        except (ValueError, FileNotFoundError, ImportError, AttributeError, TypeError) as error:
+            parser.error(str(error))
+    dtype = (args.dtype or default_dtype()) if args.backend == "vllm" else None
     try:
         if args.backend == "vllm":
-            model = load_engine(args.model, args.dtype or "auto", args.gpu_memory_utilization or 0.9, args.seed)
+            model = load_engine(args.model, dtype, args.gpu_memory_utilization or 0.9, args.seed)
             tokenizer = model.get_tokenizer()
         else:
             model, tokenizer = load_policy(args.model)
@@ -203,8 +308,10 @@ def eval_command(argv: list[str] | None = None) -> int:
         out_dir=Path(args.out),
         progress=not args.no_progress,
         show_table=True,
-        metadata={"model": args.model, "task": args.task, "reward_fn": args.reward_fn},
+        metadata={"model": args.model, "task": args.task, "reward_fn": args.reward_fn, "recipe": recipe,
+                  "chat_template_kwargs": chat_template_kwargs, **({"dtype": dtype} if dtype else {})},
         backend=args.backend,
+        chat_template_kwargs=chat_template_kwargs,
     )
     print(f"report: {report['files']['report']}")
     return 0

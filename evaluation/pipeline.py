@@ -187,15 +187,18 @@ def evaluate(
     show_table: bool = False,
     metadata: Mapping[str, Any] | None = None,
     backend: str = "hf",
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Report dict of a multi-temperature evaluation (see report.summarize); files too if out_dir is given.
 
     backend "hf": `model` is a Hugging Face model, sampled with batched `generate` (batch_size rows per call);
-    "vllm": `model` is a vLLM `LLM` (tokenizer: its `get_tokenizer()`), every sample in one engine call.
+    "vllm": `model` is a vLLM `LLM` (tokenizer: its `get_tokenizer()`), every sample in one engine call, seeded by
+    the engine's own seed (`seed` is only recorded: see vllm_sampling.py).
 
     dataset: rows with a "prompt" (text or chat messages) and whatever the verifier reads.
     task_or_verifier: a thermorl Task, a TRL-style reward function, or None for math-verify against
-    the dataset's "answer" column. The early-exit vote is replayed on the samples drawn, in rounds of
+    the dataset's "answer" column. chat_template_kwargs: the training recipe's, for conversational prompts (rendered
+    as TRL's GRPOTrainer renders them). The early-exit vote is replayed on the samples drawn, in rounds of
     vote_round_size (at most `samples`). metadata (model, task, ...) is stored in report["config"].
     """
     temperatures = check_temperatures(temperatures)
@@ -209,10 +212,10 @@ def evaluate(
     vote_round_size = min(vote_round_size, samples)
     rows = dataset_rows(dataset)
     verifier = as_verifier(task_or_verifier, list(rows[0]))
-    prompts = [prompt_text(row["prompt"], tokenizer) for row in rows]
+    prompts = [prompt_text(row["prompt"], tokenizer, dict(chat_template_kwargs or {})) for row in rows]
 
     if backend == "vllm":
-        completions = sample_completions_vllm(model, prompts, temperatures, samples, max_new_tokens, seed=seed)
+        completions = sample_completions_vllm(model, prompts, temperatures, samples, max_new_tokens)
     elif backend == "hf":
         completions = sample_completions(
             model, tokenizer, prompts, temperatures, samples, max_new_tokens,

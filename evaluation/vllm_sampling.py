@@ -13,8 +13,16 @@ from collections.abc import Sequence
 from .sampling import Completions
 
 
+def default_dtype() -> str:
+    """float32 on the CPU, where vLLM's "auto" would run a float32 model in bfloat16; vLLM's choice on a GPU."""
+    import torch
+
+    return "auto" if torch.cuda.is_available() else "float32"
+
+
 def load_engine(model: str, dtype: str = "auto", gpu_memory_utilization: float = 0.9, seed: int = 0):
-    """A vLLM engine for evaluation (vLLM imported here: the Hugging Face backend never needs it)."""
+    """A vLLM engine for evaluation, its sampling seeded by `seed` (vLLM imported here: the Hugging Face backend
+    never needs it)."""
     try:
         from vllm import LLM
     except ImportError:
@@ -23,16 +31,17 @@ def load_engine(model: str, dtype: str = "auto", gpu_memory_utilization: float =
 
 
 def sample_completions_vllm(
-    llm, prompts: Sequence[str], temperatures: Sequence[float], samples: int, max_new_tokens: int, seed: int | None = 0
+    llm, prompts: Sequence[str], temperatures: Sequence[float], samples: int, max_new_tokens: int
 ) -> Completions:
-    """`samples` completions of every prompt at every temperature, from one `llm.generate` call."""
+    """`samples` completions of every prompt at every temperature, from one `llm.generate` call (seeded by the
+    engine's seed)."""
     from vllm import SamplingParams
 
     if samples < 1:
         raise ValueError(f"samples per temperature must be >= 1, got {samples}")
     requests, params = [], []
-    for question, prompt in enumerate(prompts):
-        for t, temperature in enumerate(temperatures):
+    for prompt in prompts:
+        for temperature in temperatures:
             requests.append(prompt)
             params.append(
                 SamplingParams(
@@ -42,8 +51,6 @@ def sample_completions_vllm(
                     top_p=1.0,
                     min_p=0.0,
                     max_tokens=max_new_tokens,
-                    # A distinct seed per request: reproducible, and no two requests share a random stream.
-                    seed=None if seed is None else seed * 1_000_003 + question * len(temperatures) + t,
                     skip_special_tokens=True,
                 )
             )

@@ -364,6 +364,35 @@ def case_eval_backends(workdir):
     print(json.dumps({"accuracy_hf_vllm_bound": accuracy}))
 
 
+def case_eval_long_prompts_cpu(workdir):
+    """`thermorl eval --backend vllm` on 100 prompts of ~70 tokens, more than vLLM's CPU prefill budget takes at
+    once: it used to crash ("CPU Generator does not use offset": vLLM rewinds a per-request seeded generator after a
+    chunked prefill). Without --dtype the engine runs float32 on the CPU (vLLM's own choice was bfloat16), and the
+    engine seed makes two runs give the same samples."""
+    import subprocess
+
+    from thermorl.models.tiny import build_tiny_model
+
+    model_dir = build_tiny_model(workdir / "tiny", seed=0)
+    rows = [{"prompt": f"Question {i}: what is the sum of the numbers {i} and {i + 3} and {2 * i} ..... say it",
+             "answer": str(3 * i + 3)} for i in range(100)]
+    assert min(len(row["prompt"]) for row in rows) >= 65  # characters = tokens for the character-level tokenizer
+    data = workdir / "questions.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    command = [str(Path(sys.executable).parent / "thermorl"), "eval", "--model", model_dir, "--task", str(data),
+               "--split", "train", "--temperatures", "0,1.0", "--samples", "2", "--max-new-tokens", "4",
+               "--backend", "vllm", "--gpu-memory-utilization", "0.2", "--no-progress"]
+    samples = []
+    for run in ("a", "b"):
+        out = workdir / run
+        result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads((out / "report.json").read_text())["config"]["dtype"] == "float32"  # given to LLM(...)
+        samples.append((out / "samples.jsonl").read_text())
+    assert samples[0] == samples[1]  # reproducible from the engine seed
+    print(json.dumps({"rows": len(rows), "samples_bytes": len(samples[0])}))
+
+
 CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
 
 if __name__ == "__main__":

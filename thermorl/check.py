@@ -16,19 +16,23 @@ WRONG_COMPLETION = "I am not sure."
 
 
 def recipe_values_for_this_machine(recipe: str, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """The recipe with its overrides; on a machine without a GPU, bf16/fp16 are switched off so the rest can be
-    resolved (TrainingArguments refuses them there), and the notes say so."""
-    import torch
-
+    """The recipe with its overrides; on the CPU (no GPU here, or `use_cpu`), its GPU-only settings (bf16/fp16,
+    bfloat16/float16 weights, colocated vLLM: launch_checks.gpu_only_settings) are replaced by the CPU overrides so
+    the rest can be resolved, and the notes give the exact override list `thermorl train` needs on this machine."""
+    from .launch_checks import cpu_overrides, gpu_only_settings, override_flags, runs_on_cpu
     from .recipe import parse_overrides, read_recipe
 
     values = {**read_recipe(recipe), **parse_overrides(argv)}
-    notes = []
-    if not torch.cuda.is_available():
-        for name in ("bf16", "fp16"):
-            if str(values.get(name, False)).lower() == "true":
-                values[name] = False
-                notes.append(f"{name}: true needs a GPU; none here, so this plan was resolved with {name} off")
+    if not runs_on_cpu(values):
+        return values, []
+    found = gpu_only_settings(values)
+    if not found:
+        return values, []
+    overrides = cpu_overrides(values)
+    notes = [f"{reason}: this plan was resolved with {override_flags({name: overrides[name]})}"
+             for name, (reason, _) in found.items()]
+    notes.append(f"to train on this machine (CPU), add: {override_flags(overrides)} (docs/gpu-recipes-on-cpu.md)")
+    values.update(overrides)
     return values, notes
 
 
@@ -108,19 +112,14 @@ def _parameter_count(config) -> str:
 
 
 def rendered_prompt(tokenizer, prompt, training_args) -> str:
-    """The prompt text the model is given: a conversation through the chat template (TRL's add_generation_prompt
-    and the recipe's chat_template_kwargs), a string as it is."""
-    from .tasks.data import is_conversational_prompt
+    """The prompt text the model is given (the rule `thermorl eval` renders prompts with too)."""
+    from .evaluation.sampling import prompt_text
 
-    if not is_conversational_prompt(prompt):
-        return prompt
-    return tokenizer.apply_chat_template(
-        prompt, tokenize=False, add_generation_prompt=True, **(training_args.chat_template_kwargs or {})
-    )
+    return prompt_text(prompt, tokenizer, training_args.chat_template_kwargs)
 
 
 def launch_summary(training_args, world_size: int) -> list[str]:
-    import importlib.util
+    from .launch_checks import vllm_installed
 
     args = training_args
     completions = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
@@ -138,8 +137,7 @@ def launch_summary(training_args, world_size: int) -> list[str]:
         + (f", temperature_schedule {args.temperature_schedule}" if args.temperature_schedule is not None else ""),
     ]
     if args.use_vllm:
-        installed = importlib.util.find_spec("vllm") is not None
-        where = "installed" if installed else "NOT installed here (pip install vllm on the GPU machine)"
+        where = "installed" if vllm_installed() else "NOT installed here (pip install vllm on the GPU machine)"
         lines.append(f"  generation: vLLM ({args.vllm_mode}, gpu_memory_utilization "
                      f"{args.vllm_gpu_memory_utilization}); vllm {where}")
     else:

@@ -22,6 +22,7 @@ commands:
 
 
 def _train(argv: list[str]) -> int:
+    from .launch_checks import check_fits_cpu
     from .launcher import launch, split_launch_args
     from .recipe import load_recipe, resolve_recipe
     from .train import train
@@ -40,6 +41,7 @@ def _train(argv: list[str]) -> int:
     if launch_options:
         return launch(argv, launch_options)
     values = resolve_recipe(argv[0], argv[1:])
+    check_fits_cpu(values)  # before TrainingArguments, whose bf16 refusal on the CPU names neither fix nor vLLM
     trainer = train(*load_recipe(values), recipe_values=values)
     if trainer is not None and trainer.accelerator.is_main_process:  # None: the resumed run was complete
         print(f"Model and checkpoints written to {trainer.args.output_dir}")
