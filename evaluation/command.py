@@ -32,6 +32,7 @@ from .pipeline import (
     evaluate,
     parse_temperatures,
 )
+from ..errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +112,7 @@ def builtin_held_out(task_spec: str, args, record: dict | None):
     try:
         dataset = load_prompt_dataset(task_spec, split="eval", n_train=n_train, n_eval=n_eval, seed=seed)
     except ValueError as error:
-        raise ValueError(
+        raise UserError(
             f"--task {task_spec}: the held-out rows are drawn apart from {n_train} training rows (seed {seed}), "
             f"and {error}. Pass the training run's output folder as --model, or --num-train-examples and "
             "--data-seed as in its recipe"
@@ -119,7 +120,7 @@ def builtin_held_out(task_spec: str, args, record: dict | None):
     recorded = record["prompts"][: len(dataset)] if same_task else None
     if recorded is not None and args.num_train_examples is None and args.data_seed is None:
         if dataset["prompt"][: len(recorded)] != recorded:
-            raise ValueError(
+            raise UserError(
                 f"the held-out rows of '{task_spec}' regenerated from the run's settings differ from the prompts "
                 f"recorded in {HELD_OUT_FILE}: the task's generator changed since that run"
             )
@@ -129,12 +130,12 @@ def builtin_held_out(task_spec: str, args, record: dict | None):
 def load_dataset_and_verifier(args):
     """(dataset, verifier) for --task, --num-questions and --reward-fn."""
     if args.num_questions is not None and args.num_questions < 1:
-        raise ValueError(f"--num-questions must be >= 1, got {args.num_questions}")
+        raise UserError(f"--num-questions must be >= 1, got {args.num_questions}")
     record_path = find_held_out(args.model)
     record = json.loads(record_path.read_text()) if record_path is not None else None
     task_spec = args.task if args.task is not None else (record or {}).get("dataset")
     if task_spec is None:
-        raise ValueError(f"--task is required: {args.model} holds no {HELD_OUT_FILE} from a training run on a built-in task")
+        raise UserError(f"--task is required: {args.model} holds no {HELD_OUT_FILE} from a training run on a built-in task")
     builtin = task_spec.partition(":")[0].strip() in TASKS
     if builtin:
         dataset = builtin_held_out(task_spec, args, record)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from ..errors import UserError
 
 CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")
 
@@ -37,7 +38,7 @@ def looks_local(path_or_name: str) -> bool:
 def check_model_path(path_or_name: str) -> None:
     """FileNotFoundError for a local-looking path that does not exist (checked before any loading)."""
     if looks_local(path_or_name) and not Path(path_or_name).expanduser().exists():
-        raise FileNotFoundError(f"model path does not exist: {path_or_name}")
+        raise UserError(f"model path does not exist: {path_or_name}")
 
 
 def resolve_model_dir(path: Path) -> Path:
@@ -46,7 +47,7 @@ def resolve_model_dir(path: Path) -> Path:
         return path
     checkpoints = [child for child in path.iterdir() if child.is_dir() and CHECKPOINT_DIR.fullmatch(child.name)]
     if not checkpoints:
-        raise ValueError(
+        raise UserError(
             f"{path} is not a model directory: it has no config.json, no adapter_config.json and no checkpoint-N "
             "subdirectory"
         )
@@ -79,7 +80,7 @@ def _load(path_or_name: str, dtype):
     check_model_path(path_or_name)
     path = Path(path_or_name).expanduser()
     if not path.is_dir():
-        raise ValueError(f"model path must be a directory, got the file {path_or_name}")
+        raise UserError(f"model path must be a directory, got the file {path_or_name}")
     model_dir = resolve_model_dir(path)
     adapter_config = model_dir / "adapter_config.json"
     if adapter_config.is_file():
@@ -93,7 +94,7 @@ def _load_adapter(adapter_dir: Path, adapter_config: dict, dtype):
 
     base_name = adapter_config.get("base_model_name_or_path")
     if not base_name:
-        raise ValueError(
+        raise UserError(
             f"{adapter_dir / 'adapter_config.json'} does not name its base model (base_model_name_or_path)"
         )
     base_model, base_tokenizer = _load(base_name, dtype)

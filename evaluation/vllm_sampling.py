@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .sampling import Completions
+from ..errors import UserError
 
 
 def load_engine(model: str, dtype: str = "auto", gpu_memory_utilization: float = 0.9, seed: int = 0):
@@ -18,7 +19,7 @@ def load_engine(model: str, dtype: str = "auto", gpu_memory_utilization: float =
     try:
         from vllm import LLM
     except ImportError:
-        raise ValueError("--backend vllm needs vLLM: pip install 'thermorl[vllm]' (CPU: see docs/ead.md)") from None
+        raise UserError("--backend vllm needs vLLM: pip install 'thermorl[vllm]' (CPU: see docs/ead.md)") from None
     return LLM(model=model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed)
 
 
@@ -29,7 +30,7 @@ def sample_completions_vllm(
     from vllm import SamplingParams
 
     if samples < 1:
-        raise ValueError(f"samples per temperature must be >= 1, got {samples}")
+        raise UserError(f"samples per temperature must be >= 1, got {samples}")
     requests, params = [], []
     for question, prompt in enumerate(prompts):
         for t, temperature in enumerate(temperatures):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from thermorl.errors import DiskFullError
+from thermorl.errors import DiskFullError, UserError
 from thermorl.run_dir import prepare_output_dir
 from thermorl.trainers import RewardFunctionError, ThermoGRPOConfig, ThermoGRPOTrainer
 from thermorl.trainers.atomic_checkpoint import clean_interrupted_saves, is_disk_full
@@ -74,7 +74,7 @@ def test_missing_local_model_path_is_named_and_hub_ids_pass(tmp_path):
     from thermorl.launch_checks import check_model_path
 
     for path in ("/abs/not/there", "./model", "../model", "~/nope-model", "outputs/run/checkpoint-3"):
-        with pytest.raises(FileNotFoundError, match="no such folder"):
+        with pytest.raises(UserError, match="no such folder"):
             check_model_path(path)
     for ok in ("Qwen/Qwen3-0.6B", "gpt2", str(tmp_path)):
         check_model_path(ok)

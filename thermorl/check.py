@@ -10,6 +10,7 @@ folders; hub names need the network (or the Hugging Face cache).
 from __future__ import annotations
 
 from typing import Any
+from .errors import UserError
 
 PROMPTS_SHOWN = 2
 WRONG_COMPLETION = "I am not sure."
@@ -62,10 +63,10 @@ def call_rewards(reward_funcs, row: dict[str, Any], completions: list[str]) -> d
                 trainer_state=None, log_extra=lambda *a, **k: None, log_metric=lambda *a, **k: None, **columns,
             )
         except Exception as error:  # a user's reward function: report it as the recipe's mistake, with its name
-            raise ValueError(f"reward_funcs: '{name}' raised {type(error).__name__}: {error} on a sample "
+            raise UserError(f"reward_funcs: '{name}' raised {type(error).__name__}: {error} on a sample "
                              f"completion (columns passed: {sorted(columns)})") from error
         if rewards is None or len(rewards) != n:
-            raise ValueError(f"reward_funcs: '{name}' returned {rewards!r} for {n} completions; it must return a "
+            raise UserError(f"reward_funcs: '{name}' returned {rewards!r} for {n} completions; it must return a "
                              "list with one float (or None) per completion")
         results[name] = list(rewards)
     return results
@@ -164,7 +165,7 @@ def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
     values, notes = recipe_values_for_this_machine(recipe, argv or [])
     model_args, training_args, script_args = load_recipe(values)
     if model_args.model_name_or_path is None:
-        raise ValueError("The recipe needs model_name_or_path (a local folder, a hub name, or 'thermorl:tiny').")
+        raise UserError("The recipe needs model_name_or_path (a local folder, a hub name, or 'thermorl:tiny').")
     check_launch(model_args, training_args)
     if model_args.model_name_or_path == TINY_MODEL_NAME:
         check_tiny_model_fits(script_args)

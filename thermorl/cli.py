@@ -7,6 +7,8 @@ import os
 import sys
 import time
 
+from .errors import UserError
+
 USAGE = """thermorl <command> [...]
 
 commands:
@@ -35,7 +37,7 @@ def _train(argv: list[str]) -> int:
         return 0 if argv else 2
     argv, launch_options = split_launch_args(argv)
     if not argv or argv[0].startswith("-"):
-        raise ValueError("thermorl train needs a RECIPE (a YAML file or a built-in name) first: thermorl train RECIPE "
+        raise UserError("thermorl train needs a RECIPE (a YAML file or a built-in name) first: thermorl train RECIPE "
                          "[--field value ...]")
     if launch_options:
         return launch(argv, launch_options)

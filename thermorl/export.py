@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from .console import log_to_run_folder
+from .errors import UserError
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -27,15 +28,15 @@ def export_merged(checkpoint: str | Path, out: str | Path, base_model: str | Non
     checkpoint, out = Path(checkpoint), Path(out)
     config_path = checkpoint / ADAPTER_CONFIG
     if not config_path.is_file():
-        raise FileNotFoundError(
+        raise UserError(
             f"{checkpoint} has no {ADAPTER_CONFIG}: not a LoRA/PEFT checkpoint (a full-model checkpoint needs no "
             "merging; load it directly)."
         )
     base = base_model or json.loads(config_path.read_text()).get("base_model_name_or_path")
     if not base:
-        raise ValueError(f"{config_path} does not name its base model; pass --base MODEL.")
+        raise UserError(f"{config_path} does not name its base model; pass --base MODEL.")
     if out.resolve() == checkpoint.resolve():
-        raise ValueError(f"--out must differ from --checkpoint ({checkpoint}): the adapter would be overwritten.")
+        raise UserError(f"--out must differ from --checkpoint ({checkpoint}): the adapter would be overwritten.")
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
     merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from .errors import UserError
 
 
 @dataclass
@@ -89,7 +90,7 @@ def recipe_dataclasses(trainer: str = "grpo") -> tuple[type, ...]:
 
     configs = {"grpo": ThermoGRPOConfig, "adpo": ThermoADPOConfig}
     if trainer not in configs:
-        raise ValueError(f"'trainer' must be one of {list(configs)}, got {trainer!r}.")
+        raise UserError(f"'trainer' must be one of {list(configs)}, got {trainer!r}.")
     return (ModelConfig, configs[trainer], ThermoScriptArguments)
 
 
@@ -98,7 +99,7 @@ def builtin_recipe_path(name: str) -> Path:
     filename = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
     path = resources.files("thermorl.recipes") / filename
     if not path.is_file():
-        raise FileNotFoundError(f"No recipe file or built-in recipe named '{name}'. Built-in: {', '.join(list_builtin_recipes())}.")
+        raise UserError(f"No recipe file or built-in recipe named '{name}'. Built-in: {', '.join(list_builtin_recipes())}.")
     return Path(str(path))
 
 
@@ -113,11 +114,11 @@ def read_recipe(recipe: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"Recipe {path} is not valid YAML: {_yaml_problem(error)}.") from None
+        raise UserError(f"Recipe {path} is not valid YAML: {_yaml_problem(error)}.") from None
     if data is None:
-        raise ValueError(f"Recipe {path} is empty: it needs at least `model_name_or_path` (see `thermorl list`).")
+        raise UserError(f"Recipe {path} is empty: it needs at least `model_name_or_path` (see `thermorl list`).")
     if not isinstance(data, dict):
-        raise ValueError(f"Recipe {path} must be a mapping of field names to values, got {type(data).__name__}.")
+        raise UserError(f"Recipe {path} must be a mapping of field names to values, got {type(data).__name__}.")
     return data
 
 
@@ -146,11 +147,11 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
     while i < len(argv):
         token = argv[i]
         if not token.startswith("--"):
-            raise ValueError(f"Expected '--field value' after the recipe, got '{token}'.")
+            raise UserError(f"Expected '--field value' after the recipe, got '{token}'.")
         key, eq, value = token[2:].partition("=")
         if not eq:
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise ValueError(f"Override '--{key}' has no value.")
+                raise UserError(f"Override '--{key}' has no value.")
             value = argv[i + 1]
             i += 1
         if value.strip().startswith(("[", "{")) or value.strip() in ("null", "~"):
@@ -175,10 +176,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 return _coerce(key, value, option)
             except ValueError as error:
                 errors.append(str(error))
-        raise ValueError(errors[0] if errors else f"'{key}' cannot be None.")
+        raise UserError(errors[0] if errors else f"'{key}' cannot be None.")
     if origin is typing.Literal:
         if value not in typing.get_args(annotation):
-            raise ValueError(f"'{key}' must be one of {list(typing.get_args(annotation))}, got {value!r}.")
+            raise UserError(f"'{key}' must be one of {list(typing.get_args(annotation))}, got {value!r}.")
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
@@ -186,12 +187,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         elif not isinstance(value, list | tuple):
             value = [value] if not isinstance(value, dict) else value
         if not isinstance(value, list | tuple):
-            raise ValueError(f"'{key}' expects a list, got {value!r}.")
+            raise UserError(f"'{key}' expects a list, got {value!r}.")
         args = typing.get_args(annotation)
         return [_coerce(key, v, args[0]) for v in value] if args else list(value)
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"'{key}' expects a mapping, got {value!r}.")
+            raise UserError(f"'{key}' expects a mapping, got {value!r}.")
         return value
     if annotation is Any or isinstance(annotation, typing.TypeVar):
         return value
@@ -200,32 +201,32 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise ValueError(f"'{key}' expects true/false, got {value!r}.")
+        raise UserError(f"'{key}' expects true/false, got {value!r}.")
     if annotation is float:
         if isinstance(value, bool):
-            raise ValueError(f"'{key}' expects a number, got {value!r}.")
+            raise UserError(f"'{key}' expects a number, got {value!r}.")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"'{key}' expects a number, got {value!r}.") from None
+            raise UserError(f"'{key}' expects a number, got {value!r}.") from None
     if annotation is int:
         if isinstance(value, str):
             try:
                 value = float(value) if any(c in value for c in ".eE") else int(value)
             except ValueError:
-                raise ValueError(f"'{key}' expects an integer, got {value!r}.") from None
+                raise UserError(f"'{key}' expects an integer, got {value!r}.") from None
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ValueError(f"'{key}' expects an integer, got {value!r}.")
+            raise UserError(f"'{key}' expects an integer, got {value!r}.")
         return int(value)
     if annotation is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ValueError(f"'{key}' expects a string, got {value!r}.")
+            raise UserError(f"'{key}' expects a string, got {value!r}.")
         return str(value)
     if isinstance(annotation, type) and issubclass(annotation, __import__("enum").Enum):
         try:
             return annotation(value)
         except ValueError:
-            raise ValueError(f"'{key}' must be one of {[e.value for e in annotation]}, got {value!r}.") from None
+            raise UserError(f"'{key}' must be one of {[e.value for e in annotation]}, got {value!r}.") from None
     return value
 
 
@@ -242,7 +243,7 @@ def validate(values: dict[str, Any], dataclass_types: tuple[type, ...]) -> dict[
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=3)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ValueError(f"Unknown recipe key '{key}'.{hint}")
+            raise UserError(f"Unknown recipe key '{key}'.{hint}")
         checked[key] = _coerce(key, value, fields[key])
     return checked
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .trainers.atomic_checkpoint import clean_interrupted_saves
+from .errors import UserError
 
 
 def checkpoints_in(output_dir: str | os.PathLike) -> list[Path]:
@@ -46,7 +47,7 @@ def check_writable(output_dir: str | os.PathLike) -> None:
             os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".thermorl-probe-"))
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise ValueError(f"output_dir '{output_dir}' cannot be written to ({reason}): choose another output_dir.") from None
+        raise UserError(f"output_dir '{output_dir}' cannot be written to ({reason}): choose another output_dir.") from None
 
 
 def resolve_resume(training_args) -> str | None:
@@ -57,13 +58,13 @@ def resolve_resume(training_args) -> str | None:
     if requested == "latest":
         checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
         if checkpoint is None:
-            raise ValueError(
+            raise UserError(
                 f"resume_from_checkpoint: latest, but output_dir '{output_dir}' holds no checkpoint-N folder to resume "
                 "from: remove resume_from_checkpoint to start a new run."
             )
         return checkpoint
     if not Path(requested).is_dir():
-        raise FileNotFoundError(f"resume_from_checkpoint: '{requested}' is not a folder (a checkpoint-N folder or 'latest').")
+        raise UserError(f"resume_from_checkpoint: '{requested}' is not a folder (a checkpoint-N folder or 'latest').")
     return str(requested)
 
 
@@ -78,7 +79,7 @@ def prepare_output_dir(training_args, overwrite: bool = False) -> str | None:
     if resume_from is None and existing:
         if not overwrite:
             names = ", ".join(p.name for p in existing[-3:])
-            raise ValueError(
+            raise UserError(
                 f"output_dir '{output_dir}' already holds another run's checkpoints ({names}): resume it with "
                 "`resume_from_checkpoint: latest`, choose another output_dir, or set `overwrite_output_dir: true` "
                 "to replace them."

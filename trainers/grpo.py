@@ -21,6 +21,7 @@ from .metrics import log_mean_metrics
 from .reward_guard import guard_reward_funcs
 from .trl_loss import check_no_trl_loss_fields, policy_loss_from_trl
 from .variance_aware import VarianceAwareSamplingArguments, VarianceAwareSamplingMixin
+from ..errors import UserError
 
 # Inputs TRL's forward pass may need besides ids and masks (vision-language models).
 _FORWARD_KEYS = (
@@ -65,13 +66,13 @@ class ThermoGRPOConfig(AnnealedRolloutArguments, VarianceAwareSamplingArguments,
         self.policy_loss_kwargs = dict(self.policy_loss_kwargs or {})
         if self.policy_loss is None:
             if self.policy_loss_kwargs:
-                raise ValueError("policy_loss_kwargs is set but policy_loss is not: name the loss they belong to.")
+                raise UserError("policy_loss_kwargs is set but policy_loss is not: name the loss they belong to.")
             policy_loss_from_trl(self)  # refuses unsupported or invalid TRL loss settings now, not at step 1
         else:
             get_loss(self.policy_loss)
             check_no_trl_loss_fields(self)
             if "beta" in self.policy_loss_kwargs:  # the trainer passes its own beta: two values would collide
-                raise ValueError(
+                raise UserError(
                     "policy_loss_kwargs sets 'beta': the KL coefficient is TRL's field beta (it also loads the "
                     "reference model); set beta instead."
                 )
