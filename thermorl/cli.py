@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+import traceback
 
 from .errors import UserError
 
@@ -124,7 +125,6 @@ def _split_global_flags(argv: list[str]) -> tuple[list[str], set[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     from . import console, threads
-    from .errors import UserError
 
     argv, flags = _split_global_flags(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in flags or os.environ.get("THERMORL_DEBUG", "0") not in ("", "0")
@@ -142,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     console.configure(verbose=verbose)
     try:
         return command(argv[1:])
-    except (ValueError, FileNotFoundError, UserError) as error:
+    except UserError as error:
+        # Only the project's user-error type: any other exception is a bug and keeps its traceback and exit code 1.
         if debug:
-            raise
-        report_user_error(f"thermorl {argv[0]}: error: {' '.join(str(error).split())} (--debug shows the traceback)")
+            traceback.print_exc()
+        hint = "" if debug else " (--debug shows the traceback)"
+        report_user_error(f"thermorl {argv[0]}: error: {' '.join(str(error).split())}{hint}")
         return 2
 
 

@@ -111,15 +111,20 @@ def read_recipe(recipe: str | Path) -> dict[str, Any]:
     path = Path(recipe)
     if not path.is_file():
         path = builtin_recipe_path(str(recipe))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UserError(f"Recipe {path} is not valid YAML: {_yaml_problem(error)}.") from None
+    data = read_yaml(path, "Recipe")
     if data is None:
         raise UserError(f"Recipe {path} is empty: it needs at least `model_name_or_path` (see `thermorl list`).")
     if not isinstance(data, dict):
         raise UserError(f"Recipe {path} must be a mapping of field names to values, got {type(data).__name__}.")
     return data
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The data of a YAML file (a recipe, bench's arms file); a syntax error or a tag is one line naming its place."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"{what} {path} is not valid YAML: {_yaml_problem(error)}.") from None
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -129,7 +134,7 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 
     problem = " ".join((getattr(error, "problem", None) or str(error)).split())
     if isinstance(error, yaml.constructor.ConstructorError):
-        problem += " (a recipe is plain YAML data: tags such as !!python/... are not allowed)"
+        problem += " (only plain YAML data: tags such as !!python/... are not allowed)"
     mark, context, context_mark = (getattr(error, name, None) for name in ("problem_mark", "context", "context_mark"))
     if context and context_mark is not None:
         return f"{at(context_mark)} ({context}): {problem}" + (f" at {at(mark)}" if mark is not None else "")
@@ -140,8 +145,10 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
     """['--learning_rate', '1e-5', '--bf16=false'] -> {'learning_rate': '1e-5', 'bf16': 'false'}.
 
     Values stay text (the field's type converts them, so `--save_strategy no` stays the string "no"), except
-    YAML flow collections (`[a, b]`, `{k: v}`) and `null`.
+    YAML flow collections (`[a, b]`, `{k: v}`) for a field that takes a list or a mapping, and `null` / `~` for a
+    field that may be None: a `--prompt_template '{question} ...'` stays the text it is.
     """
+    fields = _recipe_fields(recipe_dataclasses("grpo") + recipe_dataclasses("adpo"))
     overrides: dict[str, Any] = {}
     i = 0
     while i < len(argv):
@@ -154,11 +161,26 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
                 raise UserError(f"Override '--{key}' has no value.")
             value = argv[i + 1]
             i += 1
-        if value.strip().startswith(("[", "{")) or value.strip() in ("null", "~"):
-            value = yaml.safe_load(value)
-        overrides[key.replace("-", "_")] = value
+        key = key.replace("-", "_")
+        overrides[key] = _override_value(key, value, fields.get(key, str))  # an unknown key keeps its text: validate names it
         i += 1
     return overrides
+
+
+def _override_value(key: str, text: str, annotation: Any) -> Any:
+    """The value of `--key text` for a field of type `annotation`."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    takes_collection = any(option is Any or option in (list, tuple, dict) or typing.get_origin(option) in (list, tuple, dict)
+                           for option in options)
+    stripped = text.strip()
+    if stripped in ("null", "~") and (type(None) in options or Any in options):
+        return None
+    if stripped.startswith(("[", "{")) and takes_collection:
+        try:
+            return yaml.safe_load(stripped)
+        except yaml.YAMLError as error:
+            raise UserError(f"--{key} {text!r} is not a valid YAML list or mapping: {_yaml_problem(error)}.") from None
+    return text
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -230,14 +252,20 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def validate(values: dict[str, Any], dataclass_types: tuple[type, ...]) -> dict[str, Any]:
-    """Reject unknown keys (with the closest valid names) and values of the wrong type."""
+def _recipe_fields(dataclass_types: tuple[type, ...]) -> dict[str, Any]:
+    """Field name -> type annotation, over the dataclasses (the first one to declare a name wins)."""
     fields: dict[str, Any] = {}
     for cls in dataclass_types:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.init:
                 fields.setdefault(f.name, hints.get(f.name, Any))
+    return fields
+
+
+def validate(values: dict[str, Any], dataclass_types: tuple[type, ...]) -> dict[str, Any]:
+    """Reject unknown keys (with the closest valid names) and values of the wrong type."""
+    fields = _recipe_fields(dataclass_types)
     checked = {}
     for key, value in values.items():
         if key not in fields:
@@ -266,4 +294,11 @@ def load_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | dict
 
     values = resolve_recipe(recipe, overrides)
     dataclass_types = recipe_dataclasses(values.get("trainer", "grpo"))
-    return HfArgumentParser(dataclass_types).parse_dict(values, allow_extra_keys=False)
+    try:
+        return HfArgumentParser(dataclass_types).parse_dict(values, allow_extra_keys=False)
+    except UserError:
+        raise
+    except ValueError as error:
+        # TRL's and transformers' own checks of the values (e.g. generation_batch_size not divisible by
+        # num_generations) report the recipe's mistake as a ValueError.
+        raise UserError(f"recipe: {error}") from error

@@ -61,6 +61,18 @@ class ThermoGRPOConfig(AnnealedRolloutArguments, VarianceAwareSamplingArguments,
 
     def __post_init__(self):
         super().__post_init__()
+        # transformers would refuse these at the first generation, naming its own fields (do_sample, max_new_tokens).
+        if not self.temperature > 0:
+            raise UserError(
+                f"temperature: must be > 0, got {self.temperature}: GRPO learns from sampled rollouts (greedy ones "
+                "give a group identical completions and no advantage); for near-greedy rollouts use a small "
+                "temperature such as 0.1."
+            )
+        if self.max_completion_length is not None and self.max_completion_length < 1:
+            raise UserError(
+                f"max_completion_length: must be >= 1 (the most tokens a completion may have), got "
+                f"{self.max_completion_length}."
+            )
         if isinstance(self.policy_loss_kwargs, str):
             self.policy_loss_kwargs = json.loads(self.policy_loss_kwargs)
         self.policy_loss_kwargs = dict(self.policy_loss_kwargs or {})
