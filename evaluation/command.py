@@ -32,7 +32,7 @@ from .pipeline import (
     evaluate,
     parse_temperatures,
 )
-from ..errors import UserError
+from ..errors import UserError, refusing_remote_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="vllm backend: share of accelerator (on CPU: host) memory vLLM reserves (default 0.9)",
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="run the Python code the model folder ships (its config's auto_map); only for code you have read",
+    )
     parser.add_argument("--out", default="outputs/eval", help="directory for report.json, questions.csv, plots")
     parser.add_argument(
         "--num-questions", type=int, default=None,
@@ -177,11 +181,13 @@ def eval_command(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ImportError, AttributeError, TypeError) as error:
         parser.error(str(error))
     try:
-        if args.backend == "vllm":
-            model = load_engine(args.model, args.dtype or "auto", args.gpu_memory_utilization or 0.9, args.seed)
-            tokenizer = model.get_tokenizer()
-        else:
-            model, tokenizer = load_policy(args.model)
+        with refusing_remote_code(args.model, "pass --trust-remote-code, after reading that code"):
+            if args.backend == "vllm":
+                model = load_engine(args.model, args.dtype or "auto", args.gpu_memory_utilization or 0.9, args.seed,
+                                    args.trust_remote_code)
+                tokenizer = model.get_tokenizer()
+            else:
+                model, tokenizer = load_policy(args.model, trust_remote_code=args.trust_remote_code)
     except (ValueError, OSError) as error:
         parser.error(f"cannot load model {args.model!r}: {error}")
     try:

@@ -14,13 +14,15 @@ from .sampling import Completions
 from ..errors import UserError
 
 
-def load_engine(model: str, dtype: str = "auto", gpu_memory_utilization: float = 0.9, seed: int = 0):
+def load_engine(model: str, dtype: str = "auto", gpu_memory_utilization: float = 0.9, seed: int = 0,
+                trust_remote_code: bool = False):
     """A vLLM engine for evaluation (vLLM imported here: the Hugging Face backend never needs it)."""
     try:
         from vllm import LLM
     except ImportError:
         raise UserError("--backend vllm needs vLLM: pip install 'thermorl[vllm]' (CPU: see docs/ead.md)") from None
-    return LLM(model=model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed)
+    return LLM(model=model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+               trust_remote_code=trust_remote_code)
 
 
 def sample_completions_vllm(

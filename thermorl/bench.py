@@ -37,10 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .recipe import parse_overrides, read_recipe
-from .errors import UserError
+from .recipe import parse_overrides, read_recipe, read_yaml
+from .errors import UserError, refusing_remote_code
 
 RESULT_FORMAT = 1
 EVALUATION_DEFAULTS = {"samples": 8, "every": 50, "batch_size": 256, "seed": 0, "temperatures": None,
@@ -66,7 +64,7 @@ def load_arms(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"arms file not found: {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = read_yaml(path, "arms file") or {}
     if not isinstance(spec, dict):
         raise UserError(f"arms file {path}: must be a mapping with keys {sorted(ARMS_KEYS)}")
     unknown = sorted(set(spec) - ARMS_KEYS)
@@ -289,7 +287,7 @@ def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path, cached_
 
     from .evaluation import load_policy
     from .recipe import load_recipe
-    from .train import build_datasets, resolve_model_path
+    from .train import ALLOW_REMOTE_CODE, build_datasets, resolve_model_path
 
     torch.set_num_threads(1)
     model_args, training_args, script_args = load_recipe(plan["recipe"])
@@ -297,7 +295,9 @@ def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path, cached_
     if task is None:
         raise UserError("bench needs a built-in task as the recipe's dataset: it scores held-out prompts with its verifier")
     model_path = resolve_model_path(model_args.model_name_or_path, script_args, held_out)
-    model, tokenizer = load_policy(model_path, device="cpu", dtype="float32")
+    with refusing_remote_code(model_path, ALLOW_REMOTE_CODE):
+        model, tokenizer = load_policy(model_path, device="cpu", dtype="float32",
+                                       trust_remote_code=training_args.trust_remote_code)
     evaluation = spec["evaluation"]
     scores, grid = held_out_scores(model, tokenizer, [dict(row) for row in held_out], task, evaluation,
                                    evaluation["samples"], training_args.max_completion_length)

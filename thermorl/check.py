@@ -72,18 +72,22 @@ def call_rewards(reward_funcs, row: dict[str, Any], completions: list[str]) -> d
     return results
 
 
-def model_summary(model_args, tokenizer) -> list[str]:
+def model_summary(model_args, tokenizer, trust_remote_code: bool) -> list[str]:
     from transformers import AutoConfig
 
+    from .errors import refusing_remote_code
     from .models.tiny import TINY_CONFIG
     from .models.warmup import TINY_MODEL_NAME
+    from .train import ALLOW_REMOTE_CODE
 
     name = model_args.model_name_or_path
     if name == TINY_MODEL_NAME:
         layers = TINY_CONFIG["num_hidden_layers"]
         size = f"tiny character-level Qwen2 ({layers} layers), warmed up on the task at train time"
     else:
-        config = AutoConfig.from_pretrained(name, revision=model_args.model_revision)
+        with refusing_remote_code(name, ALLOW_REMOTE_CODE):
+            config = AutoConfig.from_pretrained(name, revision=model_args.model_revision,
+                                                trust_remote_code=trust_remote_code)
         size = f"{config.model_type}, {_parameter_count(config)}, {getattr(config, 'num_hidden_layers', '?')} layers"
     template = "yes" if getattr(tokenizer, "chat_template", None) else "none"
     return [
@@ -172,10 +176,10 @@ def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
     train, held_out, task = build_datasets(script_args, training_args.seed)
     check_dataset_size(train, training_args)
     reward_funcs = recipe_reward_funcs(script_args, task)
-    tokenizer = load_tokenizer(model_args)
+    tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
     check_chat_template(tokenizer, model_args.model_name_or_path, train)
 
-    lines = [f"recipe: {recipe}", *model_summary(model_args, tokenizer)]
+    lines = [f"recipe: {recipe}", *model_summary(model_args, tokenizer, training_args.trust_remote_code)]
     source = script_args.dataset + (f" (config {script_args.dataset_config})" if script_args.dataset_config else "")
     kind = "conversational (chat template applies)" if is_conversational_prompt(train[0]["prompt"]) else "plain text"
     lines.append(f"dataset: {source}, split {script_args.dataset_split}: {len(train)} rows, columns "

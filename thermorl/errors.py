@@ -6,6 +6,9 @@ reports the mistake as a ValueError (TRL's config checks, datasets' file readers
 UserError at that boundary.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class UserError(ValueError):
     """Something the user must fix; its message names the field, file or function and what is wrong.
@@ -16,3 +19,17 @@ class UserError(ValueError):
 
 class DiskFullError(UserError, OSError):
     """A checkpoint could not be written because the disk is full; the message names the newest complete one."""
+
+
+@contextmanager
+def refusing_remote_code(model: str, how_to_allow: str) -> Iterator[None]:
+    """transformers' refusal to run the Python code a model folder ships (its config's `auto_map`), asked with
+    trust_remote_code=False, as one line saying how to allow it. (With trust_remote_code unset, transformers asks
+    "[y/N]" on a terminal instead, and `y` runs the code: every load passes it explicitly.)"""
+    try:
+        yield
+    except ValueError as error:
+        if isinstance(error, UserError) or "trust_remote_code=True" not in str(error):
+            raise
+        raise UserError(f"model {model!r} ships its own Python code (auto_map in its config.json), which is not run "
+                        f"unless you trust it: {how_to_allow}.") from None

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from .models.warmup import TINY_MODEL_NAME
-from .errors import UserError
+from .errors import UserError, refusing_remote_code
 
 HELD_OUT_FILE = "thermorl_held_out.json"
+# How a recipe lets a model folder's own Python code run (transformers' trust_remote_code; off by default).
+ALLOW_REMOTE_CODE = "set `trust_remote_code: true` in the recipe, after reading that code"
 
 
 def resolve_model_path(model_name_or_path: str, script_args, held_out=None) -> str:
@@ -86,8 +88,9 @@ def check_dataset_size(train, training_args) -> None:
         )
 
 
-def load_tokenizer(model_args):
-    """The recipe model's tokenizer (the tiny model's own for `thermorl:tiny`), without loading the model."""
+def load_tokenizer(model_args, trust_remote_code: bool = False):
+    """The recipe model's tokenizer (the tiny model's own for `thermorl:tiny`), without loading the model; the
+    model folder's own code runs only with `trust_remote_code` (the recipe's field)."""
     from transformers import AutoTokenizer
 
     from .models.tiny import build_char_tokenizer
@@ -95,7 +98,9 @@ def load_tokenizer(model_args):
     if model_args.model_name_or_path == TINY_MODEL_NAME:
         return build_char_tokenizer()
     try:
-        return AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+        with refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
+            return AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                                 trust_remote_code=trust_remote_code)
     except OSError as error:  # not a local folder, and not on the Hub (or the Hub cannot be reached)
         message = " ".join(str(error).split())  # one line
         raise UserError(f"model_name_or_path '{model_args.model_name_or_path}': {message}") from None
@@ -175,15 +180,16 @@ def build_trainer(model_args, training_args, script_args, callbacks: list | None
         **_model_init_kwargs(model_args),
     }
     if model_args.model_name_or_path != TINY_MODEL_NAME:
-        check_chat_template(load_tokenizer(model_args), model_args.model_name_or_path, train)
-    return ThermoGRPOTrainer(
-        model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train,
-        peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
-    )
+        check_chat_template(load_tokenizer(model_args, training_args.trust_remote_code), model_args.model_name_or_path, train)
+    with refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
+        return ThermoGRPOTrainer(
+            model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
+            reward_funcs=reward_funcs,
+            args=training_args,
+            train_dataset=train,
+            peft_config=get_peft_config(model_args),
+            callbacks=callbacks,
+        )
 
 
 def build_adpo_trainer(model_args, training_args, script_args, callbacks: list | None = None):
@@ -198,19 +204,20 @@ def build_adpo_trainer(model_args, training_args, script_args, callbacks: list |
     if task is not None:
         train = preference_pairs_from_task(task, train, seed=training_args.seed)
     training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), **_model_init_kwargs(model_args)}
-    return ThermoADPOTrainer(
-        model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
-        args=training_args,
-        train_dataset=train,
-        peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
-    )
+    with refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
+        return ThermoADPOTrainer(
+            model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
+            args=training_args,
+            train_dataset=train,
+            peft_config=get_peft_config(model_args),
+            callbacks=callbacks,
+        )
 
 
 def _model_init_kwargs(model_args) -> dict[str, Any]:
     from trl import get_quantization_config
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}  # TRL adds the recipe's trust_remote_code (GRPOConfig / DPOConfig field)
     quantization = get_quantization_config(model_args)  # load_in_4bit / load_in_8bit (QLoRA)
     if quantization is not None:
         kwargs["quantization_config"] = quantization
