@@ -23,6 +23,8 @@ from pathlib import Path
 
 import datasets
 from datasets import Dataset, get_dataset_config_names, load_dataset
+from datasets.exceptions import DatasetGenerationError
+from pyarrow.lib import ArrowException
 
 from .registry import TASKS, task_from_spec
 from ..errors import UserError
@@ -68,7 +70,12 @@ def _load_file(source: str, split: str) -> Dataset:
         raise UserError(f"dataset file not found: {source}")
     if not path.read_bytes().strip():
         raise UserError(f"dataset file {source} is empty: it needs one row per prompt")
-    return load_dataset(LOCAL_BUILDERS[path.suffix.lower()], data_files={split: str(path)}, split=split)
+    try:
+        return load_dataset(LOCAL_BUILDERS[path.suffix.lower()], data_files={split: str(path)}, split=split)
+    except (DatasetGenerationError, ArrowException, ValueError) as error:
+        # datasets wraps the reader's own message (the row or byte that is wrong) in a generic one.
+        cause = error.__cause__ or error
+        raise UserError(f"dataset file {source} cannot be read: {type(cause).__name__}: {cause}") from error
 
 
 def local_folder_cache_dir(folder: Path) -> str:

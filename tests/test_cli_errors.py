@@ -161,3 +161,11 @@ def test_eval_does_not_run_model_code_without_its_flag(tmp_path, custom_code_mod
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "ships its own Python code" in result.stderr and "--trust-remote-code" in result.stderr
     assert not marker.exists()
+
+
+# Item 12: datasets' error on a malformed data file is the user's (converted where the file enters datasets).
+def test_malformed_data_file_is_one_line(recipe_for, tmp_path):
+    data = tmp_path / "broken.csv"
+    data.write_text('prompt,answer\n"1+1=,2\n')
+    result = thermorl("check", recipe_for(dataset=str(data), reward_funcs=["math_verify"]))
+    assert_user_error(result, f"dataset file {data} cannot be read", "EOF inside string")
