@@ -53,10 +53,16 @@ def test_sampling_settings_name_the_recipe_field(recipe_for, tmp_path, command, 
     assert snapshot(written) == before
 
 
-# Item 12: TRL's own checks of the recipe's values stay one line.
-def test_trl_config_check_is_one_line(recipe_for):
-    assert_user_error(thermorl("check", recipe_for(), "--num_generations", "3"),
-                      "generation_batch_size (8) must be divisible by num_generations (3)")
+# Item 12: TRL's own checks of the recipe's values (its config's, its trainer's) stay one line.
+@pytest.mark.parametrize(
+    ("command", "override", "fragment"),
+    [
+        ("check", ["--num_generations", "3"], "generation_batch_size (8) must be divisible by num_generations (3)"),
+        ("train", ["--sync_ref_model", "true", "--beta", "0"], "`sync_ref_model=True` while `beta=0.0`"),
+    ],
+)
+def test_trl_checks_of_the_recipe_are_one_line(recipe_for, command, override, fragment):
+    assert_user_error(thermorl(command, recipe_for(), *override), "error: recipe: ", fragment)
 
 
 # Item 12: bench's arms file is read like a recipe: a YAML mistake is one line naming its place; no tag runs.

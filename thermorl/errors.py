@@ -33,3 +33,15 @@ def refusing_remote_code(model: str, how_to_allow: str) -> Iterator[None]:
             raise
         raise UserError(f"model {model!r} ships its own Python code (auto_map in its config.json), which is not run "
                         f"unless you trust it: {how_to_allow}.") from None
+
+
+@contextmanager
+def refused_by_library(what: str) -> Iterator[None]:
+    """A ValueError from TRL or transformers while they check the user's settings (a config's __post_init__, a
+    trainer's __init__) reports the user's mistake: re-raised as the UserError "`what`: its message"."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as error:
+        raise UserError(f"{what}: {error}") from error

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from .errors import UserError
+from .errors import UserError, refused_by_library
 
 
 @dataclass
@@ -294,11 +294,6 @@ def load_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | dict
 
     values = resolve_recipe(recipe, overrides)
     dataclass_types = recipe_dataclasses(values.get("trainer", "grpo"))
-    try:
+    # TRL's and transformers' own checks, e.g. generation_batch_size not divisible by num_generations.
+    with refused_by_library("recipe"):
         return HfArgumentParser(dataclass_types).parse_dict(values, allow_extra_keys=False)
-    except UserError:
-        raise
-    except ValueError as error:
-        # TRL's and transformers' own checks of the values (e.g. generation_batch_size not divisible by
-        # num_generations) report the recipe's mistake as a ValueError.
-        raise UserError(f"recipe: {error}") from error

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .models.warmup import TINY_MODEL_NAME
-from .errors import UserError, refusing_remote_code
+from .errors import UserError, refused_by_library, refusing_remote_code
 
 HELD_OUT_FILE = "thermorl_held_out.json"
 # How a recipe lets a model folder's own Python code run (transformers' trust_remote_code; off by default).
@@ -180,8 +180,10 @@ def build_trainer(model_args, training_args, script_args, callbacks: list | None
         **_model_init_kwargs(model_args),
     }
     if model_args.model_name_or_path != TINY_MODEL_NAME:
-        check_chat_template(load_tokenizer(model_args, training_args.trust_remote_code), model_args.model_name_or_path, train)
-    with refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
+        tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
+        check_chat_template(tokenizer, model_args.model_name_or_path, train)
+    # The trainers' own checks of the settings (TRL's, e.g. sync_ref_model with beta 0) are the recipe's.
+    with refused_by_library("recipe"), refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
         return ThermoGRPOTrainer(
             model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
             reward_funcs=reward_funcs,
@@ -204,7 +206,8 @@ def build_adpo_trainer(model_args, training_args, script_args, callbacks: list |
     if task is not None:
         train = preference_pairs_from_task(task, train, seed=training_args.seed)
     training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), **_model_init_kwargs(model_args)}
-    with refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
+    # The trainers' own checks of the settings (TRL's, e.g. sync_ref_model with beta 0) are the recipe's.
+    with refused_by_library("recipe"), refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
         return ThermoADPOTrainer(
             model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
             args=training_args,
