@@ -162,15 +162,18 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
             value = argv[i + 1]
             i += 1
         key = key.replace("-", "_")
-        overrides[key] = _override_value(key, value, fields.get(key, str))  # an unknown key keeps its text: validate names it
+        # An unknown key keeps its text: validate() names it.
+        overrides[key] = _override_value(key, value, fields.get(key, str))
         i += 1
     return overrides
 
 
 def _override_value(key: str, text: str, annotation: Any) -> Any:
     """The value of `--key text` for a field of type `annotation`."""
-    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
-    takes_collection = any(option is Any or option in (list, tuple, dict) or typing.get_origin(option) in (list, tuple, dict)
+    is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    options = typing.get_args(annotation) if is_union else (annotation,)
+    collections = (list, tuple, dict)
+    takes_collection = any(option is Any or option in collections or typing.get_origin(option) in collections
                            for option in options)
     stripped = text.strip()
     if stripped in ("null", "~") and (type(None) in options or Any in options):
@@ -179,7 +182,8 @@ def _override_value(key: str, text: str, annotation: Any) -> Any:
         try:
             return yaml.safe_load(stripped)
         except yaml.YAMLError as error:
-            raise UserError(f"--{key} {text!r} is not a valid YAML list or mapping: {_yaml_problem(error)}.") from None
+            problem = _yaml_problem(error)
+            raise UserError(f"--{key} {text!r} is not a valid YAML list or mapping: {problem}.") from None
     return text
 
 
