@@ -4,7 +4,7 @@
   no tokenizer, the tokenizer of its parent (the run's output directory) is used;
 - a directory with adapter_config.json: a PEFT adapter, loaded onto its base model and merged;
 - a run output directory holding only checkpoint-N subdirectories: its latest checkpoint;
-- anything that looks like a local path but does not exist: FileNotFoundError, the Hub is not tried;
+- anything that looks like a local path but does not exist: a UserError, the Hub is not tried;
 - otherwise a Hub name, passed to `from_pretrained`.
 """
 
@@ -36,7 +36,7 @@ def looks_local(path_or_name: str) -> bool:
 
 
 def check_model_path(path_or_name: str) -> None:
-    """FileNotFoundError for a local-looking path that does not exist (checked before any loading)."""
+    """UserError for a local-looking path that does not exist (checked before any loading)."""
     if looks_local(path_or_name) and not Path(path_or_name).expanduser().exists():
         raise UserError(f"model path does not exist: {path_or_name}")
 

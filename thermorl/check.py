@@ -10,7 +10,8 @@ folders; hub names need the network (or the Hugging Face cache).
 from __future__ import annotations
 
 from typing import Any
-from .errors import UserError
+
+from .errors import UserError, refusing_remote_code
 
 PROMPTS_SHOWN = 2
 WRONG_COMPLETION = "I am not sure."
@@ -75,7 +76,6 @@ def call_rewards(reward_funcs, row: dict[str, Any], completions: list[str]) -> d
 def model_summary(model_args, tokenizer, trust_remote_code: bool) -> list[str]:
     from transformers import AutoConfig
 
-    from .errors import refusing_remote_code
     from .models.tiny import TINY_CONFIG
     from .models.warmup import TINY_MODEL_NAME
     from .train import ALLOW_REMOTE_CODE
@@ -154,7 +154,7 @@ def launch_summary(training_args, world_size: int) -> list[str]:
 
 
 def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
-    """The lines `thermorl check` prints; raises ValueError / FileNotFoundError on the first problem."""
+    """The lines `thermorl check` prints; raises UserError on the first problem."""
     import os
 
     from .launch_checks import check_launch
