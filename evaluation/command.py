@@ -41,6 +41,7 @@ from .pipeline import (
     evaluate,
     parse_temperatures,
 )
+from ..errors import UserError, refusing_remote_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="vllm backend: share of accelerator (on CPU: host) memory vLLM reserves (default 0.9)",
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="run the Python code the model folder ships (its config's auto_map); only for code you have read",
+    )
     parser.add_argument("--out", default="outputs/eval", help="directory for report.json, questions.csv, plots")
     parser.add_argument(
         "--num-questions", type=int, default=None,
@@ -133,7 +138,7 @@ def builtin_held_out(task_spec: str, args, record: dict | None):
     try:
         dataset = load_prompt_dataset(task_spec, split="eval", n_train=n_train, n_eval=n_eval, seed=seed)
     except ValueError as error:
-        raise ValueError(
+        raise UserError(
             f"--task {task_spec}: the held-out rows are drawn apart from {n_train} training rows (seed {seed}), "
             f"and {error}. Pass the training run's output folder as --model, or --num-train-examples and "
             "--data-seed as in its recipe"
@@ -141,7 +146,7 @@ def builtin_held_out(task_spec: str, args, record: dict | None):
     recorded = record["prompts"][: len(dataset)] if same_task else None
     if recorded is not None and args.num_train_examples is None and args.data_seed is None:
         if dataset["prompt"][: len(recorded)] != recorded:
-            raise ValueError(
+            raise UserError(
                 f"the held-out rows of '{task_spec}' regenerated from the run's settings differ from the prompts "
                 f"recorded in {HELD_OUT_FILE}: the task's generator changed since that run"
             )
@@ -151,12 +156,12 @@ def builtin_held_out(task_spec: str, args, record: dict | None):
 def load_dataset_and_verifier(args):
     """(dataset, verifier) for --task, --num-questions and --reward-fn."""
     if args.num_questions is not None and args.num_questions < 1:
-        raise ValueError(f"--num-questions must be >= 1, got {args.num_questions}")
+        raise UserError(f"--num-questions must be >= 1, got {args.num_questions}")
     record_path = find_held_out(args.model)
     record = json.loads(record_path.read_text()) if record_path is not None else None
     task_spec = args.task if args.task is not None else (record or {}).get("dataset")
     if task_spec is None:
-        raise ValueError(f"--task is required: {args.model} holds no {HELD_OUT_FILE} from a training run on a built-in task")
+        raise UserError(f"--task is required: {args.model} holds no {HELD_OUT_FILE} from a training run on a built-in task")
     builtin = task_spec.partition(":")[0].strip() in TASKS
     if builtin:
         dataset = builtin_held_out(task_spec, args, record)
@@ -281,11 +286,14 @@ def eval_command(argv: list[str] | None = None) -> int:
             parser.error(str(error))
     dtype = (args.dtype or default_dtype()) if args.backend == "vllm" else None
     try:
-        if args.backend == "vllm":
-            model = load_engine(args.model, dtype, args.gpu_memory_utilization or 0.9, args.seed)
-            tokenizer = model.get_tokenizer()
-        else:
-            model, tokenizer = load_policy(args.model)
+        # The recipe that trusted the model's code for training trusts it here too.
+        trust_remote_code = args.trust_remote_code or bool(recipe and recipe.get("trust_remote_code"))
+        with refusing_remote_code(args.model, "pass --trust-remote-code, after reading that code"):
+            if args.backend == "vllm":
+                model = load_engine(args.model, dtype, args.gpu_memory_utilization or 0.9, args.seed, trust_remote_code)
+                tokenizer = model.get_tokenizer()
+            else:
+                model, tokenizer = load_policy(args.model, trust_remote_code=trust_remote_code)
     except (ValueError, OSError) as error:
         parser.error(f"cannot load model {args.model!r}: {error}")
     try:

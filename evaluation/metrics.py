@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Hashable, Sequence
+from ..errors import UserError
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -128,7 +129,7 @@ def spread_pass_at_budget(correct_table: Sequence[Sequence[Sequence[bool]]], bud
     num_temperatures = len(correct_table[0])
     per_temperature, extra = divmod(budget, num_temperatures)
     if budget < 1 or per_temperature + (extra > 0) > _samples_per_temperature(correct_table):
-        raise ValueError(
+        raise UserError(
             f"budget {budget} cannot be spread over {num_temperatures} temperatures with "
             f"{_samples_per_temperature(correct_table)} samples each"
         )

@@ -4,7 +4,7 @@
   no tokenizer, the tokenizer of its parent (the run's output directory) is used;
 - a directory with adapter_config.json: a PEFT adapter, loaded onto its base model and merged;
 - a run output directory holding only checkpoint-N subdirectories: its latest checkpoint;
-- anything that looks like a local path but does not exist: FileNotFoundError, the Hub is not tried;
+- anything that looks like a local path but does not exist: a UserError, the Hub is not tried;
 - otherwise a Hub name, passed to `from_pretrained`.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from ..errors import UserError
 
 CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")
 
@@ -35,9 +36,9 @@ def looks_local(path_or_name: str) -> bool:
 
 
 def check_model_path(path_or_name: str) -> None:
-    """FileNotFoundError for a local-looking path that does not exist (checked before any loading)."""
+    """UserError for a local-looking path that does not exist (checked before any loading)."""
     if looks_local(path_or_name) and not Path(path_or_name).expanduser().exists():
-        raise FileNotFoundError(f"model path does not exist: {path_or_name}")
+        raise UserError(f"model path does not exist: {path_or_name}")
 
 
 def resolve_model_dir(path: Path) -> Path:
@@ -46,7 +47,7 @@ def resolve_model_dir(path: Path) -> Path:
         return path
     checkpoints = [child for child in path.iterdir() if child.is_dir() and CHECKPOINT_DIR.fullmatch(child.name)]
     if not checkpoints:
-        raise ValueError(
+        raise UserError(
             f"{path} is not a model directory: it has no config.json, no adapter_config.json and no checkpoint-N "
             "subdirectory"
         )
@@ -61,43 +62,49 @@ def tokenizer_dir(model_dir: Path) -> Path | None:
     return None
 
 
-def load_policy(path_or_name: str, device: str | torch.device | None = None, dtype: str | torch.dtype = "auto"):
-    """(model, tokenizer) ready for generation, in eval mode, on `device` (default: cuda if available)."""
+def load_policy(path_or_name: str, device: str | torch.device | None = None, dtype: str | torch.dtype = "auto",
+                trust_remote_code: bool = False):
+    """(model, tokenizer) ready for generation, in eval mode, on `device` (default: cuda if available). A model
+    folder's own Python code (its config's auto_map) runs only with `trust_remote_code`; without, transformers
+    refuses (see thermorl.errors.refusing_remote_code)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, tokenizer = _load(str(path_or_name), dtype)
+    model, tokenizer = _load(str(path_or_name), dtype, trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
 
 
-def _load(path_or_name: str, dtype):
+def _load(path_or_name: str, dtype, trust_remote_code: bool):
+    trust = {"trust_remote_code": trust_remote_code}
     if not looks_local(path_or_name):
         return (
-            AutoModelForCausalLM.from_pretrained(path_or_name, dtype=dtype),
-            AutoTokenizer.from_pretrained(path_or_name),
+            AutoModelForCausalLM.from_pretrained(path_or_name, dtype=dtype, **trust),
+            AutoTokenizer.from_pretrained(path_or_name, **trust),
         )
     check_model_path(path_or_name)
     path = Path(path_or_name).expanduser()
     if not path.is_dir():
-        raise ValueError(f"model path must be a directory, got the file {path_or_name}")
+        raise UserError(f"model path must be a directory, got the file {path_or_name}")
     model_dir = resolve_model_dir(path)
     adapter_config = model_dir / "adapter_config.json"
     if adapter_config.is_file():
-        return _load_adapter(model_dir, json.loads(adapter_config.read_text()), dtype)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    return model, AutoTokenizer.from_pretrained(tokenizer_dir(model_dir) or model_dir)
+        return _load_adapter(model_dir, json.loads(adapter_config.read_text()), dtype, trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **trust)
+    return model, AutoTokenizer.from_pretrained(tokenizer_dir(model_dir) or model_dir, **trust)
 
 
-def _load_adapter(adapter_dir: Path, adapter_config: dict, dtype):
+def _load_adapter(adapter_dir: Path, adapter_config: dict, dtype, trust_remote_code: bool):
     from peft import PeftModel
 
     base_name = adapter_config.get("base_model_name_or_path")
     if not base_name:
-        raise ValueError(
+        raise UserError(
             f"{adapter_dir / 'adapter_config.json'} does not name its base model (base_model_name_or_path)"
         )
-    base_model, base_tokenizer = _load(base_name, dtype)
+    base_model, base_tokenizer = _load(base_name, dtype, trust_remote_code)
     # Merged weights generate as fast as the base model; the adapter's own copy is not needed for evaluation.
     model = PeftModel.from_pretrained(base_model, adapter_dir).merge_and_unload()
     own_tokenizer = tokenizer_dir(adapter_dir)
-    return model, AutoTokenizer.from_pretrained(own_tokenizer) if own_tokenizer else base_tokenizer
+    if own_tokenizer is None:
+        return model, base_tokenizer
+    return model, AutoTokenizer.from_pretrained(own_tokenizer, trust_remote_code=trust_remote_code)

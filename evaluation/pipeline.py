@@ -19,6 +19,7 @@ from .report import print_table, summarize, write_report
 from .sampling import prompt_text, sample_completions, seeded
 from .vllm_sampling import sample_completions_vllm
 from .voting import RecordedAnswers, multi_temperature_vote
+from ..errors import UserError
 
 # The paper's grid: 0.0 to 1.2 in steps of 0.1.
 DEFAULT_TEMPERATURES = tuple(round(0.1 * i, 1) for i in range(13))
@@ -30,16 +31,16 @@ def parse_temperatures(spec: str) -> list[float]:
     """"0.0:1.2:0.1" (start:stop:step, stop included) or "0.2,0.6,1.0" -> a checked list of temperatures."""
     text = spec.strip()
     if not text:
-        raise ValueError("temperature grid is empty")
+        raise UserError("temperature grid is empty")
     if ":" in text:
         parts = text.split(":")
         if len(parts) != 3:
-            raise ValueError(f"temperature range {spec!r} must be start:stop:step, e.g. 0.0:1.2:0.1")
+            raise UserError(f"temperature range {spec!r} must be start:stop:step, e.g. 0.0:1.2:0.1")
         start, stop, step = (_number(part, spec) for part in parts)
         if step <= 0:
-            raise ValueError(f"temperature range {spec!r} needs a step > 0, got {step}")
+            raise UserError(f"temperature range {spec!r} needs a step > 0, got {step}")
         if stop < start:
-            raise ValueError(f"temperature range {spec!r} has stop {stop} < start {start}")
+            raise UserError(f"temperature range {spec!r} has stop {stop} < start {start}")
         count = math.floor((stop - start) / step + 1e-9) + 1
         return check_temperatures([round(start + i * step, 10) for i in range(count)])
     return check_temperatures([_number(part, spec) for part in text.split(",")])
@@ -49,20 +50,20 @@ def _number(text: str, spec: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"temperature grid {spec!r}: {text.strip()!r} is not a number") from None
+        raise UserError(f"temperature grid {spec!r}: {text.strip()!r} is not a number") from None
 
 
 def check_temperatures(temperatures: Sequence[float]) -> list[float]:
     """Non-empty, finite, >= 0 (0 = greedy), no duplicates."""
     values = list(temperatures)
     if not values:
-        raise ValueError("temperature grid is empty")
+        raise UserError("temperature grid is empty")
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"temperatures must be finite numbers >= 0, got {value!r}")
+            raise UserError(f"temperatures must be finite numbers >= 0, got {value!r}")
     duplicates = sorted({value for value in values if values.count(value) > 1})
     if duplicates:
-        raise ValueError(f"temperature grid lists {duplicates} more than once")
+        raise UserError(f"temperature grid lists {duplicates} more than once")
     return [float(value) for value in values]
 
 
@@ -110,7 +111,7 @@ class RewardVerifier(Verifier):
             completions = [[{"role": "assistant", "content": text}] for text in completions]
         rewards = self.reward_fn(prompts=[row["prompt"]] * len(completions), completions=list(completions), **columns)
         if len(rewards) != len(completions):
-            raise ValueError(f"reward function returned {len(rewards)} rewards for {len(completions)} completions")
+            raise UserError(f"reward function returned {len(rewards)} rewards for {len(completions)} completions")
         return [reward is not None and reward >= self.correct_threshold for reward in rewards]
 
     def extract_answer(self, completion):
@@ -132,7 +133,7 @@ def as_verifier(task_or_verifier, column_names: Sequence[str]) -> Verifier:
         raise ValueError(f"task_or_verifier must be a Task, a reward function or None, got {task_or_verifier!r}")
     missing = [column for column in verifier.required_columns if column not in column_names]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"the dataset has no {missing} column(s) to check answers against (columns: {list(column_names)}); "
             "add them or pass a reward function that verifies completions without them"
         )
@@ -142,9 +143,9 @@ def as_verifier(task_or_verifier, column_names: Sequence[str]) -> Verifier:
 def dataset_rows(dataset) -> list[dict[str, Any]]:
     rows = [dict(row) for row in dataset]
     if not rows:
-        raise ValueError("the evaluation dataset is empty")
+        raise UserError("the evaluation dataset is empty")
     if any("prompt" not in row for row in rows):
-        raise ValueError(f"the evaluation dataset needs a 'prompt' column, got columns {sorted(rows[0])}")
+        raise UserError(f"the evaluation dataset needs a 'prompt' column, got columns {sorted(rows[0])}")
     return rows
 
 
@@ -164,9 +165,9 @@ def check_settings(vote_threshold: float, **counts: int) -> None:
     """Every count an integer >= 1 and the vote threshold in (0, 1]; ValueError naming the first offender."""
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            raise UserError(f"{name} must be an integer >= 1, got {value!r}")
     if not 0.0 < vote_threshold <= 1.0:
-        raise ValueError(f"vote_threshold must be in (0, 1], got {vote_threshold}")
+        raise UserError(f"vote_threshold must be in (0, 1], got {vote_threshold}")
 
 
 def evaluate(
@@ -222,7 +223,7 @@ def evaluate(
             batch_size=batch_size, seed=seed, progress=progress,
         )
     else:
-        raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
+        raise UserError(f"backend must be 'hf' or 'vllm', got {backend!r}")
     answer_table, correct_table = score(verifier, rows, completions)
     votes = multi_temperature_vote(
         RecordedAnswers(answer_table), len(rows), len(temperatures), samples, vote_round_size, vote_threshold

@@ -20,6 +20,7 @@ from transformers import GenerationConfig, LogitsProcessorList
 
 from thermorl.rollouts.schedules import ConstantTemperature
 from thermorl.rollouts.temperature_processor import ScheduledTemperatureProcessor, check_generation_config
+from ..errors import UserError
 
 Completions = list[list[list[str]]]  # [question][temperature][sample]
 
@@ -33,7 +34,7 @@ def prompt_text(prompt: Any, tokenizer, chat_template_kwargs: dict[str, Any] | N
         return tokenizer.apply_chat_template(
             prompt, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
         )
-    raise ValueError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}: {prompt!r:.80}")
+    raise UserError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}: {prompt!r:.80}")
 
 
 @contextlib.contextmanager
@@ -95,9 +96,9 @@ def sample_completions(
 ) -> Completions:
     """`samples` completions of every prompt at every temperature: result[question][temperature][sample]."""
     if samples < 1:
-        raise ValueError(f"samples per temperature must be >= 1, got {samples}")
+        raise UserError(f"samples per temperature must be >= 1, got {samples}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
     config = sampling_config(model, tokenizer, max_new_tokens)
     schedules = [ConstantTemperature(float(value)) for value in temperatures]
     completions: Completions = [[[""] * samples for _ in temperatures] for _ in prompts]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .sampling import Completions
+from ..errors import UserError
 
 
 def default_dtype() -> str:
@@ -20,14 +21,16 @@ def default_dtype() -> str:
     return "auto" if torch.cuda.is_available() else "float32"
 
 
-def load_engine(model: str, dtype: str = "auto", gpu_memory_utilization: float = 0.9, seed: int = 0):
+def load_engine(model: str, dtype: str = "auto", gpu_memory_utilization: float = 0.9, seed: int = 0,
+                trust_remote_code: bool = False):
     """A vLLM engine for evaluation, its sampling seeded by `seed` (vLLM imported here: the Hugging Face backend
     never needs it)."""
     try:
         from vllm import LLM
     except ImportError:
-        raise ValueError("--backend vllm needs vLLM: pip install 'thermorl[vllm]' (CPU: see docs/ead.md)") from None
-    return LLM(model=model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed)
+        raise UserError("--backend vllm needs vLLM: pip install 'thermorl[vllm]' (CPU: see docs/ead.md)") from None
+    return LLM(model=model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+               trust_remote_code=trust_remote_code)
 
 
 def sample_completions_vllm(
@@ -38,7 +41,7 @@ def sample_completions_vllm(
     from vllm import SamplingParams
 
     if samples < 1:
-        raise ValueError(f"samples per temperature must be >= 1, got {samples}")
+        raise UserError(f"samples per temperature must be >= 1, got {samples}")
     requests, params = [], []
     for prompt in prompts:
         for temperature in temperatures:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from .metrics import majority_vote
+from ..errors import UserError
 
 Answer = Hashable | None
 AnswerStream = Callable[[Sequence[int], int], Sequence[Sequence[Sequence[Answer]]]]
@@ -48,14 +49,14 @@ def multi_temperature_vote(
 ) -> list[VoteResult]:
     """Vote on every question, drawing rounds from `draw` until it exits or `max_samples` per temperature are used."""
     if num_temperatures < 1:
-        raise ValueError(f"multi_temperature_vote needs at least one temperature, got {num_temperatures}")
+        raise UserError(f"multi_temperature_vote needs at least one temperature, got {num_temperatures}")
     if max_samples < 1 or samples_per_round < 1:
-        raise ValueError(
+        raise UserError(
             f"max_samples and samples_per_round must be >= 1, got max_samples={max_samples}, "
             f"samples_per_round={samples_per_round}"
         )
     if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"vote threshold must be in (0, 1], got {threshold}")
+        raise UserError(f"vote threshold must be in (0, 1], got {threshold}")
     budget = max_samples * num_temperatures
     pools = [[[] for _ in range(num_temperatures)] for _ in range(num_questions)]
     results: list[VoteResult | None] = [None] * num_questions

@@ -26,6 +26,7 @@ import torch
 
 from .common import aggregate, check_aggregation, check_kl_inputs, k3_kl, masked_mean, sequence_advantages
 from .registry import register_loss
+from ..errors import UserError
 
 
 def anchored_listwise_loss(
@@ -67,16 +68,16 @@ def adaptive_anchor_temperature(
 def _group_order(group_ids: torch.Tensor | None, batch_size: int, group_size: int) -> torch.Tensor:
     """Row permutation that puts each group's members next to each other, checking every group is whole."""
     if group_size < 1:
-        raise ValueError(f"ADPO group_size must be >= 1, got {group_size}")
+        raise UserError(f"ADPO group_size must be >= 1, got {group_size}")
     whole_groups = "ADPO needs whole groups (all group_size responses of a prompt) in each micro-batch"
     if group_ids is None:
         if batch_size % group_size:
-            raise ValueError(f"{whole_groups}: {batch_size} rows is not a multiple of group_size={group_size}")
+            raise UserError(f"{whole_groups}: {batch_size} rows is not a multiple of group_size={group_size}")
         return torch.arange(batch_size)
     ids, counts = torch.unique(group_ids, return_counts=True)
     if (counts != group_size).any():
         partial = {int(i): int(c) for i, c in zip(ids, counts) if c != group_size}
-        raise ValueError(f"{whole_groups}: group_size={group_size} but these group ids have {partial} members")
+        raise UserError(f"{whole_groups}: group_size={group_size} but these group ids have {partial} members")
     return torch.argsort(group_ids, stable=True)
 
 
@@ -85,7 +86,7 @@ ADPO_INPUTS = ("group_size", "anchor_per_token_logps", "group_ids", "entropies",
 
 def _check_tau_bounds(params: dict) -> None:
     if params["tau_min"] > params["tau_max"]:
-        raise ValueError(f"tau_min={params['tau_min']} must not exceed tau_max={params['tau_max']}")
+        raise UserError(f"tau_min={params['tau_min']} must not exceed tau_max={params['tau_max']}")
 
 
 ADPO_RANGES = {
@@ -128,7 +129,7 @@ def adpo_loss(
     check_aggregation(aggregation)
     check_kl_inputs(beta, ref_per_token_logps)
     if tau_anc <= 0 or beta_r <= 0:
-        raise ValueError(f"ADPO needs tau_anc > 0 and beta_r > 0, got tau_anc={tau_anc}, beta_r={beta_r}")
+        raise UserError(f"ADPO needs tau_anc > 0 and beta_r > 0, got tau_anc={tau_anc}, beta_r={beta_r}")
     mask = completion_mask.to(per_token_logps.dtype)
     order = _group_order(group_ids, per_token_logps.shape[0], group_size).to(per_token_logps.device)
 

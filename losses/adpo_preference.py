@@ -18,22 +18,23 @@ The gradient on l_i is (p_i - q_i) / tau_anc. These functions take per-prompt (G
 import torch
 
 from .adpo import anchored_listwise_loss
+from ..errors import UserError
 
 
 def pairwise_target_probs(preference_probability: torch.Tensor) -> torch.Tensor:
     """(B,) P(chosen preferred) -> (B, 2) target over (chosen, rejected); 1 is DPO's hard label."""
     in_range = (preference_probability >= 0) & (preference_probability <= 1)  # NaN is out of range too
     if not in_range.all():
-        raise ValueError(f"preference_probability must lie in [0, 1], got {preference_probability[~in_range].tolist()}")
+        raise UserError(f"preference_probability must lie in [0, 1], got {preference_probability[~in_range].tolist()}")
     return torch.stack([preference_probability, 1 - preference_probability], dim=-1)
 
 
 def score_target_probs(scores: torch.Tensor, beta_r: float) -> torch.Tensor:
     """(G, P) candidate scores -> target q = softmax(scores / beta_r) per prompt."""
     if beta_r <= 0:
-        raise ValueError(f"beta_r must be > 0, got {beta_r}")
+        raise UserError(f"beta_r must be > 0, got {beta_r}")
     if not torch.isfinite(scores).all():
-        raise ValueError(f"scores must be finite, got {scores.tolist()}")
+        raise UserError(f"scores must be finite, got {scores.tolist()}")
     return torch.softmax(scores / beta_r, dim=-1)
 
 
@@ -55,7 +56,7 @@ def adpo_preference_loss(
             f"target_probs {tuple(target_probs.shape)} must have the same shape"
         )
     if tau_anc <= 0:
-        raise ValueError(f"tau_anc must be > 0, got {tau_anc}")
+        raise UserError(f"tau_anc must be > 0, got {tau_anc}")
     anchor_seq_logps, target_probs = anchor_seq_logps.detach(), target_probs.detach()
     loss = anchored_listwise_loss(seq_logps, anchor_seq_logps, target_probs, tau_anc).mean()
     with torch.no_grad():

@@ -4,6 +4,7 @@ Per-token tensors are (B, T); `mask` is the completion mask (bool or 0/1) of the
 """
 
 import torch
+from ..errors import UserError
 
 # verl clamps log-ratios to this range: exp(20) ~ 5e8 stays finite in fp32 and in its backward pass.
 LOG_RATIO_CLAMP = 20.0
@@ -52,7 +53,7 @@ def k3_kl(per_token_logps: torch.Tensor, ref_per_token_logps: torch.Tensor) -> t
 
 def check_aggregation(aggregation: str) -> None:
     if aggregation not in AGGREGATIONS:
-        raise ValueError(f"Unknown aggregation {aggregation!r}; valid aggregations: {', '.join(AGGREGATIONS)}")
+        raise UserError(f"Unknown aggregation {aggregation!r}; valid aggregations: {', '.join(AGGREGATIONS)}")
 
 
 def aggregate(

@@ -14,6 +14,7 @@ import typing
 from collections.abc import Callable
 
 from .common import check_aggregation
+from ..errors import UserError
 
 # What every loss accepts from the trainer: tensors, and the aggregations' normalising constants.
 COMMON_INPUTS = ("token_weights", "ref_per_token_logps", "max_completion_length", "tokens_per_micro_batch")
@@ -81,7 +82,7 @@ def register_loss(
 
 def get_loss(name: str) -> Callable:
     if name not in LOSSES:
-        raise ValueError(f"Unknown loss {name!r}; valid losses: {', '.join(sorted(LOSSES))}")
+        raise UserError(f"Unknown loss {name!r}; valid losses: {', '.join(sorted(LOSSES))}")
     return LOSSES[name]
 
 
@@ -112,18 +113,18 @@ def _coerce(name: str, key: str, value, annotation):
             except ValueError:
                 number = None
         if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise ValueError(f"{where} must be a number, got {value!r} ({type(value).__name__})")
+            raise UserError(f"{where} must be a number, got {value!r} ({type(value).__name__})")
         if math.isnan(number):
-            raise ValueError(f"{where} must be a number, got NaN")
+            raise UserError(f"{where} must be a number, got NaN")
         if float not in allowed:
             if number != int(number):
-                raise ValueError(f"{where} must be an integer, got {value!r}")
+                raise UserError(f"{where} must be an integer, got {value!r}")
             return int(number)
         return float(number)
     for kind in (bool, str):
         if kind in allowed:
             if not isinstance(value, kind):
-                raise ValueError(f"{where} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
+                raise UserError(f"{where} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
             return value
     return value  # tensors and other objects a caller passes in code
 
@@ -134,7 +135,7 @@ def validate_loss_kwargs(name: str, kwargs: dict) -> dict:
     valid = loss_parameters(name)
     unknown = [key for key in kwargs if key not in valid]
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"Unknown parameter(s) {', '.join(map(repr, unknown))} for loss {name!r}; valid: {', '.join(valid)}"
         )
     hints = typing.get_type_hints(get_loss(name))
@@ -150,10 +151,10 @@ def validate_loss_kwargs(name: str, kwargs: dict) -> dict:
         above = value >= low if low_inclusive else value > low
         below = value <= high if high_inclusive else value < high
         if not (above and below):
-            raise ValueError(f"Loss {name!r}: parameter {key!r} must lie in {interval}, got {value}")
+            raise UserError(f"Loss {name!r}: parameter {key!r} must lie in {interval}, got {value}")
     if _CHECKS[name] is not None:
         try:
             _CHECKS[name](params)
         except ValueError as error:
-            raise ValueError(f"Loss {name!r}: {error}") from None
+            raise UserError(f"Loss {name!r}: {error}") from None
     return coerced

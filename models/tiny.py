@@ -13,6 +13,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.convert_slow_tokenizer import bytes_to_unicode
+from ..errors import UserError
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 ALPHABET = string.printable.replace("\x0b", "").replace("\x0c", "").replace("\r", "")
@@ -38,7 +39,7 @@ TINY_SIZES = {
 
 def tiny_config(size: str) -> dict:
     if size not in TINY_SIZES:
-        raise ValueError(f"tiny model size must be one of {sorted(TINY_SIZES)}, got {size!r}")
+        raise UserError(f"tiny model size must be one of {sorted(TINY_SIZES)}, got {size!r}")
     return TINY_SIZES[size]
 
 

@@ -10,19 +10,20 @@ import math
 from dataclasses import dataclass
 
 import torch
+from ..errors import UserError
 
 
 def _check_number(name: str, value, minimum: float, strict: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise UserError(f"{name} must be a finite number, got {value!r}")
     if value < minimum or (strict and value == minimum):
         relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}")
+        raise UserError(f"{name} must be {relation} {minimum}, got {value!r}")
 
 
 def _check_count(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise UserError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 class TemperatureSchedule:
@@ -98,13 +99,13 @@ class AnnealedTemperature(TemperatureSchedule):
         _check_number("tau_max", self.tau_max, 0.0, strict=True)
         _check_number("tau_min", self.tau_min, 0.0, strict=True)
         if self.tau_min > self.tau_max:
-            raise ValueError(f"tau_min ({self.tau_min}) must be <= tau_max ({self.tau_max})")
+            raise UserError(f"tau_min ({self.tau_min}) must be <= tau_max ({self.tau_max})")
         _check_count("warmup_tokens", self.warmup_tokens, 0)
         _check_number("d0", self.d0, 0.0, strict=True)
         _check_number("alpha", self.alpha, 0.0, strict=False)
         _check_number("d_max", self.d_max, 0.0, strict=True)
         if self.d_max < self.d0:
-            raise ValueError(f"d_max ({self.d_max}) must be >= d0 ({self.d0})")
+            raise UserError(f"d_max ({self.d_max}) must be >= d0 ({self.d0})")
         _check_number("horizon_scale", self.horizon_scale, 0.0, strict=True)
 
     def horizon(self, step: int) -> float:
@@ -165,7 +166,7 @@ def annealed_for_length(
     _check_number("tau_max", tau_max, 0.0, strict=True)
     _check_number("tau_min", tau_min, 0.0, strict=True)
     if tau_min >= 1 + tau_max:
-        raise ValueError(f"tau_min ({tau_min}) must be < 1 + tau_max ({1 + tau_max})")
+        raise UserError(f"tau_min ({tau_min}) must be < 1 + tau_max ({1 + tau_max})")
     # 1 + tau_max - exp(t / d0) = tau_min at t = cool_fraction * response_tokens (horizon_scale 1).
     d0 = cool_fraction * response_tokens / math.log(1 + tau_max - tau_min)
     return AnnealedTemperature(
@@ -190,17 +191,17 @@ def build_schedule(spec) -> TemperatureSchedule:
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         return ConstantTemperature(float(spec))
     if not isinstance(spec, dict):
-        raise ValueError(f"temperature schedule spec must be a number or a dict, got {spec!r}")
+        raise UserError(f"temperature schedule spec must be a number or a dict, got {spec!r}")
     arguments = dict(spec)
     kind = arguments.pop("type", None)
     if kind not in SCHEDULE_TYPES:
-        raise ValueError(f"unknown temperature schedule type {kind!r}; expected one of {sorted(SCHEDULE_TYPES)}")
+        raise UserError(f"unknown temperature schedule type {kind!r}; expected one of {sorted(SCHEDULE_TYPES)}")
     schedule_class = SCHEDULE_TYPES[kind]
     accepted = set(inspect.signature(schedule_class).parameters)
     unknown = sorted(set(arguments) - accepted)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} for schedule type {kind!r}; accepted: {sorted(accepted)}")
+        raise UserError(f"unknown key(s) {unknown} for schedule type {kind!r}; accepted: {sorted(accepted)}")
     try:
         return schedule_class(**arguments)
     except TypeError as error:  # a required argument is missing
-        raise ValueError(f"schedule type {kind!r}: {error}") from None
+        raise UserError(f"schedule type {kind!r}: {error}") from None

@@ -26,6 +26,7 @@ import torch
 from transformers import LogitsProcessor
 
 from .schedules import TemperatureSchedule
+from ..errors import UserError
 
 # Values `generate` (transformers 5.x) substitutes for settings left None in both the passed and
 # the model's generation config (GenerationConfig._get_default_generation_params). Note top_k: 50.
@@ -81,7 +82,7 @@ def check_generation_config(generation_config, model_generation_config=None) -> 
     if resolved("watermarking_config") is not None:
         problems.append("watermarking_config must be None")
     if problems:
-        raise ValueError("generation config incompatible with ScheduledTemperatureProcessor: " + "; ".join(problems))
+        raise UserError("generation config incompatible with ScheduledTemperatureProcessor: " + "; ".join(problems))
 
 
 class ScheduledTemperatureProcessor(LogitsProcessor):

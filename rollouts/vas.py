@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import Sampler
 
 from .vas_scores import DIVERSITY_MEASURES, Response, variance_promotion_score
+from ..errors import UserError
 
 MODES = ("online", "rollout")
 
@@ -90,27 +91,27 @@ class VarianceAwareSampler(Sampler[int]):
         }
         for name, value in counts.items():
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise UserError(f"{name} must be >= 1, got {value}")
         if batch_size > len(data_source):
-            raise ValueError(f"batch_size ({batch_size}) exceeds the number of prompts ({len(data_source)})")
+            raise UserError(f"batch_size ({batch_size}) exceeds the number of prompts ({len(data_source)})")
         if not 0 <= weighted_fraction <= 1:
-            raise ValueError(f"weighted_fraction must lie in [0, 1], got {weighted_fraction}")
+            raise UserError(f"weighted_fraction must lie in [0, 1], got {weighted_fraction}")
         if not 0 <= min_probability_floor <= 1:
-            raise ValueError(f"min_probability_floor must lie in [0, 1], got {min_probability_floor}")
+            raise UserError(f"min_probability_floor must lie in [0, 1], got {min_probability_floor}")
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise UserError(f"mode must be one of {MODES}, got {mode!r}")
         if alpha < 0 or beta < 0:
-            raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+            raise UserError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
         if ema_decay is not None and not 0 <= ema_decay < 1:
-            raise ValueError(f"ema_decay must be None or lie in [0, 1), got {ema_decay}")
+            raise UserError(f"ema_decay must be None or lie in [0, 1), got {ema_decay}")
         if isinstance(diversity, str):
             if diversity not in DIVERSITY_MEASURES:
                 names = sorted(DIVERSITY_MEASURES)
-                raise ValueError(f"diversity must be one of {names} or a callable, got {diversity!r}")
+                raise UserError(f"diversity must be one of {names} or a callable, got {diversity!r}")
             diversity = DIVERSITY_MEASURES[diversity]
         prior_score = alpha / 4 + beta if prior_score is None else prior_score
         if prior_score < 0:
-            raise ValueError(f"prior_score must be >= 0, got {prior_score}")
+            raise UserError(f"prior_score must be >= 0, got {prior_score}")
 
         self.data_source = data_source
         self.mini_repeat_count = mini_repeat_count
@@ -267,11 +268,11 @@ class VarianceAwareSampler(Sampler[int]):
         if rewards.ndim != 1 or len(rewards) == 0:
             raise ValueError(f"rewards must be a non-empty 1-D sequence, got shape {tuple(rewards.shape)}")
         if not bool(torch.isfinite(rewards).all()):
-            raise ValueError(f"rewards must be finite, got {rewards.tolist()}")
+            raise UserError(f"rewards must be finite, got {rewards.tolist()}")
         if self.success_threshold is not None:
             return (rewards > self.success_threshold).double()
         if not bool(((rewards >= 0) & (rewards <= 1)).all()):
-            raise ValueError(
+            raise UserError(
                 f"rewards must lie in [0, 1] when success_threshold is None, got {rewards.tolist()}; "
                 "set success_threshold (ThermoGRPOConfig: vas_success_threshold) to count reward > threshold "
                 "as a success"
@@ -352,7 +353,7 @@ class VarianceAwareSampler(Sampler[int]):
     def load_state_dict(self, state: dict) -> None:
         for name in ("seed", "num_samples", "batch_size"):
             if state[name] != getattr(self, name):
-                raise ValueError(f"state_dict has {name}={state[name]}, this sampler has {name}={getattr(self, name)}")
+                raise UserError(f"state_dict has {name}={state[name]}, this sampler has {name}={getattr(self, name)}")
         self.epoch = state["epoch"]
         self.position = state["position"]
         self.drawn_batches = {int(position): list(batch) for position, batch in state["drawn_batches"].items()}

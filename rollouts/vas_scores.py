@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
+from ..errors import UserError
 
 Response = Sequence[Hashable] | str | torch.Tensor
 
@@ -51,7 +52,7 @@ def distinct_n(responses: Sequence[Response], n: int = 2) -> float:
     disjoint. Repeats inside one response do not count; responses shorter than n are ignored.
     """
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise UserError(f"n must be >= 1, got {n}")
     ngram_sets = [set(_ngrams(_tokens(response), n)) for response in responses]
     ngram_sets = [ngrams for ngrams in ngram_sets if ngrams]
     if len(ngram_sets) < 2:
@@ -99,7 +100,7 @@ def inverse_self_bleu(responses: Sequence[Response], max_order: int = 4) -> floa
     The paper uses inverse self-BLEU; MMR1's released code uses raw self-BLEU, which rewards similar groups.
     """
     if max_order < 1:
-        raise ValueError(f"max_order must be >= 1, got {max_order}")
+        raise UserError(f"max_order must be >= 1, got {max_order}")
     responses = list(responses)
     if len(responses) < 2:
         return 0.0
@@ -152,7 +153,7 @@ DIVERSITY_MEASURES: dict[str, Callable[[Sequence[Response]], float]] = {
 def trajectory_diversity(responses: Sequence[Response], measure: str = "distinct_n", **kwargs) -> float:
     """TDS of one group by measure name (see `DIVERSITY_MEASURES`); kwargs go to the measure (e.g. n=3)."""
     if measure not in DIVERSITY_MEASURES:
-        raise ValueError(f"measure must be one of {sorted(DIVERSITY_MEASURES)}, got {measure!r}")
+        raise UserError(f"measure must be one of {sorted(DIVERSITY_MEASURES)}, got {measure!r}")
     return DIVERSITY_MEASURES[measure](responses, **kwargs)
 
 
@@ -161,6 +162,6 @@ def variance_promotion_score(
 ) -> float | torch.Tensor:
     """VPS = alpha P (1 - P) + beta TDS (MMR1, arXiv 2509.21268; paper alpha = 0.8, beta = 0.2)."""
     if alpha < 0 or beta < 0:
-        raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+        raise UserError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
     _check_unit_interval("tds", tds)
     return alpha * outcome_variance(pass_rate) + beta * tds

@@ -17,6 +17,7 @@ import math
 import torch
 
 from .schedules import SCHEDULE_TYPES, TemperatureSchedule, build_schedule
+from ..errors import UserError
 
 SCHEDULE_KEY = "thermorl_schedule"
 STEP_KEY = "thermorl_step"
@@ -51,7 +52,7 @@ def check_plain_sampling(settings: dict) -> None:
     wrong = [f"{name}={value}" for name, value in settings.items() if value not in (None, *NEUTRAL_SAMPLING[name])]
     if wrong:
         needed = ", ".join(f"{name}={values[0]}" for name, values in NEUTRAL_SAMPLING.items())
-        raise ValueError(
+        raise UserError(
             f"a temperature schedule needs plain sampling in vLLM, got {', '.join(wrong)} (needed: {needed}): the "
             "sampled distribution would not be the schedule's"
         )

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from .base import Task
 from .expressions import evaluate
 from .verify import number_answer, math_verify_equal, normalize_answer
+from ..errors import UserError
 
 _SUPPORTED_OPS = "+-*"
 
@@ -32,11 +33,11 @@ class ArithmeticTask(Task):
 
     def __post_init__(self):
         if not isinstance(self.digits, int) or self.digits < 1:
-            raise ValueError(f"digits must be an integer >= 1, got {self.digits!r}")
+            raise UserError(f"digits must be an integer >= 1, got {self.digits!r}")
         if not isinstance(self.num_operands, int) or self.num_operands < 2:
-            raise ValueError(f"num_operands must be an integer >= 2, got {self.num_operands!r}")
+            raise UserError(f"num_operands must be an integer >= 2, got {self.num_operands!r}")
         if not isinstance(self.ops, str) or not self.ops or set(self.ops) - set(_SUPPORTED_OPS):
-            raise ValueError(f"ops must be a non-empty subset of {_SUPPORTED_OPS!r}, got {self.ops!r}")
+            raise UserError(f"ops must be a non-empty subset of {_SUPPORTED_OPS!r}, got {self.ops!r}")
 
     def sample_row(self, rng: random.Random) -> dict[str, Any]:
         while True:

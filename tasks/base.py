@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from datasets import Dataset
+from ..errors import UserError
 
 # Rows drawn per requested row before giving up: a task too small for the request (e.g. one-digit
 # sums) would otherwise loop forever looking for new prompts.
@@ -65,7 +66,7 @@ class Task(ABC):
         """
         for what, n in (("training", n_train), ("held-out", n_eval)):
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"number of {what} rows must be a positive integer, got {n!r}")
+                raise UserError(f"number of {what} rows must be a positive integer, got {n!r}")
         if self.uneven_prompts:
             rows = self._distinct_rows(n_train + n_eval, random.Random(seed), set())
             random.Random(f"{self.name}-split-{seed}").shuffle(rows)
@@ -89,7 +90,7 @@ class Task(ABC):
         def reward(prompts, completions, **columns) -> list[float]:
             missing = [column for column in self.checked_columns if column not in columns]
             if missing:
-                raise ValueError(
+                raise UserError(
                     f"reward {reward.__name__} needs dataset columns {missing}; got {sorted(columns)}"
                 )
             return [
@@ -102,7 +103,7 @@ class Task(ABC):
 
     def _distinct_rows(self, n: int, rng: random.Random, exclude: set[str]) -> list[dict[str, Any]]:
         if not isinstance(n, int) or n < 1:
-            raise ValueError(f"number of rows must be a positive integer, got {n!r}")
+            raise UserError(f"number of rows must be a positive integer, got {n!r}")
         rows: list[dict[str, Any]] = []
         seen = set(exclude)
         for _ in range(_DRAWS_PER_ROW * n):
@@ -112,7 +113,7 @@ class Task(ABC):
                 rows.append(row)
                 if len(rows) == n:
                     return rows
-        raise ValueError(
+        raise UserError(
             f"task {self!r} found only {len(rows)} distinct prompts of the {n} requested; "
             "make the task larger (more digits or numbers) or ask for fewer rows"
         )

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from .base import Task
 from .expressions import PRECEDENCE, InvalidExpression, evaluate
+from ..errors import UserError
 
 # Redraws of one instance before concluding that the options admit (almost) no valid target.
 _MAX_DRAWS = 1000
@@ -37,7 +38,7 @@ class CountdownTask(Task):
         for option in ("num_numbers", "max_number", "max_target"):
             value = getattr(self, option)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{option} must be an integer >= 1, got {value!r}")
+                raise UserError(f"{option} must be an integer >= 1, got {value!r}")
 
     @property
     def ops(self) -> str:
@@ -55,7 +56,7 @@ class CountdownTask(Task):
                 target = int(value)
                 prompt = " ".join(map(str, sorted(numbers))) + f">{target}:"
                 return {"prompt": prompt, "answer": expression, "numbers": sorted(numbers), "target": target}
-        raise ValueError(f"{self!r} found no target in 0..{self.max_target} in {_MAX_DRAWS} draws")
+        raise UserError(f"{self!r} found no target in 0..{self.max_target} in {_MAX_DRAWS} draws")
 
     def _random_expression(self, numbers: list[int], rng: random.Random) -> tuple[str, int]:
         """A random binary tree over the numbers in random order, printed with the fewest

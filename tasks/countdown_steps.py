@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from datasets import Dataset
 
 from .base import Task
+from ..errors import UserError
 
 _STEP = re.compile(r"(\d+)([+-])(\d+)=(\d+)")
 # Redraws of one SFT row whose prompt is excluded (held out) before giving up.
@@ -66,9 +67,9 @@ class CountdownStepsTask(Task):
 
     def __post_init__(self):
         if isinstance(self.num_numbers, bool) or not isinstance(self.num_numbers, int) or self.num_numbers < 3:
-            raise ValueError(f"num_numbers must be an integer >= 3, got {self.num_numbers!r}")
+            raise UserError(f"num_numbers must be an integer >= 3, got {self.num_numbers!r}")
         if isinstance(self.max_number, bool) or not isinstance(self.max_number, int) or self.max_number < 1:
-            raise ValueError(f"max_number must be an integer >= 1, got {self.max_number!r}")
+            raise UserError(f"max_number must be an integer >= 1, got {self.max_number!r}")
 
     def sample_row(self, rng: random.Random) -> dict[str, Any]:
         numbers = sorted(rng.randint(1, self.max_number) for _ in range(self.num_numbers))
@@ -93,7 +94,7 @@ class CountdownStepsTask(Task):
         """n prompt-completion rows of `sft_trace`s. Prompts may repeat (each with a fresh random trace): the task
         has only a few thousand distinct prompts, and execution needs more examples than that."""
         if not isinstance(n, int) or n < 1:
-            raise ValueError(f"number of rows must be a positive integer, got {n!r}")
+            raise UserError(f"number of rows must be a positive integer, got {n!r}")
         rng, excluded = random.Random(seed), set(exclude_prompts)
         rows = []
         for _ in range(n):
@@ -102,7 +103,7 @@ class CountdownStepsTask(Task):
                 if row["prompt"] not in excluded:
                     break
             else:
-                raise ValueError(f"task {self!r}: every prompt drawn is excluded; hold out fewer prompts")
+                raise UserError(f"task {self!r}: every prompt drawn is excluded; hold out fewer prompts")
             rows.append({"prompt": row["prompt"], "completion": self.sft_trace(row["numbers"], row["target"], rng)})
         return Dataset.from_list(rows)
 

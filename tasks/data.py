@@ -23,8 +23,11 @@ from pathlib import Path
 
 import datasets
 from datasets import Dataset, get_dataset_config_names, load_dataset
+from datasets.exceptions import DatasetGenerationError
+from pyarrow.lib import ArrowException
 
 from .registry import TASKS, task_from_spec
+from ..errors import UserError
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -49,7 +52,7 @@ def load_prompt_dataset(
     """
     if source.partition(":")[0].strip() in TASKS:
         if config is not None:
-            raise ValueError(f"dataset_config {config!r} is for hub datasets; '{source}' is a built-in task")
+            raise UserError(f"dataset_config {config!r} is for hub datasets; '{source}' is a built-in task")
         train, held_out = task_from_spec(source).make_splits(n_train, n_eval, seed)
         dataset = train if split == "train" else held_out
     elif Path(source).suffix.lower() in LOCAL_BUILDERS:
@@ -57,17 +60,22 @@ def load_prompt_dataset(
     else:
         dataset = _load_hub(source, config, split)
     if len(dataset) == 0:
-        raise ValueError(f"dataset {source!r} (split {split!r}) has no rows")
+        raise UserError(f"dataset {source!r} (split {split!r}) has no rows")
     return shape_prompts(dataset, source, prompt_column, prompt_template, system_prompt, answer_column)
 
 
 def _load_file(source: str, split: str) -> Dataset:
     path = Path(source).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"dataset file not found: {source}")
+        raise UserError(f"dataset file not found: {source}")
     if not path.read_bytes().strip():
-        raise ValueError(f"dataset file {source} is empty: it needs one row per prompt")
-    return load_dataset(LOCAL_BUILDERS[path.suffix.lower()], data_files={split: str(path)}, split=split)
+        raise UserError(f"dataset file {source} is empty: it needs one row per prompt")
+    try:
+        return load_dataset(LOCAL_BUILDERS[path.suffix.lower()], data_files={split: str(path)}, split=split)
+    except (DatasetGenerationError, ArrowException, ValueError) as error:
+        # datasets wraps the reader's own message (the row or byte that is wrong) in a generic one.
+        cause = error.__cause__ or error
+        raise UserError(f"dataset file {source} cannot be read: {type(cause).__name__}: {cause}") from error
 
 
 def local_folder_cache_dir(folder: Path) -> str:
@@ -94,14 +102,14 @@ def _load_hub(source: str, config: str | None, split: str) -> Dataset:
         if "Config name is missing" in message or "BuilderConfig" in message:
             available = get_dataset_config_names(source)
             what = "is missing" if config is None else f"{config!r} is not one of its configs"
-            raise ValueError(
+            raise UserError(
                 f"dataset_config {what}: dataset {source!r} has configs {available}; set dataset_config to one"
             ) from None
         if "Unknown split" in message:
-            raise ValueError(f"dataset_split {split!r}: {message}") from None
+            raise UserError(f"dataset_split {split!r}: {message}") from None
         raise
     except ConnectionError as error:
-        raise ValueError(
+        raise UserError(
             f"dataset {source!r}: {error}; offline, point dataset at a local copy (a data file, or the repo's folder "
             "from `hf download --repo-type dataset`)"
         ) from None
@@ -150,10 +158,10 @@ def shape_prompts(
     columns = dataset.column_names
     if prompt_template is not None:
         if prompt_column not in (None, "prompt"):
-            raise ValueError("set prompt_template or prompt_column, not both: the template names the columns it uses")
+            raise UserError("set prompt_template or prompt_column, not both: the template names the columns it uses")
         missing = [name for name in template_columns(prompt_template) if name not in columns]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"prompt_template names column(s) {missing} that dataset {source!r} lacks; its columns are {columns}"
             )
         dataset = dataset.map(lambda row: {"prompt": render_template(prompt_template, row)})
@@ -165,10 +173,10 @@ def shape_prompts(
     first = dataset[0]["prompt"]
     conversational = is_conversational_prompt(first)
     if conversational and prompt_template is not None:
-        raise ValueError(f"prompt_template renders string prompts, but dataset {source!r} is conversational")
+        raise UserError(f"prompt_template renders string prompts, but dataset {source!r} is conversational")
     if conversational and system_prompt is not None:
         if any(prompt and prompt[0].get("role") == "system" for prompt in dataset["prompt"]):
-            raise ValueError(
+            raise UserError(
                 f"system_prompt: dataset {source!r} already has a system message in its conversations; "
                 "remove one of the two"
             )
@@ -176,7 +184,7 @@ def shape_prompts(
         return dataset.map(lambda row: {"prompt": [system, *row["prompt"]]})
     if not conversational and (prompt_template is not None or system_prompt is not None):
         if not isinstance(first, str):
-            raise ValueError(f"dataset {source!r}: prompts must be strings or conversations, got {type(first).__name__}")
+            raise UserError(f"dataset {source!r}: prompts must be strings or conversations, got {type(first).__name__}")
         head = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
         return dataset.map(lambda row: {"prompt": [*head, {"role": "user", "content": row["prompt"]}]})
     return dataset
@@ -184,13 +192,13 @@ def shape_prompts(
 
 def _renamed(dataset: Dataset, column: str, target: str, field_name: str, source: str) -> Dataset:
     if column not in dataset.column_names:
-        raise ValueError(
+        raise UserError(
             f"{field_name}: dataset {source!r} has no column {column!r}; its columns are {dataset.column_names}"
         )
     if column == target:
         return dataset
     if target in dataset.column_names:
-        raise ValueError(
+        raise UserError(
             f"{field_name}: dataset {source!r} has both {column!r} and {target!r} columns; "
             f"remove or rename {target!r} before using {field_name}"
         )

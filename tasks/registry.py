@@ -10,6 +10,7 @@ from .arithmetic import ArithmeticTask
 from .base import Task
 from .countdown import CountdownTask
 from .countdown_steps import CountdownStepsTask
+from ..errors import UserError
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in (ArithmeticTask, CountdownTask, CountdownStepsTask)}
 
@@ -17,12 +18,12 @@ TASKS: dict[str, type[Task]] = {task.name: task for task in (ArithmeticTask, Cou
 def get_task(name: str, **options) -> Task:
     """The built-in task `name` with its options, e.g. get_task("arithmetic", digits=3)."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {sorted(TASKS)}")
+        raise UserError(f"unknown task {name!r}; valid tasks: {sorted(TASKS)}")
     task_class = TASKS[name]
     valid = [field.name for field in dataclasses.fields(task_class)]
     for option in options:
         if option not in valid:
-            raise ValueError(f"unknown option {option!r} for task {name!r}; valid options: {valid}")
+            raise UserError(f"unknown option {option!r} for task {name!r}; valid options: {valid}")
     return task_class(**options)
 
 
@@ -33,7 +34,7 @@ def parse_task_spec(spec: str) -> tuple[str, dict[str, object]]:
     for item in filter(None, option_text.split(",")):
         key, equals, value = item.partition("=")
         if not equals or not key.strip():
-            raise ValueError(f"task option {item!r} in {spec!r} is not of the form key=value")
+            raise UserError(f"task option {item!r} in {spec!r} is not of the form key=value")
         options[key.strip()] = _parse_value(value.strip())
     return name.strip(), options
 

@@ -24,7 +24,7 @@ def math_verify_reward(completions, answer=None, solution=None, **_) -> list[flo
     """
     references = answer if answer is not None else solution
     if references is None:
-        raise ValueError("math_verify needs an 'answer' or 'solution' column in the dataset (see answer_column).")
+        raise UserError("math_verify needs an 'answer' or 'solution' column in the dataset (see answer_column).")
     scores = []
     for completion, gold in zip(completions, references, strict=True):
         answer_text = final_answer(completion_text(completion))
@@ -56,7 +56,7 @@ def load_callable(path: str) -> Callable:
     else:
         module_name, _, attribute = path.rpartition(".")
     if not module_name or not attribute:
-        raise ValueError(f"{path!r} is not of the form 'package.module:function' or 'package.module.function'")
+        raise UserError(f"{path!r} is not of the form 'package.module:function' or 'package.module.function'")
     module = _import_file(module_name) if module_name.endswith(".py") else _import_module(module_name, path)
     target = module
     for part in attribute.split("."):
@@ -77,7 +77,7 @@ def resolve_reward_funcs(specs: list[str]) -> list[Callable[..., list[float]]]:
         elif "." in spec or ":" in spec:
             funcs.append(load_callable(spec))
         else:
-            raise ValueError(
+            raise UserError(
                 f"unknown reward {spec!r}: not a built-in reward {sorted(BUILTIN_REWARDS)} "
                 "nor a path 'package.module:function'"
             )
@@ -94,7 +94,7 @@ def _import_module(module_name: str, path: str):
 def _import_file(file_name: str):
     file = Path(file_name).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"reward file not found: {file_name}")
+        raise UserError(f"reward file not found: {file_name}")
     spec = importlib.util.spec_from_file_location(file.stem, file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -8,6 +8,7 @@ import torch
 from datasets import Dataset
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from thermorl.errors import UserError
 from thermorl.evaluation import (
     MultiTemperatureEvalCallback,
     RecordedAnswers,
@@ -472,5 +473,5 @@ def test_eval_command_rejects_a_dataset_without_answers(tiny_model_dir, tmp_path
 
 def test_load_policy_does_not_try_the_hub_for_missing_local_paths(tmp_path):
     for path in ("./missing-model", str(tmp_path / "nope"), "~/missing/model/dir", "outputs/run/checkpoint-5"):
-        with pytest.raises(FileNotFoundError, match="model path does not exist"):
+        with pytest.raises(UserError, match="model path does not exist"):
             load_policy(path)

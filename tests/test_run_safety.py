@@ -81,7 +81,7 @@ def test_missing_local_model_path_is_named_and_hub_ids_pass(tmp_path):
     from thermorl.launch_checks import check_model_path
 
     for path in ("/abs/not/there", "./model", "../model", "~/nope-model", "outputs/run/checkpoint-3"):
-        with pytest.raises(FileNotFoundError, match="no such folder"):
+        with pytest.raises(UserError, match="no such folder"):
             check_model_path(path)
     for ok in ("Qwen/Qwen3-0.6B", "gpt2", str(tmp_path)):
         check_model_path(ok)

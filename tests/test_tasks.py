@@ -6,6 +6,7 @@ from fractions import Fraction
 import pytest
 from datasets import Dataset
 
+from thermorl.errors import UserError
 from thermorl.tasks import (
     TASKS,
     get_task,
@@ -303,7 +304,7 @@ def test_load_callable_and_resolve_reward_funcs(tmp_path):
     reward_file.write_text("def length_reward(completions, **_):\n    return [float(len(c)) for c in completions]\n")
     loaded = load_callable(f"{reward_file}:length_reward")
     assert loaded(completions=["ab", "abc"]) == [2.0, 3.0]
-    with pytest.raises(FileNotFoundError, match="absent.py"):
+    with pytest.raises(UserError, match="absent.py"):
         load_callable(f"{tmp_path / 'absent.py'}:f")
 
     funcs = resolve_reward_funcs(["math_verify", f"{reward_file}:length_reward"])
@@ -341,7 +342,7 @@ def test_load_prompt_dataset_from_local_files(tmp_path, suffix):
 
 
 def test_load_prompt_dataset_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+    with pytest.raises(UserError, match="missing.jsonl"):
         load_prompt_dataset(str(tmp_path / "missing.jsonl"))
     path = tmp_path / "both.jsonl"
     path.write_text(json.dumps({"prompt": "a", "question": "b"}) + "\n")

@@ -71,7 +71,7 @@ def test_debug_flag_and_environment_variable_show_the_traceback(tmp_path):
     recipe.write_text("")
     for result in (thermorl("--debug", "train", recipe), thermorl("train", recipe, "--debug"),
                    thermorl("train", recipe, env={"THERMORL_DEBUG": "1"})):
-        assert result.returncode == 1
+        assert result.returncode == 2  # a user error stays exit code 2 with --debug
         assert "Traceback" in result.stderr and "is empty" in result.stderr
 
 

@@ -37,9 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .recipe import parse_overrides, read_recipe
+from .recipe import parse_overrides, read_recipe, read_yaml
+from .errors import UserError, refusing_remote_code
 
 RESULT_FORMAT = 1
 EVALUATION_DEFAULTS = {"samples": 8, "every": 50, "batch_size": 256, "seed": 0, "temperatures": None,
@@ -64,65 +63,65 @@ def load_arms(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"arms file not found: {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
+        raise UserError(f"arms file not found: {path}")
+    spec = read_yaml(path, "arms file") or {}
     if not isinstance(spec, dict):
-        raise ValueError(f"arms file {path}: must be a mapping with keys {sorted(ARMS_KEYS)}")
+        raise UserError(f"arms file {path}: must be a mapping with keys {sorted(ARMS_KEYS)}")
     unknown = sorted(set(spec) - ARMS_KEYS)
     if unknown:
-        raise ValueError(f"arms file {path}: unknown key(s) {unknown}; valid: {sorted(ARMS_KEYS)}")
+        raise UserError(f"arms file {path}: unknown key(s) {unknown}; valid: {sorted(ARMS_KEYS)}")
     arms = spec.get("arms")
     if not isinstance(arms, dict) or not arms or not all(isinstance(v, dict) for v in arms.values()):
-        raise ValueError(f"arms file {path}: 'arms' must map each arm's name to its recipe overrides")
+        raise UserError(f"arms file {path}: 'arms' must map each arm's name to its recipe overrides")
     for name in arms:
         if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-            raise ValueError(f"arms file {path}: arm name {name!r} must be a non-empty string without '/'")
+            raise UserError(f"arms file {path}: arm name {name!r} must be a non-empty string without '/'")
     if "recipe" not in spec:
-        raise ValueError(f"arms file {path}: 'recipe' (a built-in recipe name or a YAML path) is required")
+        raise UserError(f"arms file {path}: 'recipe' (a built-in recipe name or a YAML path) is required")
     recipe = str(spec["recipe"])
     local = path.parent / recipe
     spec["recipe"] = str(local.resolve()) if local.suffix in (".yaml", ".yml") and local.is_file() else recipe
     overrides = spec.get("overrides") or {}
     if not isinstance(overrides, dict):
-        raise ValueError(f"arms file {path}: 'overrides' must be a mapping of recipe fields")
+        raise UserError(f"arms file {path}: 'overrides' must be a mapping of recipe fields")
     spec["overrides"] = overrides
     baseline = spec.get("baseline", next(iter(arms)))
     if baseline not in arms:
-        raise ValueError(f"arms file {path}: baseline {baseline!r} is not one of the arms {list(arms)}")
+        raise UserError(f"arms file {path}: baseline {baseline!r} is not one of the arms {list(arms)}")
     spec["baseline"] = baseline
     spec["seeds"] = _check_seeds(spec.get("seeds", [0]), f"arms file {path}: 'seeds'")
     evaluation = {**EVALUATION_DEFAULTS, **(spec.get("evaluation") or {})}
     unknown = sorted(set(evaluation) - set(EVALUATION_DEFAULTS))
     if unknown:
-        raise ValueError(f"arms file {path}: unknown evaluation key(s) {unknown}; valid: {sorted(EVALUATION_DEFAULTS)}")
+        raise UserError(f"arms file {path}: unknown evaluation key(s) {unknown}; valid: {sorted(EVALUATION_DEFAULTS)}")
     for key in ("samples", "every", "batch_size", "seed", "vote_round_size"):
         value, minimum = evaluation[key], 0 if key == "seed" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"arms file {path}: evaluation.{key} must be an integer >= {minimum}, got {value!r}")
+            raise UserError(f"arms file {path}: evaluation.{key} must be an integer >= {minimum}, got {value!r}")
     evaluation["temperatures"] = _check_grid(evaluation["temperatures"], f"arms file {path}: evaluation.temperatures")
     if evaluation["temperatures"] and evaluation["samples"] < 2:
-        raise ValueError(f"arms file {path}: evaluation.temperatures needs evaluation.samples >= 2 (k samples at each "
+        raise UserError(f"arms file {path}: evaluation.temperatures needs evaluation.samples >= 2 (k samples at each "
                          f"temperature), got samples {evaluation['samples']}")
     threshold = evaluation["vote_threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-        raise ValueError(f"arms file {path}: evaluation.vote_threshold must be a number in (0, 1], got {threshold!r}")
+        raise UserError(f"arms file {path}: evaluation.vote_threshold must be a number in (0, 1], got {threshold!r}")
     spec["evaluation"] = evaluation
     for name, arm in arms.items():
         values = {**read_recipe(spec["recipe"]), **overrides, **arm}
         try:
             load_recipe(values)
         except ValueError as error:
-            raise ValueError(f"arms file {path}: arm {name!r}: {error}") from None
+            raise UserError(f"arms file {path}: arm {name!r}: {error}") from None
         if values.get("trainer", "grpo") != "grpo":
-            raise ValueError(f"arms file {path}: arm {name!r}: bench runs online RL arms only (trainer: grpo)")
+            raise UserError(f"arms file {path}: arm {name!r}: bench runs online RL arms only (trainer: grpo)")
     return spec
 
 
 def _check_seeds(seeds, what: str) -> list[int]:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ValueError(f"{what} must be a non-empty list of integers, got {seeds!r}")
+        raise UserError(f"{what} must be a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"{what} lists a seed twice: {seeds}")
+        raise UserError(f"{what} lists a seed twice: {seeds}")
     return seeds
 
 
@@ -133,9 +132,9 @@ def _check_grid(temperatures, what: str) -> list[float] | None:
     if (not isinstance(temperatures, list) or len(temperatures) < 2
             or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in temperatures)
             or len(set(temperatures)) != len(temperatures)):
-        raise ValueError(f"{what} must be a list of two or more distinct temperatures > 0, got {temperatures!r}")
+        raise UserError(f"{what} must be a list of two or more distinct temperatures > 0, got {temperatures!r}")
     if 1.0 not in temperatures:
-        raise ValueError(f"{what} must include 1.0 (the T=1 metrics come from its samples), got {temperatures!r}")
+        raise UserError(f"{what} must include 1.0 (the T=1 metrics come from its samples), got {temperatures!r}")
     return [float(t) for t in temperatures]
 
 
@@ -225,7 +224,7 @@ def run_one(plan_path: Path) -> None:
     model_args, training_args, script_args = load_recipe(plan["recipe"])
     _, held_out, task = build_datasets(script_args, training_args.seed)
     if task is None:
-        raise ValueError("bench needs a built-in task as the recipe's dataset: it scores held-out prompts with its verifier")
+        raise UserError("bench needs a built-in task as the recipe's dataset: it scores held-out prompts with its verifier")
     rows = [dict(row) for row in held_out]
     new_tokens = training_args.max_completion_length
 
@@ -283,20 +282,22 @@ def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path, cached_
         if stored.get("key") == key:
             return stored["scores"]
     if cached_only:
-        raise ValueError(f"{path} is missing or was made with other settings: run the bench (without --report) first")
+        raise UserError(f"{path} is missing or was made with other settings: run the bench (without --report) first")
     import torch
 
     from .evaluation import load_policy
     from .recipe import load_recipe
-    from .train import build_datasets, resolve_model_path
+    from .train import ALLOW_REMOTE_CODE, build_datasets, resolve_model_path
 
     torch.set_num_threads(1)
     model_args, training_args, script_args = load_recipe(plan["recipe"])
     _, held_out, task = build_datasets(script_args, training_args.seed)
     if task is None:
-        raise ValueError("bench needs a built-in task as the recipe's dataset: it scores held-out prompts with its verifier")
+        raise UserError("bench needs a built-in task as the recipe's dataset: it scores held-out prompts with its verifier")
     model_path = resolve_model_path(model_args.model_name_or_path, script_args, held_out)
-    model, tokenizer = load_policy(model_path, device="cpu", dtype="float32")
+    with refusing_remote_code(model_path, ALLOW_REMOTE_CODE):
+        model, tokenizer = load_policy(model_path, device="cpu", dtype="float32",
+                                       trust_remote_code=training_args.trust_remote_code)
     evaluation = spec["evaluation"]
     scores, grid = held_out_scores(model, tokenizer, [dict(row) for row in held_out], task, evaluation,
                                    evaluation["samples"], training_args.max_completion_length)
@@ -317,13 +318,13 @@ def check_arms_share_start(spec: dict[str, Any], extra: dict[str, Any]) -> None:
         try:
             load_recipe(values)
         except ValueError as error:
-            raise ValueError(f"arm {name!r} with the command-line overrides: {error}") from None
+            raise UserError(f"arm {name!r} with the command-line overrides: {error}") from None
         shared = {key: values.get(key) for key in (*_START_KEYS, "max_steps")}
         if reference is None:
             reference = (name, shared)
         elif shared != reference[1]:
             differing = sorted(key for key in shared if shared[key] != reference[1][key])
-            raise ValueError(f"arms {reference[0]!r} and {name!r} differ in {differing}: every arm must start from "
+            raise UserError(f"arms {reference[0]!r} and {name!r} differ in {differing}: every arm must start from "
                              "the same policy, prompts and steps")
 
 
@@ -358,7 +359,7 @@ def pending_runs(spec: dict[str, Any], out: Path, extra: dict[str, Any]) -> list
             if result.is_file():
                 stored = json.loads(result.read_text())
                 if _settings(stored) != _settings(plan):
-                    raise ValueError(f"{result} was made with other settings than {arm!r} seed {seed} has now; "
+                    raise UserError(f"{result} was made with other settings than {arm!r} seed {seed} has now; "
                                      "use another --out or delete it")
                 continue
             pending.append((arm, seed, plan, run_dir))
@@ -563,14 +564,14 @@ def bench_command(argv: list[str]) -> int:
                         help="write the report from the runs finished so far (with their seeds) and run nothing")
     args, rest = parser.parse_known_args(argv)
     if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     spec = load_arms(args.arms)
     if args.seeds is not None:
         spec["seeds"] = _check_seeds(args.seeds, "--seeds")
     if args.only is not None:
         unknown = [arm for arm in args.only if arm not in spec["arms"]]
         if unknown:
-            raise ValueError(f"--arms: {unknown} not in the arms file, whose arms are {list(spec['arms'])}")
+            raise UserError(f"--arms: {unknown} not in the arms file, whose arms are {list(spec['arms'])}")
         spec["arms"] = {arm: spec["arms"][arm] for arm in args.only}
     extra = parse_overrides(rest)
     check_arms_share_start(spec, extra)
@@ -578,7 +579,7 @@ def bench_command(argv: list[str]) -> int:
     if args.report:
         missing = pending_runs(spec, out, extra)
         if len(missing) == len(spec["arms"]) * len(spec["seeds"]):
-            raise ValueError(f"--report: no finished run in {out} for these arms and seeds")
+            raise UserError(f"--report: no finished run in {out} for these arms and seeds")
         print(f"bench: report from the finished runs in {out}; not finished: "
               + (", ".join(f"{arm} seed {seed}" for arm, seed, _, _ in missing) or "none"), flush=True)
     else:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import UserError, refusing_remote_code
+
 PROMPTS_SHOWN = 2
 WRONG_COMPLETION = "I am not sure."
 
@@ -66,27 +68,30 @@ def call_rewards(reward_funcs, row: dict[str, Any], completions: list[str]) -> d
                 trainer_state=None, log_extra=lambda *a, **k: None, log_metric=lambda *a, **k: None, **columns,
             )
         except Exception as error:  # a user's reward function: report it as the recipe's mistake, with its name
-            raise ValueError(f"reward_funcs: '{name}' raised {type(error).__name__}: {error} on a sample "
+            raise UserError(f"reward_funcs: '{name}' raised {type(error).__name__}: {error} on a sample "
                              f"completion (columns passed: {sorted(columns)})") from error
         if rewards is None or len(rewards) != n:
-            raise ValueError(f"reward_funcs: '{name}' returned {rewards!r} for {n} completions; it must return a "
+            raise UserError(f"reward_funcs: '{name}' returned {rewards!r} for {n} completions; it must return a "
                              "list with one float (or None) per completion")
         results[name] = list(rewards)
     return results
 
 
-def model_summary(model_args, tokenizer) -> list[str]:
+def model_summary(model_args, tokenizer, trust_remote_code: bool) -> list[str]:
     from transformers import AutoConfig
 
     from .models.tiny import TINY_CONFIG
     from .models.warmup import TINY_MODEL_NAME
+    from .train import ALLOW_REMOTE_CODE
 
     name = model_args.model_name_or_path
     if name == TINY_MODEL_NAME:
         layers = TINY_CONFIG["num_hidden_layers"]
         size = f"tiny character-level Qwen2 ({layers} layers), warmed up on the task at train time"
     else:
-        config = AutoConfig.from_pretrained(name, revision=model_args.model_revision)
+        with refusing_remote_code(name, ALLOW_REMOTE_CODE):
+            config = AutoConfig.from_pretrained(name, revision=model_args.model_revision,
+                                                trust_remote_code=trust_remote_code)
         size = f"{config.model_type}, {_parameter_count(config)}, {getattr(config, 'num_hidden_layers', '?')} layers"
     template = "yes" if getattr(tokenizer, "chat_template", None) else "none"
     return [
@@ -147,7 +152,7 @@ def launch_summary(training_args, world_size: int) -> list[str]:
 
 
 def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
-    """The lines `thermorl check` prints; raises ValueError / FileNotFoundError on the first problem."""
+    """The lines `thermorl check` prints; raises UserError on the first problem."""
     import os
 
     from .launch_checks import check_launch
@@ -162,17 +167,17 @@ def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
     values, notes = recipe_values_for_this_machine(recipe, argv or [])
     model_args, training_args, script_args = load_recipe(values)
     if model_args.model_name_or_path is None:
-        raise ValueError("The recipe needs model_name_or_path (a local folder, a hub name, or 'thermorl:tiny').")
+        raise UserError("The recipe needs model_name_or_path (a local folder, a hub name, or 'thermorl:tiny').")
     check_launch(model_args, training_args)
     if model_args.model_name_or_path == TINY_MODEL_NAME:
         check_tiny_model_fits(script_args)
     train, held_out, task = build_datasets(script_args, training_args.seed)
     check_dataset_size(train, training_args)
     reward_funcs = recipe_reward_funcs(script_args, task)
-    tokenizer = load_tokenizer(model_args)
+    tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
     check_chat_template(tokenizer, model_args.model_name_or_path, train)
 
-    lines = [f"recipe: {recipe}", *model_summary(model_args, tokenizer)]
+    lines = [f"recipe: {recipe}", *model_summary(model_args, tokenizer, training_args.trust_remote_code)]
     source = script_args.dataset + (f" (config {script_args.dataset_config})" if script_args.dataset_config else "")
     kind = "conversational (chat template applies)" if is_conversational_prompt(train[0]["prompt"]) else "plain text"
     lines.append(f"dataset: {source}, split {script_args.dataset_split}: {len(train)} rows, columns "

@@ -6,6 +6,9 @@ import json
 import os
 import sys
 import time
+import traceback
+
+from .errors import UserError
 
 USAGE = """thermorl <command> [...]
 
@@ -36,7 +39,7 @@ def _train(argv: list[str]) -> int:
         return 0 if argv else 2
     argv, launch_options = split_launch_args(argv)
     if not argv or argv[0].startswith("-"):
-        raise ValueError("thermorl train needs a RECIPE (a YAML file or a built-in name) first: thermorl train RECIPE "
+        raise UserError("thermorl train needs a RECIPE (a YAML file or a built-in name) first: thermorl train RECIPE "
                          "[--field value ...]")
     if launch_options:
         return launch(argv, launch_options)
@@ -124,7 +127,6 @@ def _split_global_flags(argv: list[str]) -> tuple[list[str], set[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     from . import console, threads
-    from .errors import UserError
 
     argv, flags = _split_global_flags(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in flags or os.environ.get("THERMORL_DEBUG", "0") not in ("", "0")
@@ -147,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         report_user_error(f"thermorl {argv[0]}: {str(interrupt) or 'interrupted.'}")
         return 130
-    except (ValueError, FileNotFoundError, UserError) as error:
+    except UserError as error:
+        # Only the project's user-error type: any other exception is a bug and keeps its traceback and exit code 1.
         if debug:
-            raise
-        report_user_error(f"thermorl {argv[0]}: error: {' '.join(str(error).split())} (--debug shows the traceback)")
+            traceback.print_exc()
+        hint = "" if debug else " (--debug shows the traceback)"
+        report_user_error(f"thermorl {argv[0]}: error: {' '.join(str(error).split())}{hint}")
         return 2
 
 

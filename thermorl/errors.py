@@ -1,13 +1,47 @@
 """Errors that are the user's to fix (a recipe, data, reward function, launch config or a full disk), not bugs.
 
-The CLI prints a UserError's message on one line and exits with code 2; ValueError and FileNotFoundError, which the
-recipe and dataset checks raise, are treated the same way. Any other exception is a bug and keeps its traceback.
+The CLI prints a UserError's message on one line and exits with code 2, also with --debug (which adds the
+traceback). Any other exception is a bug and keeps its traceback. Where user input reaches third-party code that
+reports the mistake as a ValueError (TRL's config checks, datasets' file readers), the project converts it into a
+UserError at that boundary.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-class UserError(Exception):
-    """Something the user must fix; its message names the field, file or function and what is wrong."""
+
+class UserError(ValueError):
+    """Something the user must fix; its message names the field, file or function and what is wrong.
+
+    A ValueError, so callers of the Python API that catch ValueError for bad arguments keep working.
+    """
 
 
 class DiskFullError(UserError, OSError):
     """A checkpoint could not be written because the disk is full; the message names the newest complete one."""
+
+
+@contextmanager
+def refusing_remote_code(model: str, how_to_allow: str) -> Iterator[None]:
+    """transformers' refusal to run the Python code a model folder ships (its config's `auto_map`), asked with
+    trust_remote_code=False, as one line saying how to allow it. (With trust_remote_code unset, transformers asks
+    "[y/N]" on a terminal instead, and `y` runs the code: every load passes it explicitly.)"""
+    try:
+        yield
+    except ValueError as error:
+        if isinstance(error, UserError) or "trust_remote_code=True" not in str(error):
+            raise
+        raise UserError(f"model {model!r} ships its own Python code (auto_map in its config.json), which is not run "
+                        f"unless you trust it: {how_to_allow}.") from None
+
+
+@contextmanager
+def refused_by_library(what: str) -> Iterator[None]:
+    """A ValueError from TRL or transformers while they check the user's settings (a config's __post_init__, a
+    trainer's __init__) reports the user's mistake: re-raised as the UserError "`what`: its message"."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as error:
+        raise UserError(f"{what}: {error}") from error

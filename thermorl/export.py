@@ -12,13 +12,16 @@ import shutil
 from pathlib import Path
 
 from .console import log_to_run_folder
+from .errors import UserError, refusing_remote_code
 
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def export_merged(checkpoint: str | Path, out: str | Path, base_model: str | None = None) -> Path:
+def export_merged(checkpoint: str | Path, out: str | Path, base_model: str | None = None,
+                  trust_remote_code: bool = False) -> Path:
     """Merge the adapter in `checkpoint` (a training output_dir or a `checkpoint-N` folder) into its base model
-    (`base_model`, default the one recorded in adapter_config.json) and save model and tokenizer to `out`."""
+    (`base_model`, default the one recorded in adapter_config.json) and save model and tokenizer to `out`. The base
+    model's own Python code (its config's auto_map) runs only with `trust_remote_code`."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -27,21 +30,23 @@ def export_merged(checkpoint: str | Path, out: str | Path, base_model: str | Non
     checkpoint, out = Path(checkpoint), Path(out)
     config_path = checkpoint / ADAPTER_CONFIG
     if not config_path.is_file():
-        raise FileNotFoundError(
+        raise UserError(
             f"{checkpoint} has no {ADAPTER_CONFIG}: not a LoRA/PEFT checkpoint (a full-model checkpoint needs no "
             "merging; load it directly)."
         )
     base = base_model or json.loads(config_path.read_text()).get("base_model_name_or_path")
     if not base:
-        raise ValueError(f"{config_path} does not name its base model; pass --base MODEL.")
+        raise UserError(f"{config_path} does not name its base model; pass --base MODEL.")
     if out.resolve() == checkpoint.resolve():
-        raise ValueError(f"--out must differ from --checkpoint ({checkpoint}): the adapter would be overwritten.")
+        raise UserError(f"--out must differ from --checkpoint ({checkpoint}): the adapter would be overwritten.")
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
-    merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
-    merged.save_pretrained(out)
-    has_tokenizer = any((checkpoint / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
-    AutoTokenizer.from_pretrained(checkpoint if has_tokenizer else base).save_pretrained(out)
+    with refusing_remote_code(base, "pass --trust-remote-code, after reading that code"):
+        model = AutoModelForCausalLM.from_pretrained(base, dtype="auto", trust_remote_code=trust_remote_code)
+        merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
+        merged.save_pretrained(out)
+        has_tokenizer = any((checkpoint / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+        AutoTokenizer.from_pretrained(checkpoint if has_tokenizer else base,
+                                      trust_remote_code=trust_remote_code).save_pretrained(out)
     held_out = find_held_out(checkpoint)
     if held_out is not None:  # so `thermorl eval --model OUT` evaluates on the run's held-out rows, as on the adapter
         shutil.copyfile(held_out, out / held_out.name)
@@ -57,8 +62,12 @@ def export_command(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, help="folder for the merged model and tokenizer")
     parser.add_argument("--base", default=None, help="base model (default: base_model_name_or_path of the adapter)")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="run the Python code the base model ships (its config's auto_map); only for code you have read",
+    )
     args = parser.parse_args(argv)
-    out = export_merged(args.checkpoint, args.out, args.base)
+    out = export_merged(args.checkpoint, args.out, args.base, args.trust_remote_code)
     log = log_to_run_folder(out)  # the libraries' warnings and logs, kept in memory until the folder existed
     print(f"Merged model written to {out} (library warnings and logs: {log})")
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from typing import Any
+from .errors import UserError
 
 from .errors import UserError
 
@@ -89,7 +90,7 @@ def check_launch(model_args, training_args) -> None:
 def check_run_length(training_args) -> None:
     """The Trainer reads any max_steps <= 0 as "train num_train_epochs epochs": only its default, -1, means that."""
     if training_args.max_steps == 0 or training_args.max_steps < -1:
-        raise ValueError(
+        raise UserError(
             f"max_steps must be a positive number of steps, or -1 to train for num_train_epochs epochs, got "
             f"{training_args.max_steps}."
         )
@@ -106,7 +107,7 @@ def check_model_path(model_name_or_path: str | None) -> None:
         or "\\" in model_name_or_path
     )
     if local_looking:
-        raise FileNotFoundError(f"model_name_or_path '{model_name_or_path}': no such folder.")
+        raise UserError(f"model_name_or_path '{model_name_or_path}': no such folder.")
 
 
 def _is_true(value: Any) -> bool:
@@ -182,14 +183,14 @@ def check_precision(s: LaunchSettings) -> None:
     if s.device_type != "cpu":
         return
     if s.accelerate_mixed_precision in ("bf16", "fp16", "fp8"):
-        raise ValueError(
+        raise UserError(
             f"The accelerate config sets `mixed_precision: {s.accelerate_mixed_precision}`, but this run is on the "
             "CPU: use a CPU config (launch/cpu_zero2.yaml, launch/cpu_zero3.yaml) or set `mixed_precision: 'no'`."
         )
     for name in ("bf16", "fp16"):
         enabled = s.deepspeed_config.get(name, {}).get("enabled")
         if enabled is True or str(enabled).lower() == "true":
-            raise ValueError(
+            raise UserError(
                 f"The DeepSpeed config sets `{name}.enabled: true`, but this run is on the CPU: set it to false or "
                 "'auto' (DeepSpeed then follows the recipe's bf16 / fp16)."
             )
@@ -203,20 +204,20 @@ def check_deepspeed(s: LaunchSettings) -> None:
         for section in ("offload_optimizer", "offload_param"):
             key, device = f"{section}_device", (zero.get(section) or {}).get("device", "none")
             if device not in (None, "none"):
-                raise ValueError(
+                raise UserError(
                     f"`{key}: {device}` offloads from GPU memory, but this run is already on the CPU and has nothing "
                     f"to offload: set `{key}: none` (launch/cpu_zero3.yaml)."
                 )
     if s.zero_stage != 3:
         return
     if s.use_vllm and not s.ds3_gather_for_generation:
-        raise ValueError(
+        raise UserError(
             "`ds3_gather_for_generation: false` with `use_vllm: true`: vLLM needs the full weights, which ZeRO-3 only "
             "has gathered (TRL: 'not compatible with vLLM generation'). Set ds3_gather_for_generation: true, or "
             "use_vllm: false."
         )
     if s.load_in_4bit and (s.bnb_4bit_quant_storage is None or s.bnb_4bit_quant_storage != s.model_dtype):
-        raise ValueError(
+        raise UserError(
             f"QLoRA under ZeRO-3 (`load_in_4bit: true`) needs `bnb_4bit_quant_storage` equal to the model `dtype` so "
             f"ZeRO-3 can shard the packed 4-bit weights (PEFT docs, 'PEFT QLoRA and DeepSpeed with ZeRO3'), got "
             f"bnb_4bit_quant_storage={s.bnb_4bit_quant_storage!r}, dtype={s.model_dtype!r}: set both to bfloat16."
@@ -226,14 +227,14 @@ def check_deepspeed(s: LaunchSettings) -> None:
 def check_wandb_project(project: str) -> None:
     bad = sorted({ch for ch in project if ch in WANDB_PROJECT_FORBIDDEN})
     if bad:
-        raise ValueError(
+        raise UserError(
             f"W&B project name {project!r} (WANDB_PROJECT or the recipe's `project`) contains "
             f"{', '.join(repr(ch) for ch in bad)}; W&B project names cannot contain any of {WANDB_PROJECT_FORBIDDEN!r}."
         )
     if not project.strip():
-        raise ValueError("W&B project name (WANDB_PROJECT or the recipe's `project`) is empty.")
+        raise UserError("W&B project name (WANDB_PROJECT or the recipe's `project`) is empty.")
     if len(project) > WANDB_PROJECT_MAX_LENGTH:
-        raise ValueError(
+        raise UserError(
             f"W&B project name (WANDB_PROJECT or the recipe's `project`) is {len(project)} characters long; "
             f"W&B allows at most {WANDB_PROJECT_MAX_LENGTH}."
         )

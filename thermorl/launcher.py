@@ -14,6 +14,7 @@ import logging
 import subprocess
 from importlib import resources
 from pathlib import Path
+from .errors import UserError
 
 CONFIG_FLAG = "--accelerate_config"
 # accelerate launch options passed through (each takes a value); anything else after the recipe is a recipe field.
@@ -33,13 +34,13 @@ def split_launch_args(argv: list[str]) -> tuple[list[str], dict[str, str]]:
             elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
                 value, i = argv[i + 1], i + 1
             if not value:
-                raise ValueError(f"{name} needs a value")
+                raise UserError(f"{name} needs a value")
             launch[name] = value
         else:
             rest.append(token)
         i += 1
     if launch and CONFIG_FLAG not in launch:
-        raise ValueError(f"{', '.join(launch)} set without {CONFIG_FLAG}: name a launch config (e.g. {CONFIG_FLAG} "
+        raise UserError(f"{', '.join(launch)} set without {CONFIG_FLAG}: name a launch config (e.g. {CONFIG_FLAG} "
                          "zero2), or run `accelerate launch` yourself")
     return rest, launch
 
@@ -57,7 +58,7 @@ def resolve_config(name_or_path: str) -> Path:
     builtin = resources.files("thermorl.launch") / f"{name_or_path.removesuffix('.yaml')}.yaml"
     if "/" not in name_or_path and builtin.is_file():
         return Path(str(builtin))
-    raise FileNotFoundError(f"{CONFIG_FLAG}: no file {name_or_path!r} and no built-in launch config of that name "
+    raise UserError(f"{CONFIG_FLAG}: no file {name_or_path!r} and no built-in launch config of that name "
                             f"(built-in: {', '.join(builtin_configs())})")
 
 
@@ -68,7 +69,7 @@ def check_config(path: Path) -> None:
     try:
         load_config_from_file(str(path))
     except Exception as error:  # yaml, json and accelerate's own schema errors
-        raise ValueError(f"{CONFIG_FLAG} {path}: not an accelerate config accelerate can read: "
+        raise UserError(f"{CONFIG_FLAG} {path}: not an accelerate config accelerate can read: "
                          f"{type(error).__name__}: {error}") from None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from .errors import UserError
 
 # Greedy shows what the policy knows; temperature 1 is the distribution RL samples from and sharpens.
 ACCURACY_TEMPERATURES = (0.0, 1.0)
@@ -42,7 +43,7 @@ def quickstart(overrides: list[str] | dict | None = None) -> dict | None:
     model_args, training_args, script_args = load_recipe(recipe_values)
     _, held_out, task = build_datasets(script_args, training_args.seed)
     if task is None:
-        raise ValueError("quickstart measures accuracy with a built-in task's verifier; set dataset to one.")
+        raise UserError("quickstart measures accuracy with a built-in task's verifier; set dataset to one.")
 
     threads.use_fastest_before_warmup(model_args, training_args, script_args.tiny_model_size)
     print(f"[1/4] Tiny model warmed up on '{script_args.dataset}' (cached after the first run)...", flush=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from .errors import UserError, refused_by_library
 
 
 @dataclass
@@ -89,7 +90,7 @@ def recipe_dataclasses(trainer: str = "grpo") -> tuple[type, ...]:
 
     configs = {"grpo": ThermoGRPOConfig, "adpo": ThermoADPOConfig}
     if trainer not in configs:
-        raise ValueError(f"'trainer' must be one of {list(configs)}, got {trainer!r}.")
+        raise UserError(f"'trainer' must be one of {list(configs)}, got {trainer!r}.")
     return (ModelConfig, configs[trainer], ThermoScriptArguments)
 
 
@@ -98,7 +99,7 @@ def builtin_recipe_path(name: str) -> Path:
     filename = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
     path = resources.files("thermorl.recipes") / filename
     if not path.is_file():
-        raise FileNotFoundError(f"No recipe file or built-in recipe named '{name}'. Built-in: {', '.join(list_builtin_recipes())}.")
+        raise UserError(f"No recipe file or built-in recipe named '{name}'. Built-in: {', '.join(list_builtin_recipes())}.")
     return Path(str(path))
 
 
@@ -110,15 +111,20 @@ def read_recipe(recipe: str | Path) -> dict[str, Any]:
     path = Path(recipe)
     if not path.is_file():
         path = builtin_recipe_path(str(recipe))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"Recipe {path} is not valid YAML: {_yaml_problem(error)}.") from None
+    data = read_yaml(path, "Recipe")
     if data is None:
-        raise ValueError(f"Recipe {path} is empty: it needs at least `model_name_or_path` (see `thermorl list`).")
+        raise UserError(f"Recipe {path} is empty: it needs at least `model_name_or_path` (see `thermorl list`).")
     if not isinstance(data, dict):
-        raise ValueError(f"Recipe {path} must be a mapping of field names to values, got {type(data).__name__}.")
+        raise UserError(f"Recipe {path} must be a mapping of field names to values, got {type(data).__name__}.")
     return data
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The data of a YAML file (a recipe, bench's arms file); a syntax error or a tag is one line naming its place."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"{what} {path} is not valid YAML: {_yaml_problem(error)}.") from None
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -128,7 +134,7 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 
     problem = " ".join((getattr(error, "problem", None) or str(error)).split())
     if isinstance(error, yaml.constructor.ConstructorError):
-        problem += " (a recipe is plain YAML data: tags such as !!python/... are not allowed)"
+        problem += " (only plain YAML data: tags such as !!python/... are not allowed)"
     mark, context, context_mark = (getattr(error, name, None) for name in ("problem_mark", "context", "context_mark"))
     if context and context_mark is not None:
         return f"{at(context_mark)} ({context}): {problem}" + (f" at {at(mark)}" if mark is not None else "")
@@ -139,25 +145,46 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
     """['--learning_rate', '1e-5', '--bf16=false'] -> {'learning_rate': '1e-5', 'bf16': 'false'}.
 
     Values stay text (the field's type converts them, so `--save_strategy no` stays the string "no"), except
-    YAML flow collections (`[a, b]`, `{k: v}`) and `null`.
+    YAML flow collections (`[a, b]`, `{k: v}`) for a field that takes a list or a mapping, and `null` / `~` for a
+    field that may be None: a `--prompt_template '{question} ...'` stays the text it is.
     """
+    fields = _recipe_fields(recipe_dataclasses("grpo") + recipe_dataclasses("adpo"))
     overrides: dict[str, Any] = {}
     i = 0
     while i < len(argv):
         token = argv[i]
         if not token.startswith("--"):
-            raise ValueError(f"Expected '--field value' after the recipe, got '{token}'.")
+            raise UserError(f"Expected '--field value' after the recipe, got '{token}'.")
         key, eq, value = token[2:].partition("=")
         if not eq:
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise ValueError(f"Override '--{key}' has no value.")
+                raise UserError(f"Override '--{key}' has no value.")
             value = argv[i + 1]
             i += 1
-        if value.strip().startswith(("[", "{")) or value.strip() in ("null", "~"):
-            value = yaml.safe_load(value)
-        overrides[key.replace("-", "_")] = value
+        key = key.replace("-", "_")
+        # An unknown key keeps its text: validate() names it.
+        overrides[key] = _override_value(key, value, fields.get(key, str))
         i += 1
     return overrides
+
+
+def _override_value(key: str, text: str, annotation: Any) -> Any:
+    """The value of `--key text` for a field of type `annotation`."""
+    is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    options = typing.get_args(annotation) if is_union else (annotation,)
+    collections = (list, tuple, dict)
+    takes_collection = any(option is Any or option in collections or typing.get_origin(option) in collections
+                           for option in options)
+    stripped = text.strip()
+    if stripped in ("null", "~") and (type(None) in options or Any in options):
+        return None
+    if stripped.startswith(("[", "{")) and takes_collection:
+        try:
+            return yaml.safe_load(stripped)
+        except yaml.YAMLError as error:
+            problem = _yaml_problem(error)
+            raise UserError(f"--{key} {text!r} is not a valid YAML list or mapping: {problem}.") from None
+    return text
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -175,10 +202,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 return _coerce(key, value, option)
             except ValueError as error:
                 errors.append(str(error))
-        raise ValueError(errors[0] if errors else f"'{key}' cannot be None.")
+        raise UserError(errors[0] if errors else f"'{key}' cannot be None.")
     if origin is typing.Literal:
         if value not in typing.get_args(annotation):
-            raise ValueError(f"'{key}' must be one of {list(typing.get_args(annotation))}, got {value!r}.")
+            raise UserError(f"'{key}' must be one of {list(typing.get_args(annotation))}, got {value!r}.")
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
@@ -186,12 +213,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         elif not isinstance(value, list | tuple):
             value = [value] if not isinstance(value, dict) else value
         if not isinstance(value, list | tuple):
-            raise ValueError(f"'{key}' expects a list, got {value!r}.")
+            raise UserError(f"'{key}' expects a list, got {value!r}.")
         args = typing.get_args(annotation)
         return [_coerce(key, v, args[0]) for v in value] if args else list(value)
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"'{key}' expects a mapping, got {value!r}.")
+            raise UserError(f"'{key}' expects a mapping, got {value!r}.")
         return value
     if annotation is Any or isinstance(annotation, typing.TypeVar):
         return value
@@ -200,49 +227,55 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise ValueError(f"'{key}' expects true/false, got {value!r}.")
+        raise UserError(f"'{key}' expects true/false, got {value!r}.")
     if annotation is float:
         if isinstance(value, bool):
-            raise ValueError(f"'{key}' expects a number, got {value!r}.")
+            raise UserError(f"'{key}' expects a number, got {value!r}.")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"'{key}' expects a number, got {value!r}.") from None
+            raise UserError(f"'{key}' expects a number, got {value!r}.") from None
     if annotation is int:
         if isinstance(value, str):
             try:
                 value = float(value) if any(c in value for c in ".eE") else int(value)
             except ValueError:
-                raise ValueError(f"'{key}' expects an integer, got {value!r}.") from None
+                raise UserError(f"'{key}' expects an integer, got {value!r}.") from None
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ValueError(f"'{key}' expects an integer, got {value!r}.")
+            raise UserError(f"'{key}' expects an integer, got {value!r}.")
         return int(value)
     if annotation is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ValueError(f"'{key}' expects a string, got {value!r}.")
+            raise UserError(f"'{key}' expects a string, got {value!r}.")
         return str(value)
     if isinstance(annotation, type) and issubclass(annotation, __import__("enum").Enum):
         try:
             return annotation(value)
         except ValueError:
-            raise ValueError(f"'{key}' must be one of {[e.value for e in annotation]}, got {value!r}.") from None
+            raise UserError(f"'{key}' must be one of {[e.value for e in annotation]}, got {value!r}.") from None
     return value
 
 
-def validate(values: dict[str, Any], dataclass_types: tuple[type, ...]) -> dict[str, Any]:
-    """Reject unknown keys (with the closest valid names) and values of the wrong type."""
+def _recipe_fields(dataclass_types: tuple[type, ...]) -> dict[str, Any]:
+    """Field name -> type annotation, over the dataclasses (the first one to declare a name wins)."""
     fields: dict[str, Any] = {}
     for cls in dataclass_types:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.init:
                 fields.setdefault(f.name, hints.get(f.name, Any))
+    return fields
+
+
+def validate(values: dict[str, Any], dataclass_types: tuple[type, ...]) -> dict[str, Any]:
+    """Reject unknown keys (with the closest valid names) and values of the wrong type."""
+    fields = _recipe_fields(dataclass_types)
     checked = {}
     for key, value in values.items():
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=3)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ValueError(f"Unknown recipe key '{key}'.{hint}")
+            raise UserError(f"Unknown recipe key '{key}'.{hint}")
         checked[key] = _coerce(key, value, fields[key])
     return checked
 
@@ -265,4 +298,6 @@ def load_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | dict
 
     values = resolve_recipe(recipe, overrides)
     dataclass_types = recipe_dataclasses(values.get("trainer", "grpo"))
-    return HfArgumentParser(dataclass_types).parse_dict(values, allow_extra_keys=False)
+    # TRL's and transformers' own checks, e.g. generation_batch_size not divisible by num_generations.
+    with refused_by_library("recipe"):
+        return HfArgumentParser(dataclass_types).parse_dict(values, allow_extra_keys=False)

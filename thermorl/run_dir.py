@@ -42,6 +42,7 @@ from transformers.utils import (
 
 from .errors import UserError
 from .trainers.atomic_checkpoint import clean_interrupted_saves
+from .errors import UserError
 
 LOCK_FILE = ".thermorl-run.lock"
 # A finished run's final save: any of these in output_dir means a model is there (a new run would replace it).

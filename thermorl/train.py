@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from .models.warmup import TINY_MODEL_NAME
+from .errors import UserError, refused_by_library, refusing_remote_code
 
 HELD_OUT_FILE = "thermorl_held_out.json"
+# How a recipe lets a model folder's own Python code run (transformers' trust_remote_code; off by default).
+ALLOW_REMOTE_CODE = "set `trust_remote_code: true` in the recipe, after reading that code"
 
 
 def resolve_model_path(model_name_or_path: str, script_args, held_out=None) -> str:
@@ -32,13 +35,13 @@ def check_tiny_model_fits(script_args) -> None:
     from .tasks import TASKS, parse_task_spec
 
     if parse_task_spec(script_args.dataset)[0] not in TASKS:
-        raise ValueError(
+        raise UserError(
             f"model_name_or_path 'thermorl:tiny' is warmed up on built-in tasks only ({', '.join(sorted(TASKS))}), "
             f"not on dataset '{script_args.dataset}': set model_name_or_path to a hub model such as "
             "Qwen/Qwen3-0.6B or a local model folder"
         )
     if script_args.prompt_template is not None or script_args.system_prompt is not None:
-        raise ValueError(
+        raise UserError(
             "prompt_template / system_prompt make prompts conversational, and model_name_or_path 'thermorl:tiny' "
             "has no chat template: remove them, or use a chat model"
         )
@@ -66,7 +69,7 @@ def build_datasets(script_args, seed: int):
         )
         return train, None, None
     if script_args.dataset_config is not None:
-        raise ValueError(f"dataset_config is for hub datasets; '{script_args.dataset}' is a built-in task")
+        raise UserError(f"dataset_config is for hub datasets; '{script_args.dataset}' is a built-in task")
     task = task_from_spec(script_args.dataset)
     train, held_out = task.make_splits(script_args.num_train_examples, script_args.num_eval_examples, seed=seed)
     shape = dict(source=script_args.dataset, prompt_column=script_args.prompt_column, **shaping)
@@ -78,15 +81,16 @@ def check_dataset_size(train, training_args) -> None:
     step 0 with nothing but a warning."""
     prompts_needed = training_args.generation_batch_size // training_args.num_generations
     if len(train) < prompts_needed:
-        raise ValueError(
+        raise UserError(
             f"dataset: {len(train)} rows, but one generation batch takes {prompts_needed} prompts "
             f"(generation_batch_size {training_args.generation_batch_size} / num_generations "
             f"{training_args.num_generations}): add rows, or lower per_device_train_batch_size / steps_per_generation"
         )
 
 
-def load_tokenizer(model_args):
-    """The recipe model's tokenizer (the tiny model's own for `thermorl:tiny`), without loading the model."""
+def load_tokenizer(model_args, trust_remote_code: bool = False):
+    """The recipe model's tokenizer (the tiny model's own for `thermorl:tiny`), without loading the model; the
+    model folder's own code runs only with `trust_remote_code` (the recipe's field)."""
     from transformers import AutoTokenizer
 
     from .models.tiny import build_char_tokenizer
@@ -94,10 +98,12 @@ def load_tokenizer(model_args):
     if model_args.model_name_or_path == TINY_MODEL_NAME:
         return build_char_tokenizer()
     try:
-        return AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+        with refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
+            return AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                                 trust_remote_code=trust_remote_code)
     except OSError as error:  # not a local folder, and not on the Hub (or the Hub cannot be reached)
         message = " ".join(str(error).split())  # one line
-        raise ValueError(f"model_name_or_path '{model_args.model_name_or_path}': {message}") from None
+        raise UserError(f"model_name_or_path '{model_args.model_name_or_path}': {message}") from None
 
 
 def find_held_out(model_path: str | Path) -> Path | None:
@@ -114,7 +120,7 @@ def check_chat_template(tokenizer, model_name_or_path: str, train) -> None:
     from .tasks.data import is_conversational_prompt
 
     if is_conversational_prompt(train[0]["prompt"]) and getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError(
+        raise UserError(
             f"model_name_or_path: the tokenizer of '{model_name_or_path}' has no chat template, but the prompts are "
             "conversational (from system_prompt, prompt_template or the dataset's messages): use a chat model, "
             "or give string prompts (no system_prompt / prompt_template)"
@@ -154,7 +160,7 @@ def recipe_reward_funcs(script_args, task) -> list:
         return resolve_reward_funcs(script_args.reward_funcs)
     if task is not None:
         return task.reward_funcs
-    raise ValueError(f"Dataset '{script_args.dataset}' is not a built-in task: name its reward_funcs in the recipe.")
+    raise UserError(f"Dataset '{script_args.dataset}' is not a built-in task: name its reward_funcs in the recipe.")
 
 
 def build_trainer(model_args, training_args, script_args, callbacks: list | None = None):
@@ -174,15 +180,18 @@ def build_trainer(model_args, training_args, script_args, callbacks: list | None
         **_model_init_kwargs(model_args),
     }
     if model_args.model_name_or_path != TINY_MODEL_NAME:
-        check_chat_template(load_tokenizer(model_args), model_args.model_name_or_path, train)
-    return ThermoGRPOTrainer(
-        model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train,
-        peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
-    )
+        tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
+        check_chat_template(tokenizer, model_args.model_name_or_path, train)
+    # The trainers' own checks of the settings (TRL's, e.g. sync_ref_model with beta 0) are the recipe's.
+    with refused_by_library("recipe"), refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
+        return ThermoGRPOTrainer(
+            model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
+            reward_funcs=reward_funcs,
+            args=training_args,
+            train_dataset=train,
+            peft_config=get_peft_config(model_args),
+            callbacks=callbacks,
+        )
 
 
 def build_adpo_trainer(model_args, training_args, script_args, callbacks: list | None = None):
@@ -197,19 +206,21 @@ def build_adpo_trainer(model_args, training_args, script_args, callbacks: list |
     if task is not None:
         train = preference_pairs_from_task(task, train, seed=training_args.seed)
     training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), **_model_init_kwargs(model_args)}
-    return ThermoADPOTrainer(
-        model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
-        args=training_args,
-        train_dataset=train,
-        peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
-    )
+    # The trainers' own checks of the settings (TRL's, e.g. sync_ref_model with beta 0) are the recipe's.
+    with refused_by_library("recipe"), refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
+        return ThermoADPOTrainer(
+            model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
+            args=training_args,
+            train_dataset=train,
+            peft_config=get_peft_config(model_args),
+            callbacks=callbacks,
+        )
 
 
 def _model_init_kwargs(model_args) -> dict[str, Any]:
     from trl import get_quantization_config
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}  # TRL adds the recipe's trust_remote_code (GRPOConfig / DPOConfig field)
     quantization = get_quantization_config(model_args)  # load_in_4bit / load_in_8bit (QLoRA)
     if quantization is not None:
         kwargs["quantization_config"] = quantization
@@ -231,7 +242,7 @@ def train(model_args, training_args, script_args, callbacks: list | None = None,
     those it may change). A Ctrl-C during training becomes a KeyboardInterrupt whose message names the newest
     checkpoint and how to resume."""
     if not training_args.model_init_kwargs and model_args.model_name_or_path is None:
-        raise ValueError("The recipe needs model_name_or_path (a local folder, a hub name, or 'thermorl:tiny').")
+        raise UserError("The recipe needs model_name_or_path (a local folder, a hub name, or 'thermorl:tiny').")
     # Issue 6: launch settings checked against the machine; W&B offline (and says so) when no API key is set.
     from . import threads
     from .console import log_to_run_folder, quiet_trainer

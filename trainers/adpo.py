@@ -31,6 +31,7 @@ from trl.trainer.utils import pad
 
 from ..losses.adpo_preference import adpo_preference_loss, pairwise_target_probs, score_target_probs
 from .metrics import log_mean_metrics
+from ..errors import UserError
 
 PREFERENCE_PROBABILITY = "preference_probability"
 COMPLETIONS = "completions"
@@ -67,17 +68,17 @@ class ThermoADPOConfig(DPOConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.anchor not in ANCHORS:
-            raise ValueError(f"anchor must be one of {ANCHORS}, got {self.anchor!r}")
+            raise UserError(f"anchor must be one of {ANCHORS}, got {self.anchor!r}")
         if self.tau_anc is not None and self.tau_anc <= 0:
-            raise ValueError(f"tau_anc must be > 0, got {self.tau_anc}")
+            raise UserError(f"tau_anc must be > 0, got {self.tau_anc}")
         if self.tau_anc is None and self.beta <= 0:
-            raise ValueError(f"tau_anc = 1/beta needs beta > 0, got beta={self.beta}; or set tau_anc")
+            raise UserError(f"tau_anc = 1/beta needs beta > 0, got beta={self.beta}; or set tau_anc")
         if self.beta_r <= 0:
-            raise ValueError(f"beta_r must be > 0, got {self.beta_r}")
+            raise UserError(f"beta_r must be > 0, got {self.beta_r}")
         if not 0 <= self.anchor_ema_rate < 1:
-            raise ValueError(f"anchor_ema_rate must lie in [0, 1), got {self.anchor_ema_rate}")
+            raise UserError(f"anchor_ema_rate must lie in [0, 1), got {self.anchor_ema_rate}")
         if self.anchor_copy_steps < 1:
-            raise ValueError(f"anchor_copy_steps must be >= 1, got {self.anchor_copy_steps}")
+            raise UserError(f"anchor_copy_steps must be >= 1, got {self.anchor_copy_steps}")
         unused = {
             "loss_type": (self.loss_type, ["sigmoid"]),
             "f_divergence_type": (self.f_divergence_type, "reverse_kl"),
@@ -86,9 +87,9 @@ class ThermoADPOConfig(DPOConfig):
         }
         for name, (value, default) in unused.items():
             if value != default:
-                raise ValueError(f"{name}={value!r} is a DPOTrainer loss option that ADPO does not use; leave it unset")
+                raise UserError(f"{name}={value!r} is a DPOTrainer loss option that ADPO does not use; leave it unset")
         if self.sync_ref_model and self.anchor == "reference":
-            raise ValueError("sync_ref_model is set by anchor: use anchor='ema' or anchor='copy'")
+            raise UserError("sync_ref_model is set by anchor: use anchor='ema' or anchor='copy'")
         # TRL's sync: ref <- (1 - alpha) ref + alpha policy every ref_model_sync_steps steps.
         if self.anchor != "reference":
             self.sync_ref_model = True
@@ -113,7 +114,7 @@ class DataCollatorForAnchoredPreference(DataCollatorForPreference):
             return output
         counts = sorted({len(e["completion_ids"]) for e in examples})
         if len(counts) > 1:
-            raise ValueError(f"every prompt needs the same number of '{COMPLETIONS}'; this batch has {counts}")
+            raise UserError(f"every prompt needs the same number of '{COMPLETIONS}'; this batch has {counts}")
         ids, masks = [], []
         for j in range(counts[0]):
             for e in examples:
@@ -122,7 +123,7 @@ class DataCollatorForAnchoredPreference(DataCollatorForPreference):
         if self.max_length is not None:
             keep = {"keep_start": slice(None, self.max_length), "keep_end": slice(-self.max_length, None)}
             if self.truncation_mode not in keep:
-                raise ValueError(f"truncation_mode must be one of {list(keep)}, got {self.truncation_mode!r}")
+                raise UserError(f"truncation_mode must be one of {list(keep)}, got {self.truncation_mode!r}")
             ids = [x[keep[self.truncation_mode]] for x in ids]
             masks = [m[keep[self.truncation_mode]] for m in masks]
 
@@ -145,7 +146,7 @@ def _column_names(dataset) -> list[str]:
 def _checked_preference_probability(example: dict[str, Any]) -> dict[str, float]:
     value = example[PREFERENCE_PROBABILITY]
     if not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ValueError(f"'{PREFERENCE_PROBABILITY}' must be a number in [0, 1], got {value!r}")
+        raise UserError(f"'{PREFERENCE_PROBABILITY}' must be a number in [0, 1], got {value!r}")
     return {PREFERENCE_PROBABILITY: float(value)}
 
 
@@ -153,13 +154,13 @@ def _tokenize_listwise(example: dict[str, Any], processing_class, eos_token: str
     """prompt + each completion -> prompt_ids, completion_ids (one list per candidate), as TRL tokenises pairs."""
     completions, scores = example[COMPLETIONS], example[SCORES]
     if not isinstance(completions, list) or len(completions) < 2:
-        raise ValueError(f"'{COMPLETIONS}' must be a list of at least 2 completions, got {completions!r}")
+        raise UserError(f"'{COMPLETIONS}' must be a list of at least 2 completions, got {completions!r}")
     if (
         not isinstance(scores, list)
         or len(scores) != len(completions)
         or not all(isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s) for s in scores)
     ):
-        raise ValueError(f"'{SCORES}' must be a list of {len(completions)} finite numbers (one per completion), "
+        raise UserError(f"'{SCORES}' must be a list of {len(completions)} finite numbers (one per completion), "
                          f"got {scores!r}")
     prompt = example["prompt"]
     if is_conversational(example):
@@ -167,7 +168,7 @@ def _tokenize_listwise(example: dict[str, Any], processing_class, eos_token: str
         full_ids = [_tokenize(processing_class, prompt + c)["input_ids"] for c in completions]
     else:
         if not all(isinstance(c, str) for c in completions):
-            raise ValueError(f"'{COMPLETIONS}' of a text prompt must be strings, got {completions!r}")
+            raise UserError(f"'{COMPLETIONS}' of a text prompt must be strings, got {completions!r}")
         prompt_ids = _tokenize(processing_class, prompt)["input_ids"]
         full_ids = [
             _tokenize(processing_class, prompt + (c if c.endswith(eos_token) else c + eos_token))["input_ids"]
@@ -203,7 +204,7 @@ class ThermoADPOTrainer(DPOTrainer):
             return self._prepare_listwise_dataset(dataset, processing_class, args, dataset_name, columns)
         missing = [c for c in ("chosen", "rejected") if c not in columns]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"The {dataset_name} dataset has no column(s) {missing}: ADPO needs 'chosen' and 'rejected' "
                 f"(pairwise) or '{COMPLETIONS}' and '{SCORES}' (listwise); its columns are {columns}"
             )
@@ -214,11 +215,11 @@ class ThermoADPOTrainer(DPOTrainer):
     def _prepare_listwise_dataset(self, dataset, processing_class, args, dataset_name, columns):
         missing = [c for c in ("prompt", SCORES) if c not in columns]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"The listwise {dataset_name} dataset has no column(s) {missing}; its columns are {columns}"
             )
         if args.precompute_ref_log_probs:
-            raise ValueError(
+            raise UserError(
                 "precompute_ref_log_probs=True supports pairwise data only; set it to False for listwise data"
             )
         map_kwargs = {}
@@ -232,7 +233,7 @@ class ThermoADPOTrainer(DPOTrainer):
         if isinstance(dataset, Dataset):
             counts = sorted(set(map(len, dataset[SCORES])))
             if len(counts) > 1:
-                raise ValueError(f"every prompt needs the same number of '{COMPLETIONS}'; {dataset_name} has {counts}")
+                raise UserError(f"every prompt needs the same number of '{COMPLETIONS}'; {dataset_name} has {counts}")
         return dataset
 
     def _set_signature_columns_if_needed(self):

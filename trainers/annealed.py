@@ -29,6 +29,7 @@ from transformers import LogitsProcessorList
 from ..rollouts import ScheduledTemperatureProcessor, TemperatureSchedule, build_schedule, check_generation_config
 from ..rollouts.vllm_schedule import schedule_extra_args
 from .annealed_vllm import colocated_requests, served_requests, vllm_setup
+from ..errors import UserError
 
 EAD_CORRECTIONS = ("tis", "none", "recompute_at_tau")
 
@@ -40,7 +41,7 @@ def _json_or_value(name: str, value):
     try:
         return json.loads(value)
     except json.JSONDecodeError as error:
-        raise ValueError(
+        raise UserError(
             f"{name} must be a schedule spec (dict, number or JSON string), got {value!r}: {error}"
         ) from None
 
@@ -49,7 +50,7 @@ def _built(name: str, spec) -> TemperatureSchedule:
     try:
         return build_schedule(spec)
     except ValueError as error:
-        raise ValueError(f"{name}: {error}") from None
+        raise UserError(f"{name}: {error}") from None
 
 
 @dataclass
@@ -99,16 +100,16 @@ class AnnealedRolloutArguments:
         self.temperature_schedule = _json_or_value("temperature_schedule", self.temperature_schedule)
         self.temperature_portfolio = _json_or_value("temperature_portfolio", self.temperature_portfolio)
         if self.ead_correction not in EAD_CORRECTIONS:
-            raise ValueError(f"ead_correction must be one of {list(EAD_CORRECTIONS)}, got {self.ead_correction!r}")
+            raise UserError(f"ead_correction must be one of {list(EAD_CORRECTIONS)}, got {self.ead_correction!r}")
         if isinstance(self.tis_cap, bool) or not isinstance(self.tis_cap, (int, float)) or not self.tis_cap >= 1.0:
-            raise ValueError(
+            raise UserError(
                 f"tis_cap must be a number >= 1 (a cap below 1 down-weights on-policy tokens), got {self.tis_cap!r}"
             )
         if self.temperature_schedule is not None and self.temperature_portfolio is not None:
-            raise ValueError("Set temperature_schedule or temperature_portfolio, not both.")
+            raise UserError("Set temperature_schedule or temperature_portfolio, not both.")
         rollout_schedules(self)
         if self.vllm_dtype is not None and not (self.use_vllm and self.vllm_mode == "colocate"):
-            raise ValueError(
+            raise UserError(
                 "vllm_dtype sets the dtype of the colocated vLLM engine: it needs use_vllm=True and "
                 f"vllm_mode='colocate' (a server takes --dtype), got use_vllm={self.use_vllm}, vllm_mode={self.vllm_mode!r}"
             )
@@ -118,28 +119,28 @@ class AnnealedRolloutArguments:
     def _check_sampling_settings(self):
         option = "temperature_schedule" if self.temperature_schedule is not None else "temperature_portfolio"
         if self.temperature != 1.0:
-            raise ValueError(
+            raise UserError(
                 f"{option} sets the sampling temperature, so temperature must be 1.0 (the two would multiply, and "
                 f"training stays on the temperature-1 policy), got temperature={self.temperature}."
             )
         if self.top_k != 0 or self.top_p != 1.0 or self.min_p not in (None, 0, 0.0):
-            raise ValueError(
+            raise UserError(
                 f"{option} needs plain sampling after the schedule (top_k=0, top_p=1.0, min_p=None), got "
                 f"top_k={self.top_k}, top_p={self.top_p}, min_p={self.min_p}: truncation would change the sampled "
                 "distribution behind the recorded behaviour log-probs."
             )
         if self.use_vllm and self.repetition_penalty != 1.0:
-            raise ValueError(
+            raise UserError(
                 f"{option} needs repetition_penalty=1.0 with use_vllm, got {self.repetition_penalty}: the penalty "
                 "would change the sampled distribution behind the recorded behaviour log-probs."
             )
         if self.use_transformers_continuous_batching:
-            raise ValueError(
+            raise UserError(
                 f"{option} is not implemented for transformers continuous batching "
                 "(use_transformers_continuous_batching / use_transformers_paged): use plain generate."
             )
         if self.temperature_portfolio is not None and len(self.temperature_portfolio) > self.num_generations:
-            raise ValueError(
+            raise UserError(
                 f"temperature_portfolio has {len(self.temperature_portfolio)} specs but a group has only "
                 f"num_generations={self.num_generations} members: the extra specs would never be sampled."
             )
@@ -152,7 +153,7 @@ def rollout_schedules(args) -> list[TemperatureSchedule] | None:
     if args.temperature_portfolio is None:
         return None
     if not isinstance(args.temperature_portfolio, list) or not args.temperature_portfolio:
-        raise ValueError(
+        raise UserError(
             f"temperature_portfolio must be a non-empty list of schedule specs, got {args.temperature_portfolio!r}"
         )
     return [_built(f"temperature_portfolio[{i}]", spec) for i, spec in enumerate(args.temperature_portfolio)]
@@ -225,7 +226,7 @@ class AnnealedRolloutMixin:
         if self.rollout_schedules is None:
             return
         if self.tools or self.rollout_func is not None or self.environment_factories is not None:
-            raise ValueError(
+            raise UserError(
                 "temperature_schedule / temperature_portfolio support single-turn generation only, not tools, "
                 "environments or rollout_func."
             )
@@ -234,7 +235,7 @@ class AnnealedRolloutMixin:
         try:
             check_generation_config(self.generation_config, self.model.generation_config)
         except ValueError as error:
-            raise ValueError(
+            raise UserError(
                 f"temperature_schedule / temperature_portfolio: {error} (check generation_kwargs)"
             ) from None
 

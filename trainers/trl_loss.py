@@ -17,6 +17,7 @@ import dataclasses
 from trl import GRPOConfig
 
 from ..losses import validate_loss_kwargs
+from ..errors import UserError
 
 AGGREGATION_OF_LOSS_TYPE = {
     "grpo": "seq_mean_token_mean",
@@ -53,7 +54,7 @@ def check_no_trl_loss_fields(args) -> None:
     changed = [name for name in TRL_LOSS_FIELDS if getattr(args, name) != _TRL_DEFAULTS[name]]
     if changed:
         name = changed[0]
-        raise ValueError(
+        raise UserError(
             f"policy_loss={args.policy_loss!r} and {name}={getattr(args, name)!r} both choose the policy loss: "
             "set the loss's parameters in policy_loss_kwargs, or unset policy_loss to use TRL's loss fields."
         )
@@ -63,13 +64,13 @@ def policy_loss_from_trl(args) -> tuple[str, dict]:
     """(registry loss, its parameters) computing what TRL's GRPOTrainer computes for `args`' loss fields."""
     loss_type, level = args.loss_type, args.importance_sampling_level
     if loss_type not in AGGREGATION_OF_LOSS_TYPE:
-        raise ValueError(f"loss_type={loss_type!r} is not a TRL loss; valid: {', '.join(AGGREGATION_OF_LOSS_TYPE)}")
+        raise UserError(f"loss_type={loss_type!r} is not a TRL loss; valid: {', '.join(AGGREGATION_OF_LOSS_TYPE)}")
     if level not in ("token", "sequence"):
-        raise ValueError(f"importance_sampling_level={level!r} must be 'token' or 'sequence'")
+        raise UserError(f"importance_sampling_level={level!r} must be 'token' or 'sequence'")
     # TRL's bias-corrected KL multiplies by the (token or sequence) ratio; it only acts when beta != 0
     sequence_ratio_matters = loss_type in ("sapo", "cispo") or (args.beta != 0.0 and args.use_bias_correction_kl)
     if level == "sequence" and loss_type not in CLIPPED_LOSS_TYPES and sequence_ratio_matters:
-        raise ValueError(
+        raise UserError(
             f"importance_sampling_level='sequence' with loss_type={loss_type!r} has no thermorl registry loss; "
             "use importance_sampling_level='token', or loss_type='grpo' (GSPO)."
         )
@@ -102,4 +103,4 @@ def policy_loss_from_trl(args) -> tuple[str, dict]:
     except ValueError as error:
         named = [field for key, field in source.items() if f"'{key}'" in str(error)]
         fields = "".join(f", {field}={getattr(args, field)!r}" for field in named)
-        raise ValueError(f"loss_type={loss_type!r}{fields}: {error}") from None
+        raise UserError(f"loss_type={loss_type!r}{fields}: {error}") from None

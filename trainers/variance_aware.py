@@ -30,6 +30,7 @@ from trl.data_utils import is_conversational
 
 from ..rollouts.vas import MODES, VarianceAwareSampler
 from ..rollouts.vas_scores import DIVERSITY_MEASURES
+from ..errors import UserError
 
 logger = logging.get_logger(__name__)
 
@@ -97,29 +98,29 @@ class VarianceAwareSamplingArguments:
                      "vas_ema_decay", "vas_prior_score"):  # NaN passes every comparison below
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value}")
+                raise UserError(f"{name} must be a finite number, got {value}")
         if self.vas_mode not in (None, *MODES):
-            raise ValueError(f"vas_mode must be None, 'online' or 'rollout', got {self.vas_mode!r}")
+            raise UserError(f"vas_mode must be None, 'online' or 'rollout', got {self.vas_mode!r}")
         for name in ("vas_weighted_fraction", "vas_probability_floor"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+                raise UserError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.vas_alpha < 0 or self.vas_beta < 0 or self.vas_alpha + self.vas_beta == 0:
-            raise ValueError(
+            raise UserError(
                 f"vas_alpha and vas_beta must be >= 0 with a positive sum, got {self.vas_alpha} and {self.vas_beta}"
             )
         if self.vas_diversity not in DIVERSITY_MEASURES:
-            raise ValueError(f"vas_diversity must be one of {sorted(DIVERSITY_MEASURES)}, got {self.vas_diversity!r}")
+            raise UserError(f"vas_diversity must be one of {sorted(DIVERSITY_MEASURES)}, got {self.vas_diversity!r}")
         if self.vas_update_interval < 1:
-            raise ValueError(f"vas_update_interval must be >= 1, got {self.vas_update_interval}")
+            raise UserError(f"vas_update_interval must be >= 1, got {self.vas_update_interval}")
         if self.vas_rollouts_per_prompt < 2:
-            raise ValueError(
+            raise UserError(
                 "vas_rollouts_per_prompt must be >= 2 (one rollout has no variance), "
                 f"got {self.vas_rollouts_per_prompt}"
             )
         if self.vas_ema_decay is not None and not 0 <= self.vas_ema_decay < 1:
-            raise ValueError(f"vas_ema_decay must be None or lie in [0, 1), got {self.vas_ema_decay}")
+            raise UserError(f"vas_ema_decay must be None or lie in [0, 1), got {self.vas_ema_decay}")
         if self.vas_prior_score is not None and self.vas_prior_score < 0:
-            raise ValueError(f"vas_prior_score must be None or >= 0, got {self.vas_prior_score}")
+            raise UserError(f"vas_prior_score must be None or >= 0, got {self.vas_prior_score}")
 
 
 class VarianceAwareSamplingMixin:
@@ -141,7 +142,7 @@ class VarianceAwareSamplingMixin:
             self.tools or self.rollout_func is not None or self.environment_factories is not None
             or {"image", "images"} & set(self.train_dataset.column_names)
         ):
-            raise ValueError(
+            raise UserError(
                 "vas_mode='rollout' re-rolls prompts with plain single-turn generation: it does not support tools, "
                 "environments, rollout_func or images. Use vas_mode='online'."
             )
@@ -303,10 +304,10 @@ class VarianceAwareSamplingMixin:
 def _with_prompt_indices(train_dataset):
     """The train set with each row's index in PROMPT_INDEX_COLUMN, which the scores are keyed by."""
     if not isinstance(train_dataset, Dataset):
-        raise ValueError(
+        raise UserError(
             f"vas_mode needs a map-style datasets.Dataset as train_dataset (prompts it can index and score), "
             f"got {type(train_dataset).__name__}"
         )
     if PROMPT_INDEX_COLUMN in train_dataset.column_names:
-        raise ValueError(f"train_dataset already has a column named {PROMPT_INDEX_COLUMN!r}, which VAS reserves")
+        raise UserError(f"train_dataset already has a column named {PROMPT_INDEX_COLUMN!r}, which VAS reserves")
     return train_dataset.add_column(PROMPT_INDEX_COLUMN, list(range(len(train_dataset))))
