@@ -344,7 +344,9 @@ def test_grid_summary_against_hand_counts():
             {"prompt": "1 2 3 4>10:", "numbers": [1, 2, 3, 4], "target": 10}]
     table = [[[right0, right0], [wrong0, right0]], [[wrong1, wrong1], [wrong1, right1]]]
     answers, correct = score(as_verifier(CountdownStepsTask(), list(rows[0])), rows, table)
-    scores = grid_summary([0.5, 1.0], answers, correct, {"vote_round_size": 1, "vote_threshold": 0.8})
+    # The votes are counted as if the traces were canonical answers, to check the counting on hand-made tables.
+    scores = grid_summary([0.5, 1.0], answers, correct, {"vote_round_size": 1, "vote_threshold": 0.8},
+                          canonical_answers=True)
     assert scores["per temperature pass@1"] == {"0.5": 0.5, "1": 0.5}
     # pass@2: T=0.5 solves prompt 0 only, T=1 both.
     assert (scores["best single T"], scores["best single T pass@k"]) == (1.0, 1.0)
@@ -357,6 +359,18 @@ def test_grid_summary_against_hand_counts():
     # disagrees, then T=1 is split 1-1 after round 2, so it votes on all 4 (right0).
     assert scores["vote early exit"] == 0.5
     assert scores["vote samples saved"] == pytest.approx(0.25)
+    # The equal-budget curve: at 1 sample, T=0.5 and T=1 both solve half; spread picks one at random (0.5).
+    assert scores["equal budget curve"][0] == {"samples": 1, "best single T": 0.5, "best single T pass@k": 0.5,
+                                               "spread pass@k": 0.5}
+    assert scores["equal budget curve"][-1]["spread pass@k"] == scores["spread pass@k"]
+
+    # countdown_steps' traces are not canonical answers: the vote metrics are n/a, with the reason.
+    assert CountdownStepsTask.canonical_answers is False
+    not_canonical = grid_summary([0.5, 1.0], answers, correct, {"vote_round_size": 1, "vote_threshold": 0.8},
+                                 canonical_answers=False)
+    assert [not_canonical[m] for m in ("vote all samples", "vote early exit", "vote samples saved")] == [None] * 3
+    assert "not canonical" in not_canonical["vote n/a"]
+    assert not_canonical["spread pass@k"] == scores["spread pass@k"]
 
 
 def test_rollouts_outside_training_batches_count_on_the_rollouts_axis():
