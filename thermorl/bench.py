@@ -554,7 +554,10 @@ def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float], compare:
             values["steps_to_baseline_final"] = reached[0] if reached else None
     compare = compare or columns
     paired = {"baseline": baseline, "metrics": compare,
-              "comparisons": compare_to_baseline(by_arm_seed, baseline, compare) if baseline in by_arm_seed else []}
+              "comparisons": compare_to_baseline(
+                  {arm: {metric: {seed: metrics[metric] for seed, metrics in by_seed.items() if metric in metrics}
+                         for metric in compare} for arm, by_seed in by_arm_seed.items()},
+                  baseline, compare) if baseline in by_arm_seed else []}
     start_metrics = run_metrics({"final": {m: start[m] for m in FINAL_METRICS if m in start}, "grid": start.get("grid")})
     return {"baseline": baseline, "k": spec["evaluation"]["samples"], "temperatures": temperatures,
             "split": spec["evaluation"].get("split", "held_out"), "start": start,
