@@ -536,6 +536,8 @@ def test_vote_columns_say_n_a_where_answers_are_not_canonical(tmp_path):
         ({"split": "validation", "validation_examples": 0}, [],
          "evaluation.validation_examples must be an integer >= 1, got 0"),
         ({}, ["--compare", "pass@1 T=0.8"], "--compare: ['pass@1 T=0.8'] are not metrics of this bench"),
+        ({}, ["--split", "validation"],
+         "evaluation.validation_examples 256 must be below num_train_examples (32 in arm"),
     ],
 )
 def test_split_and_compare_mistakes_are_one_line_errors(tmp_path, capsys, evaluation, argv, message):
@@ -579,3 +581,56 @@ def test_validation_rows_come_out_of_training_and_leave_held_out_unchanged():
 
     with pytest.raises(UserError, match="validation rows: must be an integer from 1 to 299"):
         task.carve_validation(train, 300)
+
+
+def test_early_exit_arms_file_measures_voting_on_canonical_answers_over_the_13_temperature_grid(tmp_path, monkeypatch,
+                                                                                                capsys):
+    """benchmarks/early_exit_arms.yaml on tiny numbers: the 13-temperature grid with greedy at 0.0, K = 64 samples,
+    rounds of 4: the vote columns are numbers (arithmetic's answers are canonical) and the equal-budget pass@K curve
+    reaches K = 64."""
+    from pathlib import Path
+
+    from thermorl.bench import load_arms
+    from thermorl.cli import main
+
+    arms = Path(__file__).resolve().parents[1] / "benchmarks" / "early_exit_arms.yaml"
+    spec = load_arms(arms)
+    assert spec["evaluation"]["temperatures"] == [round(0.1 * i, 1) for i in range(13)]
+    assert (spec["evaluation"]["samples"], spec["evaluation"]["vote_round_size"]) == (64, 4)
+    monkeypatch.setenv("THERMORL_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    tiny = ["--max_steps", "1", "--warmup_examples", "64", "--warmup_epochs", "1", "--num_train_examples", "32",
+            "--num_eval_examples", "3", "--per_device_train_batch_size", "8", "--num_generations", "4"]
+    assert main(["bench", str(arms), "--out", str(out), "--seeds", "0", "--arms", "fixed-1.0", *tiny]) == 0
+    grid = json.loads((out / "runs" / "fixed-1.0" / "seed0.json").read_text())["grid"]
+    assert "vote n/a" not in grid and 0.0 <= grid["vote samples saved"] < 1.0
+    assert [point["samples"] for point in grid["equal budget curve"]] == [1, 2, 4, 8, 16, 32, 64]
+    assert set(grid["per temperature pass@1"]) == {f"{0.1 * i:.1f}".rstrip("0").rstrip(".") for i in range(13)}
+    table = (out / "report.md").read_text()
+    assert "| arm | K=1 | K=2 | K=4 | K=8 | K=16 | K=32 | K=64 |" in table and "n/a" not in table
+
+
+def test_bench_on_validation_prompts_scores_them_and_keeps_the_held_out_runs_apart(tmp_path, monkeypatch, capsys):
+    """evaluation.split validation: the runs score validation prompts carved out of the training ones (RL leaves
+    them out), and the report says it is not the held-out result; `--split held_out` gives the plan runs made
+    before the option existed had (no split key), so they keep matching on resume."""
+    from thermorl.bench import load_arms, run_plan, with_split
+    from thermorl.cli import main
+
+    monkeypatch.setenv("THERMORL_CACHE", str(tmp_path / "cache"))
+    evaluation = {"samples": 2, "every": 1, "batch_size": 64, "temperatures": [0.7, 1.0]}
+    arms = _write_arms(tmp_path / "arms.yaml", arms={"fixed-1.0": {"temperature": 1.0}},
+                       evaluation={**evaluation, "split": "validation", "validation_examples": 8})
+    out = tmp_path / "out"
+    assert main(["bench", str(arms), "--out", str(out), "--max_steps", "1"]) == 0
+    run = json.loads((out / "runs" / "fixed-1.0" / "seed0.json").read_text())
+    assert (run["evaluation"]["split"], run["evaluation"]["validation_examples"]) == ("validation", 8)
+    assert run["held_out_prompts"] == 8
+    assert "Scored on validation prompts" in (out / "report.md").read_text()
+    assert json.loads((out / "report.json").read_text())["split"] == "validation"
+
+    spec = load_arms(arms)
+    spec["evaluation"] = with_split({k: v for k, v in spec["evaluation"].items() if k != "validation_examples"},
+                                    "held_out", "--split")
+    old = load_arms(_write_arms(tmp_path / "old.yaml", arms={"fixed-1.0": {"temperature": 1.0}}, evaluation=evaluation))
+    assert run_plan(spec, "fixed-1.0", 0, {}, tmp_path) == run_plan(old, "fixed-1.0", 0, {}, tmp_path)

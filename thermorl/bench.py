@@ -381,6 +381,11 @@ def check_arms_share_start(spec: dict[str, Any], extra: dict[str, Any]) -> None:
             load_recipe(values)
         except ValueError as error:
             raise ValueError(f"arm {name!r} with the command-line overrides: {error}") from None
+        carved = validation_examples(spec["evaluation"])
+        if carved and carved >= values["num_train_examples"]:
+            raise UserError(f"evaluation.validation_examples {carved} must be below num_train_examples "
+                            f"({values['num_train_examples']} in arm {name!r}): the validation prompts are carved out "
+                            "of the training prompts")
         shared = {key: values.get(key) for key in (*_START_KEYS, "max_steps")}
         if reference is None:
             reference = (name, shared)
