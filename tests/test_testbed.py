@@ -634,3 +634,32 @@ def test_bench_on_validation_prompts_scores_them_and_keeps_the_held_out_runs_apa
                                     "held_out", "--split")
     old = load_arms(_write_arms(tmp_path / "old.yaml", arms={"fixed-1.0": {"temperature": 1.0}}, evaluation=evaluation))
     assert run_plan(spec, "fixed-1.0", 0, {}, tmp_path) == run_plan(old, "fixed-1.0", 0, {}, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["testbed_arms.yaml", "study_arms.yaml", "early_exit_arms.yaml"])
+def test_study_arms_files_load(name):
+    from pathlib import Path
+
+    from thermorl.bench import load_arms
+
+    spec = load_arms(Path(__file__).resolve().parents[1] / "benchmarks" / name)
+    if name != "early_exit_arms.yaml":
+        no_growth = spec["arms"]["ead-no-growth"]["temperature_schedule"]
+        assert no_growth["horizon_growth"] == 0.0 and build_schedule(no_growth).alpha == 0.0
+    if name == "study_arms.yaml":
+        methods = {arm.split("-")[0] for arm in spec["arms"]}
+        assert {m: sum(arm.startswith(m) for arm in spec["arms"]) for m in methods} == {
+            "fixed": 3, "ead": 3, "portfolio": 3}
+        assert spec["evaluation"]["split"] == "validation"
+
+
+def test_horizon_growth_makes_the_testbed_ead_arm_a_hot_fixed_temperature():
+    """Issue 21 item 2, reproduced: sized to 20 tokens with the paper's growth, every position of a 22-token trace is
+    above 1.0 by step 25 and the mean is ~1.19 at step 300; without growth step 300 is step 0 (1.2 down to 0.1)."""
+    positions = torch.arange(22)
+    growth = annealed_for_length(20)
+    assert growth.temperatures(positions, 0).min() == pytest.approx(0.1)
+    assert growth.temperatures(positions, 25).min() > 1.0
+    assert growth.temperatures(positions, 300).mean() == pytest.approx(1.19, abs=0.01)
+    no_growth = annealed_for_length(20, horizon_growth=0.0)
+    assert torch.equal(no_growth.temperatures(positions, 300), no_growth.temperatures(positions, 0))
