@@ -79,12 +79,13 @@ def test_paired_comparison_uses_only_the_seeds_both_arms_finished():
 
 
 def test_compare_to_baseline_corrects_across_the_whole_table():
-    values = {
-        "base": {"pass@1 greedy": {0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4}, "pass@1 T=1": {0: 0.1, 1: 0.1, 2: 0.1, 3: 0.1}},
-        "hot": {"pass@1 greedy": {0: 0.2, 1: 0.3, 2: 0.4, 3: 0.5}, "pass@1 T=1": {0: 0.2, 1: 0.0, 2: 0.1, 3: 0.3}},
-        "new": {"pass@1 greedy": {7: 0.9}},  # no seed shared with the baseline; no T=1 number at all
+    runs = {  # arm -> seed -> that run's metrics
+        "base": {seed: {"pass@1 greedy": 0.1 * (seed + 1), "pass@1 T=1": 0.1} for seed in range(4)},
+        "hot": {seed: {"pass@1 greedy": 0.1 * (seed + 2), "pass@1 T=1": t1}
+                for seed, t1 in enumerate([0.2, 0.0, 0.1, 0.3])},
+        "new": {7: {"pass@1 greedy": 0.9}},  # no seed shared with the baseline; no T=1 number at all
     }
-    table = compare_to_baseline(values, "base", ["pass@1 greedy", "pass@1 T=1"])
+    table = compare_to_baseline(runs, "base", ["pass@1 greedy", "pass@1 T=1"])
     assert [(row["arm"], row["metric"]) for row in table] == [
         ("hot", "pass@1 greedy"), ("hot", "pass@1 T=1"), ("new", "pass@1 greedy"), ("new", "pass@1 T=1")]
     greedy, hot_t1 = table[0]["comparison"], table[1]["comparison"]

@@ -627,7 +627,8 @@ def test_bench_on_validation_prompts_scores_them_and_keeps_the_held_out_runs_apa
     assert (run["evaluation"]["split"], run["evaluation"]["validation_examples"]) == ("validation", 8)
     assert run["held_out_prompts"] == 8
     assert "Scored on validation prompts" in (out / "report.md").read_text()
-    assert json.loads((out / "report.json").read_text())["split"] == "validation"
+    report = json.loads((out / "report.json").read_text())
+    assert (report["split"], report["held_out_prompts"]) == ("validation", 8)
 
     spec = load_arms(arms)
     spec["evaluation"] = with_split({k: v for k, v in spec["evaluation"].items() if k != "validation_examples"},

@@ -509,7 +509,8 @@ def over_seeds(by_seed: dict[int, dict[str, float]], metric: str) -> dict[str, A
     return {**summary, "missing seeds": missing} if missing else summary
 
 
-def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float], compare: list[str] | None = None) -> dict[str, Any]:
+def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float],
+              compare: list[str] | None = None) -> dict[str, Any]:
     """report.json's content from the finished runs (arms with no finished run are left out). `compare`: the
     metrics of the paired comparison against the baseline (default: temperature_columns)."""
     temperatures = spec["evaluation"]["temperatures"]
@@ -547,8 +548,9 @@ def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float], compare:
             grid = arms[arm]["grid"] = {m: over_seeds(by_seed, m) for m in GRID_METRICS}
             grid["best single T"] = [run["grid"]["best single T"] for run in runs]
             not_applicable = [run["grid"]["vote n/a"] for run in runs if run["grid"].get("vote n/a")]
-            if not_applicable:
-                grid.update({metric: None for metric in VOTE_METRICS}, **{"vote n/a": not_applicable[0]})
+            if not_applicable:  # no vote numbers, even from runs written before vote metrics could be n/a
+                grid.update({metric: None for metric in VOTE_METRICS})
+                grid["vote n/a"] = not_applicable[0]
             if all(run["grid"].get("equal budget curve") for run in runs):
                 grid["equal budget curve"] = equal_budget_curve([run["grid"]["equal budget curve"] for run in runs])
     baseline = spec["baseline"]
@@ -559,11 +561,9 @@ def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float], compare:
             values["steps_to_baseline_final"] = reached[0] if reached else None
     compare = compare or columns
     paired = {"baseline": baseline, "metrics": compare,
-              "comparisons": compare_to_baseline(
-                  {arm: {metric: {seed: metrics[metric] for seed, metrics in by_seed.items() if metric in metrics}
-                         for metric in compare} for arm, by_seed in by_arm_seed.items()},
-                  baseline, compare) if baseline in by_arm_seed else []}
-    start_metrics = run_metrics({"final": {m: start[m] for m in FINAL_METRICS if m in start}, "grid": start.get("grid")})
+              "comparisons": compare_to_baseline(by_arm_seed, baseline, compare) if baseline in by_arm_seed else []}
+    start_metrics = run_metrics({"final": {m: start[m] for m in FINAL_METRICS if m in start},
+                                 "grid": start.get("grid")})
     return {"baseline": baseline, "k": spec["evaluation"]["samples"], "temperatures": temperatures,
             "split": spec["evaluation"].get("split", "held_out"), "start": start,
             "start pass@1 by temperature": {column: start_metrics.get(column) for column in columns},
@@ -633,7 +633,8 @@ def paired_markdown(report: dict[str, Any]) -> str:
     lines = [f"Paired differences, arm - {paired['baseline']}, over the seeds both finished: mean ± 95% t-interval, "
              "seeds won / lost / tied, p from the exact sign-flip permutation test (Monte-Carlo above 16 seeds), "
              "Holm-adjusted across every row of this table:", "",
-             "| arm | metric | seeds | difference | won / lost / tied | p | p (Holm) |", "|---|---|---|---|---|---|---|"]
+             "| arm | metric | seeds | difference | won / lost / tied | p | p (Holm) |",
+             "|---|---|---|---|---|---|---|"]
     for row in paired["comparisons"]:
         comparison = row["comparison"]
         if comparison is None:
@@ -670,7 +671,8 @@ def grid_markdown(report: dict[str, Any]) -> str:
         not_applicable = not_applicable or grid.get("vote n/a")
         cells = [_cell(grid[m], "n/a" if m in VOTE_METRICS and grid.get("vote n/a") else "missing")
                  for m in GRID_METRICS]
-        lines.append(f"| {arm} | " + " | ".join(cells) + " | " + ", ".join(f"{t:g}" for t in grid["best single T"]) + " |")
+        best = ", ".join(f"{t:g}" for t in grid["best single T"])
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {best} |")
     if not_applicable:
         lines += ["", f"Vote columns n/a: {not_applicable}."]
     curves = {arm: values["grid"]["equal budget curve"] for arm, values in report["arms"].items()
@@ -728,7 +730,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
         axis.set_ylim(bottom=0)
         axis.legend(fontsize=8)
         axis.grid(alpha=0.3)
-    fig.suptitle(f"{report.get('held_out_prompts') or ''} held-out prompts, seeds {report['seeds']}", fontsize=10)
+    split = "validation" if report.get("split") == "validation" else "held-out"
+    fig.suptitle(f"{report.get('held_out_prompts') or ''} {split} prompts, seeds {report['seeds']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -789,7 +792,8 @@ def bench_command(argv: list[str]) -> int:
     start = start_scores(spec, extra, out, cached_only=args.report)
     failed = [] if args.report else run_bench(spec, out, extra, args.jobs)
     report = aggregate(spec, out, start, args.compare)
-    report["held_out_prompts"] = run_plan(spec, next(iter(spec["arms"])), 0, extra, out)["recipe"].get("num_eval_examples")
+    report["held_out_prompts"] = (validation_examples(spec["evaluation"])
+                                  or run_plan(spec, next(iter(spec["arms"])), 0, extra, out)["recipe"].get("num_eval_examples"))
     _write_json(out / "report.json", report)
     table = markdown(report)
     (out / "report.md").write_text(table + "\n")

@@ -85,19 +85,19 @@ def paired_comparison(arm: Mapping[int, float], baseline: Mapping[int, float]) -
     }
 
 
-def compare_to_baseline(values: Mapping[str, Mapping[str, Mapping[int, float]]], baseline: str,
+def compare_to_baseline(runs: Mapping[str, Mapping[int, Mapping[str, float]]], baseline: str,
                         metrics: Sequence[str]) -> list[dict]:
     """Every other arm against `baseline` on each metric, with Holm-adjusted p-values across the whole table.
 
-    `values[arm][metric]` maps seed -> that run's value (a run without the metric is simply absent). A pair with
-    no shared seed is listed with "comparison": None and takes no part in the correction."""
-    table = []
-    for arm in values:
-        if arm == baseline:
-            continue
-        for metric in metrics:
-            comparison = paired_comparison(values[arm].get(metric, {}), values.get(baseline, {}).get(metric, {}))
-            table.append({"arm": arm, "metric": metric, "comparison": comparison})
+    `runs[arm][seed]` holds that run's metrics by name (a metric the run lacks is simply absent). A pair with no
+    shared seed holding the metric is listed with "comparison": None and takes no part in the correction."""
+
+    def by_seed(arm: str, metric: str) -> dict[int, float]:
+        return {seed: values[metric] for seed, values in runs.get(arm, {}).items() if metric in values}
+
+    table = [{"arm": arm, "metric": metric,
+              "comparison": paired_comparison(by_seed(arm, metric), by_seed(baseline, metric))}
+             for arm in runs if arm != baseline for metric in metrics]
     compared = [row["comparison"] for row in table if row["comparison"] is not None]
     for comparison, adjusted in zip(compared, holm([c["p"] for c in compared])):
         comparison["p holm"] = adjusted
