@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 from datasets import Dataset
 from ..errors import UserError
 
+from ..errors import UserError
+
 # Rows drawn per requested row before giving up: a task too small for the request (e.g. one-digit
 # sums) would otherwise loop forever looking for new prompts.
 _DRAWS_PER_ROW = 50
@@ -35,6 +37,11 @@ class Task(ABC):
     # True when `sample_row` makes some prompts likelier than others (the countdown tasks build a prompt from a
     # random solution, so a prompt with many solutions, an easy one, comes up more often): see `make_splits`.
     uneven_prompts: ClassVar[bool] = False
+    # True when every correct completion extracts to the same answer (arithmetic: the number), so that a majority
+    # vote over samples and its early exit measure agreement on the answer. False when a problem has many correct
+    # answers that vote apart (a countdown expression or trace): there the votes split over correct answers and
+    # vote-based metrics say nothing about the method; `thermorl bench` reports them as not applicable.
+    canonical_answers: ClassVar[bool] = True
 
     @abstractmethod
     def sample_row(self, rng: random.Random) -> dict[str, Any]:
@@ -75,6 +82,19 @@ class Task(ABC):
         eval_rng = random.Random(f"{self.name}-eval-{seed}")
         eval_rows = self._distinct_rows(n_eval, eval_rng, {row["prompt"] for row in train_rows})
         return Dataset.from_list(train_rows), Dataset.from_list(eval_rows)
+
+    def carve_validation(self, train: Dataset, n_validation: int) -> tuple[Dataset, Dataset]:
+        """(training rows left, validation rows): n_validation rows taken at random out of `train` (the same rows
+        for the same training set), for choosing settings without looking at the held-out rows. RL must then train
+        on the rows left only; the held-out rows are not touched. The warm-up, which excludes only the held-out
+        prompts, may have seen validation prompts (as it has the training ones)."""
+        if isinstance(n_validation, bool) or not isinstance(n_validation, int) or not 1 <= n_validation < len(train):
+            raise UserError(f"validation rows: must be an integer from 1 to {len(train) - 1} (they are carved out of "
+                            f"the {len(train)} training rows), got {n_validation!r}")
+        order = list(range(len(train)))
+        random.Random(f"{self.name}-validation").shuffle(order)
+        validation = sorted(order[:n_validation])
+        return train.select(sorted(order[n_validation:])), train.select(validation)
 
     def make_sft_dataset(self, n: int, seed: int, exclude_prompts: Iterable[str] = ()) -> Dataset:
         """TRL prompt-completion rows whose completion is the stored answer (no EOS appended)."""

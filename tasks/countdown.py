@@ -33,6 +33,7 @@ class CountdownTask(Task):
     name: ClassVar[str] = "countdown"
     checked_columns: ClassVar[tuple[str, ...]] = ("numbers", "target")
     uneven_prompts: ClassVar[bool] = True  # a prompt is made from a random solution
+    canonical_answers: ClassVar[bool] = False  # equivalent expressions vote apart
 
     def __post_init__(self):
         for option in ("num_numbers", "max_number", "max_target"):

@@ -64,6 +64,7 @@ class CountdownStepsTask(Task):
     name: ClassVar[str] = "countdown_steps"
     checked_columns: ClassVar[tuple[str, ...]] = ("numbers", "target")
     uneven_prompts: ClassVar[bool] = True  # a prompt is made from a random solution
+    canonical_answers: ClassVar[bool] = False  # every correct trace is its own answer
 
     def __post_init__(self):
         if isinstance(self.num_numbers, bool) or not isinstance(self.num_numbers, int) or self.num_numbers < 3:

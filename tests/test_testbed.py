@@ -1,5 +1,6 @@
 """The reasoning testbed: countdown_steps (task, verifier, SFT traces), EAD sized to a response length, `thermorl bench`."""
 
+import hashlib
 import json
 import math
 import random
@@ -291,7 +292,9 @@ def test_bench_smoke_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert set(grid["per temperature pass@1"]) == {"0.7", "1"}
     assert grid["per temperature pass@1"]["1"] == run["final"]["pass@1 T=1"]  # the T=1 metrics are the grid's samples
     assert grid["best single T pass@k"] <= grid["pass@all"] and grid["spread pass@k"] <= grid["pass@all"]
-    assert 0.0 <= grid["vote samples saved"] < 1.0
+    # countdown_steps' answers are traces, not canonical: no vote numbers, the reason instead.
+    assert grid["vote samples saved"] is None and "not canonical" in grid["vote n/a"]
+    assert [point["samples"] for point in grid["equal budget curve"]] == [1, 2]
 
     report = json.loads((out / "report.json").read_text())
     assert set(report["arms"]) == {"fixed-1.0", "ead"}
@@ -307,6 +310,9 @@ def test_bench_smoke_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert "Across temperatures 0.7, 1 (2 samples at each)" in (out / "report.md").read_text()
     assert set(report["arms"]["ead"]["grid"]) >= {"pass@all", "vote early exit", "best single T"}
     assert "grid" in report["start"]
+    assert set(fixed["pass@1 by temperature"]) == {"pass@1 greedy", "pass@1 T=0.7", "pass@1 T=1"}
+    assert [row["arm"] for row in report["paired"]["comparisons"]] == ["ead"] * 3
+    assert "| ead | pass@1 T=0.7 | 1 |" in (out / "report.md").read_text()
 
     before = (out / "runs" / "ead" / "seed0.json").read_text()
     assert main(["bench", str(arms), "--out", str(out)]) == 0
@@ -344,7 +350,9 @@ def test_grid_summary_against_hand_counts():
             {"prompt": "1 2 3 4>10:", "numbers": [1, 2, 3, 4], "target": 10}]
     table = [[[right0, right0], [wrong0, right0]], [[wrong1, wrong1], [wrong1, right1]]]
     answers, correct = score(as_verifier(CountdownStepsTask(), list(rows[0])), rows, table)
-    scores = grid_summary([0.5, 1.0], answers, correct, {"vote_round_size": 1, "vote_threshold": 0.8})
+    # The votes are counted as if the traces were canonical answers, to check the counting on hand-made tables.
+    scores = grid_summary([0.5, 1.0], answers, correct, {"vote_round_size": 1, "vote_threshold": 0.8},
+                          canonical_answers=True)
     assert scores["per temperature pass@1"] == {"0.5": 0.5, "1": 0.5}
     # pass@2: T=0.5 solves prompt 0 only, T=1 both.
     assert (scores["best single T"], scores["best single T pass@k"]) == (1.0, 1.0)
@@ -357,6 +365,18 @@ def test_grid_summary_against_hand_counts():
     # disagrees, then T=1 is split 1-1 after round 2, so it votes on all 4 (right0).
     assert scores["vote early exit"] == 0.5
     assert scores["vote samples saved"] == pytest.approx(0.25)
+    # The equal-budget curve: at 1 sample, T=0.5 and T=1 both solve half; spread picks one at random (0.5).
+    assert scores["equal budget curve"][0] == {"samples": 1, "best single T": 0.5, "best single T pass@k": 0.5,
+                                               "spread pass@k": 0.5}
+    assert scores["equal budget curve"][-1]["spread pass@k"] == scores["spread pass@k"]
+
+    # countdown_steps' traces are not canonical answers: the vote metrics are n/a, with the reason.
+    assert CountdownStepsTask.canonical_answers is False
+    not_canonical = grid_summary([0.5, 1.0], answers, correct, {"vote_round_size": 1, "vote_threshold": 0.8},
+                                 canonical_answers=False)
+    assert [not_canonical[m] for m in ("vote all samples", "vote early exit", "vote samples saved")] == [None] * 3
+    assert "not canonical" in not_canonical["vote n/a"]
+    assert not_canonical["spread pass@k"] == scores["spread pass@k"]
 
 
 def test_rollouts_outside_training_batches_count_on_the_rollouts_axis():
@@ -387,3 +407,260 @@ def test_reward_curve_keeps_the_steps_it_was_logged_at(tmp_path):
     start = {"pass@1 greedy": 0.3, "pass@1 T=1": 0.1}
     report = aggregate(spec, tmp_path, start)
     assert report["arms"]["two-steps"]["reward_mean_over_seeds"] == [[1, pytest.approx(0.3)], [3, pytest.approx(0.5)]]
+
+
+# --- the fair study's tooling: matched footing, paired statistics, validation split, canonical answers ------------
+
+
+def _write_run(out, arm, seed, final, grid=None):
+    run = {"seed": seed, "reward": [[1, 0.1]], "rollouts_per_step": 64.0, "seconds": 60.0,
+           "curve": [{"step": 2, "pass@1 greedy": final["pass@1 greedy"], "pass@1 T=1": final["pass@1 T=1"]}],
+           "final": final}
+    if grid is not None:
+        run["grid"] = grid
+    path = out / "runs" / arm / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run))
+
+
+def _final(greedy, at_1):
+    return {"pass@1 greedy": greedy, "pass@1 T=1": at_1, "pass@k T=1": at_1 + 0.1, "worst@k T=1": 0.0}
+
+
+def _grid(per_temperature, vote=0.5, not_applicable=False):
+    grid = {"best single T pass@k": 0.6, "best single T": 1.0, "spread pass@k": 0.6, "pass@all": 0.7,
+            "vote all samples": vote, "vote early exit": vote, "vote samples saved": 0.1,
+            "per temperature pass@1": per_temperature,
+            "equal budget curve": [{"samples": 1, "best single T": 1.0, "best single T pass@k": 0.3,
+                                    "spread pass@k": 0.3}]}
+    if not_applicable:
+        grid.update({"vote all samples": None, "vote early exit": None, "vote samples saved": None,
+                     "vote n/a": "the task's answers are not canonical"})
+    return grid
+
+
+def test_report_compares_arms_at_each_evaluation_temperature_and_pairs_them_by_seed(tmp_path):
+    """pass@1 at greedy and every grid temperature, mean over seeds per arm, and each arm minus the baseline seed by
+    seed (only the seeds both finished), Holm-corrected across the table."""
+    from thermorl.bench import aggregate, markdown
+    from thermorl.bench_stats import holm
+
+    for seed, (cold, hot) in enumerate([(0.30, 0.20), (0.40, 0.30), (0.50, 0.40)]):
+        _write_run(tmp_path, "fixed-1.0", seed, _final(0.5, cold), _grid({"0.6": cold + 0.1, "1": cold}))
+        if seed < 2:  # fixed-1.2 finished seeds 0 and 1 only
+            _write_run(tmp_path, "fixed-1.2", seed, _final(0.6, hot), _grid({"0.6": cold + 0.2, "1": hot}))
+    spec = {"arms": {"fixed-1.0": {}, "fixed-1.2": {}}, "seeds": [0, 1, 2], "baseline": "fixed-1.0",
+            "evaluation": {"samples": 8, "temperatures": [0.6, 1.0]}}
+    start = {"pass@1 greedy": 0.3, "pass@1 T=1": 0.1, "pass@k T=1": 0.4, "worst@k T=1": 0.0,
+             "grid": _grid({"0.6": 0.15, "1": 0.1})}
+    report = aggregate(spec, tmp_path, start)
+
+    by_t = report["arms"]["fixed-1.2"]["pass@1 by temperature"]
+    assert list(by_t) == ["pass@1 greedy", "pass@1 T=0.6", "pass@1 T=1"]
+    assert by_t["pass@1 T=0.6"]["mean"] == pytest.approx(0.55) and by_t["pass@1 T=0.6"]["n"] == 2
+    assert report["arms"]["fixed-1.0"]["pass@1 by temperature"]["pass@1 T=1"]["mean"] == pytest.approx(0.4)
+    assert report["start pass@1 by temperature"] == {"pass@1 greedy": 0.3, "pass@1 T=0.6": 0.15, "pass@1 T=1": 0.1}
+
+    paired = {row["metric"]: row["comparison"] for row in report["paired"]["comparisons"]}
+    assert report["paired"]["metrics"] == ["pass@1 greedy", "pass@1 T=0.6", "pass@1 T=1"]
+    assert paired["pass@1 T=1"]["seeds"] == [0, 1]  # seed 2: no fixed-1.2 run
+    assert paired["pass@1 T=1"]["mean difference"] == pytest.approx(-0.1)
+    assert (paired["pass@1 T=1"]["wins"], paired["pass@1 T=1"]["losses"]) == (0, 2)
+    assert paired["pass@1 T=0.6"]["mean difference"] == pytest.approx(0.1)
+    assert paired["pass@1 T=1"]["p"] == pytest.approx(0.5)  # two seeds: 2 of 4 sign patterns reach |-0.2|
+    assert [paired[m]["p holm"] for m in paired] == pytest.approx(holm([paired[m]["p"] for m in paired]))
+
+    table = markdown(report)
+    assert "pass@1 by evaluation temperature" in table
+    assert "| arm | seeds | greedy | T=0.6 | T=1 |" in table
+    assert "| fixed-1.2 | pass@1 T=1 | 2 | -0.100 ± " in table and "0 / 2 / 0 | 0.500 |" in table
+
+    # --compare: another metric of the runs.
+    report = aggregate(spec, tmp_path, start, ["pass@k T=1"])
+    assert [row["metric"] for row in report["paired"]["comparisons"]] == ["pass@k T=1"]
+
+
+def test_run_jsons_written_before_a_field_existed_report_it_as_missing(tmp_path):
+    """Format compatibility: old runs have no per-temperature pass@1 (or no grid at all) and no equal-budget curve;
+    the report says "missing" for them instead of failing, and the other seeds still count."""
+    from thermorl.bench import aggregate, markdown
+
+    old_grid = _grid({"0.6": 0.2, "1": 0.3})
+    del old_grid["per temperature pass@1"], old_grid["equal budget curve"]
+    _write_run(tmp_path, "a", 0, _final(0.5, 0.3), old_grid)
+    _write_run(tmp_path, "a", 1, _final(0.5, 0.4), _grid({"0.6": 0.3, "1": 0.4}))
+    _write_run(tmp_path, "b", 0, _final(0.4, 0.2))  # no grid
+    spec = {"arms": {"a": {}, "b": {}}, "seeds": [0, 1], "baseline": "a",
+            "evaluation": {"samples": 8, "temperatures": [0.6, 1.0]}}
+    report = aggregate(spec, tmp_path, _final(0.3, 0.1))
+    a, b = report["arms"]["a"]["pass@1 by temperature"], report["arms"]["b"]["pass@1 by temperature"]
+    assert a["pass@1 T=0.6"] == {"mean": 0.3, "ci95": 0.0, "n": 1, "missing seeds": [0]}
+    assert a["pass@1 T=1"]["n"] == 2  # the final T=1 pass@1 every run has
+    assert b["pass@1 T=0.6"] is None
+    assert "equal budget curve" not in report["arms"]["a"]["grid"]
+    assert report["start pass@1 by temperature"]["pass@1 T=0.6"] is None
+    table = markdown(report)
+    assert "0.300 ± 0.000 (seeds [0] missing)" in table
+    assert "| b | 1 | 0.400 ± 0.000 | missing | 0.200 ± 0.000 |" in table
+    paired = {row["metric"]: row["comparison"] for row in report["paired"]["comparisons"]}
+    assert paired["pass@1 T=0.6"] is None and paired["pass@1 greedy"]["seeds"] == [0]
+    assert "| b | pass@1 T=0.6 | none shared | missing |" in table
+
+
+def test_vote_columns_say_n_a_where_answers_are_not_canonical(tmp_path):
+    from thermorl.bench import aggregate, markdown
+    from thermorl.tasks import get_task
+
+    assert get_task("arithmetic").canonical_answers is True
+    assert get_task("countdown_steps").canonical_answers is False
+    assert get_task("countdown").canonical_answers is False
+    _write_run(tmp_path, "a", 0, _final(0.5, 0.3), _grid({"0.6": 0.2, "1": 0.3}, not_applicable=True))
+    spec = {"arms": {"a": {}}, "seeds": [0], "baseline": "a", "evaluation": {"samples": 8, "temperatures": [0.6, 1.0]}}
+    start = {**_final(0.3, 0.1), "grid": _grid({"0.6": 0.1, "1": 0.1}, not_applicable=True)}
+    report = aggregate(spec, tmp_path, start)
+    grid = report["arms"]["a"]["grid"]
+    assert grid["vote early exit"] is None and "not canonical" in grid["vote n/a"]
+    assert grid["pass@all"]["mean"] == 0.7
+    table = markdown(report)
+    assert "| start (warmed-up policy) | 0.600 | 0.600 | 0.700 | n/a | n/a | n/a | 1 |" in table
+    assert "| a | 0.600 ± 0.000 | 0.600 ± 0.000 | 0.700 ± 0.000 | n/a | n/a | n/a | 1 |" in table
+    assert "Vote columns n/a: the task's answers are not canonical." in table
+    assert "| a | 0.300 / 0.300 |" in table  # the equal-budget pass@K curve
+
+
+@pytest.mark.parametrize(
+    "evaluation, argv, message",
+    [
+        ({"split": "test"}, [], "evaluation.split must be one of ['held_out', 'validation'], got 'test'"),
+        ({"validation_examples": 64}, [], "evaluation.validation_examples applies to split validation only"),
+        ({"split": "validation", "validation_examples": 0}, [],
+         "evaluation.validation_examples must be an integer >= 1, got 0"),
+        ({}, ["--compare", "pass@1 T=0.8"], "--compare: ['pass@1 T=0.8'] are not metrics of this bench"),
+        ({}, ["--split", "validation"],
+         "evaluation.validation_examples 256 must be below num_train_examples (32 in arm"),
+    ],
+)
+def test_split_and_compare_mistakes_are_one_line_errors(tmp_path, capsys, evaluation, argv, message):
+    from thermorl.cli import main
+
+    arms = _write_arms(tmp_path / "arms.yaml",
+                       evaluation={"samples": 2, "every": 1, "batch_size": 64, "temperatures": [0.7, 1.0], **evaluation})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("an earlier report\n")
+    assert main(["bench", str(arms), "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert [p.name for p in out.iterdir()] == ["report.md"] and (out / "report.md").read_text() == "an earlier report\n"
+
+
+def test_validation_rows_come_out_of_training_and_leave_held_out_unchanged():
+    from types import SimpleNamespace
+
+    from thermorl.train import build_datasets
+
+    args = SimpleNamespace(dataset="countdown_steps", dataset_seed=0, dataset_config=None, dataset_split="train",
+                           prompt_column="prompt", prompt_template=None, system_prompt=None, answer_column=None,
+                           num_train_examples=300, num_eval_examples=100)
+    train, held_out, task = build_datasets(args, seed=5)
+    carved_train, carved_held_out, _ = build_datasets(args, seed=5, validation_examples=40)
+    _, validation = task.carve_validation(train, 40)
+    assert list(carved_held_out["prompt"]) == list(held_out["prompt"])
+    assert len(carved_train) == 260 and len(validation) == 40
+    assert sorted(list(carved_train["prompt"]) + list(validation["prompt"])) == sorted(train["prompt"])
+    assert not set(validation["prompt"]) & set(held_out["prompt"])
+    assert list(task.carve_validation(train, 40)[1]["prompt"]) == list(validation["prompt"])  # the same every time
+    # Rows at random, not the tail: countdown_steps' later draws are the rarer, harder prompts.
+    assert list(validation["prompt"]) != list(train["prompt"])[-40:]
+    # The testbed's split (2000 training, 512 held-out prompts, dataset_seed 0) is the one the earlier study used:
+    # these hashes were taken with the code before validation rows existed.
+    testbed_train, testbed_held_out = task.make_splits(2000, 512, seed=0)
+    assert hashlib.sha256("\n".join(testbed_held_out["prompt"]).encode()).hexdigest()[:16] == "c4d27eaf94449587"
+    assert hashlib.sha256("\n".join(testbed_train["prompt"]).encode()).hexdigest()[:16] == "793ae3c40c487024"
+    from thermorl.errors import UserError
+
+    with pytest.raises(UserError, match="validation rows: must be an integer from 1 to 299"):
+        task.carve_validation(train, 300)
+
+
+def test_early_exit_arms_file_measures_voting_on_canonical_answers_over_the_13_temperature_grid(tmp_path, monkeypatch,
+                                                                                                capsys):
+    """benchmarks/early_exit_arms.yaml on tiny numbers: the 13-temperature grid with greedy at 0.0, K = 64 samples,
+    rounds of 4: the vote columns are numbers (arithmetic's answers are canonical) and the equal-budget pass@K curve
+    reaches K = 64."""
+    from pathlib import Path
+
+    from thermorl.bench import load_arms
+    from thermorl.cli import main
+
+    arms = Path(__file__).resolve().parents[1] / "benchmarks" / "early_exit_arms.yaml"
+    spec = load_arms(arms)
+    assert spec["evaluation"]["temperatures"] == [round(0.1 * i, 1) for i in range(13)]
+    assert (spec["evaluation"]["samples"], spec["evaluation"]["vote_round_size"]) == (64, 4)
+    monkeypatch.setenv("THERMORL_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    tiny = ["--max_steps", "1", "--warmup_examples", "64", "--warmup_epochs", "1", "--num_train_examples", "32",
+            "--num_eval_examples", "3", "--per_device_train_batch_size", "8", "--num_generations", "4"]
+    assert main(["bench", str(arms), "--out", str(out), "--seeds", "0", "--arms", "fixed-1.0", *tiny]) == 0
+    grid = json.loads((out / "runs" / "fixed-1.0" / "seed0.json").read_text())["grid"]
+    assert "vote n/a" not in grid and 0.0 <= grid["vote samples saved"] < 1.0
+    assert [point["samples"] for point in grid["equal budget curve"]] == [1, 2, 4, 8, 16, 32, 64]
+    assert set(grid["per temperature pass@1"]) == {f"{0.1 * i:.1f}".rstrip("0").rstrip(".") for i in range(13)}
+    table = (out / "report.md").read_text()
+    assert "| arm | K=1 | K=2 | K=4 | K=8 | K=16 | K=32 | K=64 |" in table and "n/a" not in table
+
+
+def test_bench_on_validation_prompts_scores_them_and_keeps_the_held_out_runs_apart(tmp_path, monkeypatch, capsys):
+    """evaluation.split validation: the runs score validation prompts carved out of the training ones (RL leaves
+    them out), and the report says it is not the held-out result; `--split held_out` gives the plan runs made
+    before the option existed had (no split key), so they keep matching on resume."""
+    from thermorl.bench import load_arms, run_plan, with_split
+    from thermorl.cli import main
+
+    monkeypatch.setenv("THERMORL_CACHE", str(tmp_path / "cache"))
+    evaluation = {"samples": 2, "every": 1, "batch_size": 64, "temperatures": [0.7, 1.0]}
+    arms = _write_arms(tmp_path / "arms.yaml", arms={"fixed-1.0": {"temperature": 1.0}},
+                       evaluation={**evaluation, "split": "validation", "validation_examples": 8})
+    out = tmp_path / "out"
+    assert main(["bench", str(arms), "--out", str(out), "--max_steps", "1"]) == 0
+    run = json.loads((out / "runs" / "fixed-1.0" / "seed0.json").read_text())
+    assert (run["evaluation"]["split"], run["evaluation"]["validation_examples"]) == ("validation", 8)
+    assert run["held_out_prompts"] == 8
+    assert "Scored on validation prompts" in (out / "report.md").read_text()
+    report = json.loads((out / "report.json").read_text())
+    assert (report["split"], report["held_out_prompts"]) == ("validation", 8)
+
+    spec = load_arms(arms)
+    spec["evaluation"] = with_split({k: v for k, v in spec["evaluation"].items() if k != "validation_examples"},
+                                    "held_out", "--split")
+    old = load_arms(_write_arms(tmp_path / "old.yaml", arms={"fixed-1.0": {"temperature": 1.0}}, evaluation=evaluation))
+    assert run_plan(spec, "fixed-1.0", 0, {}, tmp_path) == run_plan(old, "fixed-1.0", 0, {}, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["testbed_arms.yaml", "study_arms.yaml", "early_exit_arms.yaml"])
+def test_study_arms_files_load(name):
+    from pathlib import Path
+
+    from thermorl.bench import load_arms
+
+    spec = load_arms(Path(__file__).resolve().parents[1] / "benchmarks" / name)
+    if name != "early_exit_arms.yaml":
+        no_growth = spec["arms"]["ead-no-growth"]["temperature_schedule"]
+        assert no_growth["horizon_growth"] == 0.0 and build_schedule(no_growth).alpha == 0.0
+    if name == "study_arms.yaml":
+        methods = {arm.split("-")[0] for arm in spec["arms"]}
+        assert {m: sum(arm.startswith(m) for arm in spec["arms"]) for m in methods} == {
+            "fixed": 3, "ead": 3, "portfolio": 3}
+        assert spec["evaluation"]["split"] == "validation"
+
+
+def test_horizon_growth_makes_the_testbed_ead_arm_a_hot_fixed_temperature():
+    """Issue 21 item 2, reproduced: sized to 20 tokens with the paper's growth, every position of a 22-token trace is
+    above 1.0 by step 25 and the mean is ~1.19 at step 300; without growth step 300 is step 0 (1.2 down to 0.1)."""
+    positions = torch.arange(22)
+    growth = annealed_for_length(20)
+    assert growth.temperatures(positions, 0).min() == pytest.approx(0.1)
+    assert growth.temperatures(positions, 25).min() > 1.0
+    assert growth.temperatures(positions, 300).mean() == pytest.approx(1.19, abs=0.01)
+    no_growth = annealed_for_length(20, horizon_growth=0.0)
+    assert torch.equal(no_growth.temperatures(positions, 300), no_growth.temperatures(positions, 0))

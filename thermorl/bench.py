@@ -15,20 +15,25 @@ and how to evaluate:
 Each (arm, seed) trains in its own subprocess with OMP_NUM_THREADS=1 (one core per run; `--jobs` runs several at
 once) and writes OUT/runs/ARM/seedS.json: the training reward per step, held-out pass@1 (greedy and T=1) every
 `every` steps, and the final held-out pass@1, pass@k and worst@k (all k samples right) at T=1; with
-`temperatures`, also the test-time-scaling view across that grid (k samples at each): the k samples spread over the
-temperatures vs the best single temperature's pass@k, Pass@All, and early-exit voting's accuracy and samples saved
-against voting on every sample. A run whose JSON
-exists is skipped, so an interrupted bench resumes; one whose JSON was made with other settings is refused. The
-aggregate (OUT/report.json, OUT/report.md, OUT/bench.png) gives each metric's mean and 95% interval over seeds, the
-curves against steps and rollouts, and the steps each arm needs to reach the baseline's final T=1 pass@1.
-Held-out prompts are the recipe's built-in task's held-out split: never in the SFT warm-up nor in RL.
+`temperatures` (0 is greedy), also pass@1 at each of them and the test-time-scaling view across that grid (k samples
+at each): the k samples spread over the temperatures vs the best single temperature's pass@k (at every budget up to
+k), Pass@All, and, where the task's answers are canonical (Task.canonical_answers), early-exit voting's accuracy and
+samples saved against voting on every sample (elsewhere these are "n/a", with the reason in the JSON). A run whose
+JSON exists is skipped, so an interrupted bench resumes; one whose JSON was made with other settings is refused. The
+aggregate (OUT/report.json, OUT/report.md, OUT/bench.png) gives each metric's mean and 95% interval over seeds,
+pass@1 by evaluation temperature (arms trained at different temperatures compared at the same decoding), paired
+per-seed differences against the baseline with sign-flip p-values, Holm-corrected (thermorl/bench_stats.py; `--compare`
+picks the metrics), the curves against steps and rollouts, and the steps each arm needs to reach the baseline's final
+T=1 pass@1. A number a run JSON lacks (one written before it existed) is reported as missing.
+Held-out prompts are the recipe's built-in task's held-out split: never in the SFT warm-up nor in RL. For choosing
+settings, `evaluation: {split: validation, validation_examples: N}` (or `--split validation`) scores instead N
+prompts carved out of the training ones, which RL then leaves out; the held-out prompts stay the same.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -37,20 +42,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .recipe import parse_overrides, read_recipe, read_yaml
+from .bench_stats import compare_to_baseline, mean_interval
 from .errors import UserError, refusing_remote_code
+from .recipe import parse_overrides, read_recipe, read_yaml
 
 RESULT_FORMAT = 1
 EVALUATION_DEFAULTS = {"samples": 8, "every": 50, "batch_size": 256, "seed": 0, "temperatures": None,
                        "vote_threshold": 0.8, "vote_round_size": 2}
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (then the normal's 1.96).
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+# Evaluation keys whose absence means their default and which are left out of the evaluation settings unless given,
+# so that runs made before they existed keep matching their plans (resume compares the settings).
+SPLITS = ("held_out", "validation")
+DEFAULT_VALIDATION_EXAMPLES = 256
+OPTIONAL_EVALUATION_KEYS = {"split", "validation_examples"}
 # Final metrics of a run, in the order the report shows them.
 FINAL_METRICS = ("pass@1 greedy", "pass@1 T=1", "pass@k T=1", "worst@k T=1")
 # Final metrics across the evaluation's temperature grid (k samples per temperature), in report order.
 GRID_METRICS = ("best single T pass@k", "spread pass@k", "pass@all", "vote all samples", "vote early exit",
                 "vote samples saved")
+VOTE_METRICS = ("vote all samples", "vote early exit", "vote samples saved")
+VOTE_NOT_APPLICABLE = ("the task's answers are not canonical (a problem has many correct answers that vote apart), so "
+                       "vote accuracy and early exit measure the task's answer format, not the policy")
 ARMS_KEYS = {"recipe", "overrides", "baseline", "seeds", "evaluation", "arms"}
 
 
@@ -91,9 +102,10 @@ def load_arms(path: str | Path) -> dict[str, Any]:
     spec["baseline"] = baseline
     spec["seeds"] = _check_seeds(spec.get("seeds", [0]), f"arms file {path}: 'seeds'")
     evaluation = {**EVALUATION_DEFAULTS, **(spec.get("evaluation") or {})}
-    unknown = sorted(set(evaluation) - set(EVALUATION_DEFAULTS))
+    unknown = sorted(set(evaluation) - set(EVALUATION_DEFAULTS) - OPTIONAL_EVALUATION_KEYS)
     if unknown:
-        raise UserError(f"arms file {path}: unknown evaluation key(s) {unknown}; valid: {sorted(EVALUATION_DEFAULTS)}")
+        raise UserError(f"arms file {path}: unknown evaluation key(s) {unknown}; "
+                        f"valid: {sorted(set(EVALUATION_DEFAULTS) | OPTIONAL_EVALUATION_KEYS)}")
     for key in ("samples", "every", "batch_size", "seed", "vote_round_size"):
         value, minimum = evaluation[key], 0 if key == "seed" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -105,7 +117,7 @@ def load_arms(path: str | Path) -> dict[str, Any]:
     threshold = evaluation["vote_threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
         raise UserError(f"arms file {path}: evaluation.vote_threshold must be a number in (0, 1], got {threshold!r}")
-    spec["evaluation"] = evaluation
+    spec["evaluation"] = with_split(evaluation, evaluation.get("split", "held_out"), f"arms file {path}: evaluation")
     for name, arm in arms.items():
         values = {**read_recipe(spec["recipe"]), **overrides, **arm}
         try:
@@ -126,16 +138,42 @@ def _check_seeds(seeds, what: str) -> list[int]:
 
 
 def _check_grid(temperatures, what: str) -> list[float] | None:
-    """The evaluation's temperature grid: None (no grid), or two or more distinct temperatures > 0."""
+    """The evaluation's temperature grid: None (no grid), or two or more distinct temperatures >= 0 (0 is greedy:
+    decoded once, its completion counted as each of the k samples, as evaluation/sampling.py does)."""
     if temperatures is None:
         return None
     if (not isinstance(temperatures, list) or len(temperatures) < 2
-            or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in temperatures)
+            or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0 for t in temperatures)
             or len(set(temperatures)) != len(temperatures)):
-        raise UserError(f"{what} must be a list of two or more distinct temperatures > 0, got {temperatures!r}")
+        raise UserError(f"{what} must be a list of two or more distinct temperatures >= 0 (0 is greedy), "
+                        f"got {temperatures!r}")
     if 1.0 not in temperatures:
         raise UserError(f"{what} must include 1.0 (the T=1 metrics come from its samples), got {temperatures!r}")
     return [float(t) for t in temperatures]
+
+
+def with_split(evaluation: dict[str, Any], split: str, what: str) -> dict[str, Any]:
+    """The evaluation scoring on `split`: "held_out" (the default, stored as no key at all) or "validation", rows
+    carved out of the training prompts (Task.carve_validation: RL does not train on them) for choosing settings,
+    `validation_examples` of them (default DEFAULT_VALIDATION_EXAMPLES)."""
+    evaluation = dict(evaluation)
+    if split not in SPLITS:
+        raise UserError(f"{what}.split must be one of {list(SPLITS)}, got {split!r}")
+    if split == "held_out":
+        if "validation_examples" in evaluation:
+            raise UserError(f"{what}.validation_examples applies to split validation only; the split is held_out")
+        evaluation.pop("split", None)
+        return evaluation
+    count = evaluation.setdefault("validation_examples", DEFAULT_VALIDATION_EXAMPLES)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise UserError(f"{what}.validation_examples must be an integer >= 1, got {count!r}")
+    evaluation["split"] = split
+    return evaluation
+
+
+def validation_examples(evaluation: dict[str, Any]) -> int:
+    """Training rows carved out as validation rows: 0 when scoring on held-out prompts."""
+    return evaluation["validation_examples"] if evaluation.get("split") == "validation" else 0
 
 
 def run_plan(spec: dict[str, Any], arm: str, seed: int, extra: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -152,6 +190,21 @@ def run_plan(spec: dict[str, Any], arm: str, seed: int, extra: dict[str, Any], r
 
 
 # --- one run (in its own process) ------------------------------------------------------------------------------
+
+
+def scored_rows(script_args, seed: int, evaluation: dict[str, Any]):
+    """(rows scored, held-out rows, task): the held-out rows, or with split validation the validation rows carved
+    out of the training rows (the training run leaves them out: run_one passes the same count to build_trainer)."""
+    from .train import build_datasets
+
+    train, held_out, task = build_datasets(script_args, seed)
+    if task is None:
+        raise UserError(f"dataset {script_args.dataset!r}: bench needs a built-in task as the recipe's dataset: it "
+                        "scores held-out prompts with its verifier")
+    rows = held_out
+    if validation_examples(evaluation):
+        _, rows = task.carve_validation(train, validation_examples(evaluation))
+    return [dict(row) for row in rows], held_out, task
 
 
 def held_out_scores(model, tokenizer, rows, task, evaluation: dict[str, Any], samples: int, max_new_tokens: int):
@@ -175,16 +228,21 @@ def held_out_scores(model, tokenizer, rows, task, evaluation: dict[str, Any], sa
         "pass@k T=1": single_temperature_pass_at_k(correct, at_1, samples),
         "worst@k T=1": statistics.mean(float(all(question[at_1])) for question in correct),
     }
-    return scores, grid_summary(temperatures, answers, correct, evaluation) if len(temperatures) > 1 else None
+    if len(temperatures) == 1:
+        return scores, None
+    return scores, grid_summary(temperatures, answers, correct, evaluation, task.canonical_answers)
 
 
-def grid_summary(temperatures, answers, correct, evaluation: dict[str, Any]) -> dict[str, Any]:
+def grid_summary(temperatures, answers, correct, evaluation: dict[str, Any], canonical_answers: bool) -> dict[str, Any]:
     """Test-time scaling across the temperature grid from k samples at each (evaluation/ does the counting).
 
     At equal samples: k samples spread evenly over the grid vs the best single temperature's pass@k (the best chosen
-    on these same prompts, which favours it). Pass@All: solved by some sample at some temperature (k per
-    temperature). Voting on the answers of all k x T samples vs the early-exit vote replayed on them, and the share
-    of samples the early exit leaves undrawn."""
+    on these same prompts, which favours it), and that comparison at every budget up to k ("equal budget curve").
+    Pass@All: solved by some sample at some temperature (k per temperature). With canonical answers (the task's
+    `canonical_answers`), voting on the answers of all k x T samples vs the early-exit vote replayed on them, and
+    the share of samples the early exit leaves undrawn; without, the vote metrics are None and "vote n/a" says why
+    (the votes split over distinct correct answers, so agreement, and early exit, measure the task, not the policy).
+    """
     from .evaluation.metrics import majority_vote, voted_answer_correct
     from .evaluation.report import summarize
     from .evaluation.voting import RecordedAnswers, multi_temperature_vote
@@ -197,7 +255,7 @@ def grid_summary(temperatures, answers, correct, evaluation: dict[str, Any]) -> 
     pooled = [([a for per_t in q_answers for a in per_t], [c for per_t in q_correct for c in per_t])
               for q_answers, q_correct in zip(answers, correct)]
     at_budget = report["equal_budget_curve"][-1]
-    return {
+    summary = {
         "best single T pass@k": at_budget["best_single_pass_at_k"],
         "best single T": at_budget["best_single_temperature"],
         "spread pass@k": at_budget["spread_over_temperatures"],
@@ -206,7 +264,15 @@ def grid_summary(temperatures, answers, correct, evaluation: dict[str, Any]) -> 
         "vote early exit": report["voting"]["accuracy"],
         "vote samples saved": 1.0 - report["voting"]["samples_used_fraction"],
         "per temperature pass@1": {f"{t:g}": row["accuracy"] for t, row in zip(temperatures, report["per_temperature"])},
+        "equal budget curve": [{"samples": point["total_samples"], "best single T": point["best_single_temperature"],
+                                "best single T pass@k": point["best_single_pass_at_k"],
+                                "spread pass@k": point["spread_over_temperatures"]}
+                               for point in report["equal_budget_curve"]],
     }
+    if not canonical_answers:
+        summary.update({metric: None for metric in VOTE_METRICS})
+        summary["vote n/a"] = VOTE_NOT_APPLICABLE
+    return summary
 
 
 def run_one(plan_path: Path) -> None:
@@ -216,16 +282,13 @@ def run_one(plan_path: Path) -> None:
     from transformers.trainer_callback import PrinterCallback
 
     from .recipe import load_recipe
-    from .train import build_datasets, build_trainer
+    from .train import build_trainer
 
     torch.set_num_threads(1)
     plan = json.loads(plan_path.read_text())
     evaluation = plan["evaluation"]
     model_args, training_args, script_args = load_recipe(plan["recipe"])
-    _, held_out, task = build_datasets(script_args, training_args.seed)
-    if task is None:
-        raise UserError("bench needs a built-in task as the recipe's dataset: it scores held-out prompts with its verifier")
-    rows = [dict(row) for row in held_out]
+    rows, _, task = scored_rows(script_args, training_args.seed, evaluation)
     new_tokens = training_args.max_completion_length
 
     class HeldOutCurve(TrainerCallback):
@@ -244,7 +307,8 @@ def run_one(plan_path: Path) -> None:
 
     curve = HeldOutCurve()
     started = time.perf_counter()
-    trainer = build_trainer(model_args, training_args, script_args, callbacks=[curve])
+    trainer = build_trainer(model_args, training_args, script_args, callbacks=[curve],
+                            validation_examples=validation_examples(evaluation))
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     train_seconds = time.perf_counter() - started
@@ -258,7 +322,7 @@ def run_one(plan_path: Path) -> None:
         # Completions sampled per optimizer step (each is used num_iterations times).
         "rollouts_per_step": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
         * training_args.world_size / training_args.num_iterations,
-        "held_out_prompts": len(rows),
+        "held_out_prompts": len(rows),  # the prompts scored: validation ones with split validation
         "reward": [[entry["step"], entry["reward"]] for entry in history if "reward" in entry],
         # Completions sampled outside the training batches (VAS rollout mode's re-rolls), cumulative, by step.
         "extra_rollouts": [[entry["step"], entry["vas/rescore_completions"]] for entry in history
@@ -287,20 +351,18 @@ def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path, cached_
 
     from .evaluation import load_policy
     from .recipe import load_recipe
-    from .train import ALLOW_REMOTE_CODE, build_datasets, resolve_model_path
+    from .train import ALLOW_REMOTE_CODE, resolve_model_path
 
     torch.set_num_threads(1)
     model_args, training_args, script_args = load_recipe(plan["recipe"])
-    _, held_out, task = build_datasets(script_args, training_args.seed)
-    if task is None:
-        raise UserError("bench needs a built-in task as the recipe's dataset: it scores held-out prompts with its verifier")
+    evaluation = spec["evaluation"]
+    rows, held_out, task = scored_rows(script_args, training_args.seed, evaluation)
     model_path = resolve_model_path(model_args.model_name_or_path, script_args, held_out)
     with refusing_remote_code(model_path, ALLOW_REMOTE_CODE):
         model, tokenizer = load_policy(model_path, device="cpu", dtype="float32",
                                        trust_remote_code=training_args.trust_remote_code)
-    evaluation = spec["evaluation"]
-    scores, grid = held_out_scores(model, tokenizer, [dict(row) for row in held_out], task, evaluation,
-                                   evaluation["samples"], training_args.max_completion_length)
+    scores, grid = held_out_scores(model, tokenizer, rows, task, evaluation, evaluation["samples"],
+                                   training_args.max_completion_length)
     if grid is not None:
         scores["grid"] = grid
     _write_json(path, {"key": key, "model": model_path, "scores": scores})
@@ -319,6 +381,11 @@ def check_arms_share_start(spec: dict[str, Any], extra: dict[str, Any]) -> None:
             load_recipe(values)
         except ValueError as error:
             raise UserError(f"arm {name!r} with the command-line overrides: {error}") from None
+        carved = validation_examples(spec["evaluation"])
+        if carved and carved >= values["num_train_examples"]:
+            raise UserError(f"evaluation.validation_examples {carved} must be below num_train_examples "
+                            f"({values['num_train_examples']} in arm {name!r}): the validation prompts are carved out "
+                            "of the training prompts")
         shared = {key: values.get(key) for key in (*_START_KEYS, "max_steps")}
         if reference is None:
             reference = (name, shared)
@@ -403,29 +470,58 @@ def run_bench(spec: dict[str, Any], out: Path, extra: dict[str, Any], jobs: int 
     return failed
 
 
-def mean_interval(values: list[float]) -> dict[str, float]:
-    """Mean and the half-width of its 95% Student-t interval over seeds (0 for one seed: no interval)."""
-    mean = statistics.mean(values)
-    if len(values) < 2:
-        return {"mean": mean, "ci95": 0.0, "n": len(values)}
-    quantile = _T975[len(values) - 2] if len(values) - 1 <= len(_T975) else 1.96
-    return {"mean": mean, "ci95": quantile * statistics.stdev(values) / math.sqrt(len(values)), "n": len(values)}
-
-
 def extra_rollouts_at(run: dict[str, Any], step: int) -> float:
     """Completions a run sampled outside its training batches up to `step` (VAS re-rolls; 0 for other arms)."""
     logged = [count for at, count in run.get("extra_rollouts", []) if at <= step]
     return logged[-1] if logged else 0.0
 
 
-def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float]) -> dict[str, Any]:
-    """report.json's content from the finished runs (arms with no finished run are left out)."""
-    arms = {}
+def run_metrics(run: dict[str, Any]) -> dict[str, float]:
+    """A run's final numbers by name: FINAL_METRICS, "pass@1 T=t" at each grid temperature, and the grid's
+    metrics. A number the run does not hold (a run written before it existed, a vote metric where not applicable)
+    is absent, so that it is reported as missing rather than failing the report."""
+    metrics = dict(run.get("final") or {})
+    grid = run.get("grid") or {}
+    metrics.update({f"pass@1 T={t}": value for t, value in (grid.get("per temperature pass@1") or {}).items()})
+    metrics.update({metric: grid[metric] for metric in GRID_METRICS if grid.get(metric) is not None})
+    return metrics
+
+
+def temperature_columns(temperatures: list[float] | None) -> list[str]:
+    """The pass@1 metrics that compare arms at the same decoding: greedy, then each grid temperature (T=1 alone
+    without a grid). Arms trained at different temperatures are on different footings at any single one."""
+    return ["pass@1 greedy"] + [f"pass@1 T={t:g}" for t in (temperatures or [1.0])]
+
+
+def comparable_metrics(evaluation: dict[str, Any]) -> list[str]:
+    """Every metric `--compare` accepts."""
+    grid = [m for m in GRID_METRICS if evaluation["temperatures"]]
+    return list(dict.fromkeys([*temperature_columns(evaluation["temperatures"]), *FINAL_METRICS, *grid]))
+
+
+def over_seeds(by_seed: dict[int, dict[str, float]], metric: str) -> dict[str, Any] | None:
+    """mean_interval of `metric` over the seeds whose runs hold it, naming the seeds that do not; None if none does."""
+    values = {seed: metrics[metric] for seed, metrics in by_seed.items() if metric in metrics}
+    if not values:
+        return None
+    summary = mean_interval(list(values.values()))
+    missing = sorted(set(by_seed) - set(values))
+    return {**summary, "missing seeds": missing} if missing else summary
+
+
+def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float],
+              compare: list[str] | None = None) -> dict[str, Any]:
+    """report.json's content from the finished runs (arms with no finished run are left out). `compare`: the
+    metrics of the paired comparison against the baseline (default: temperature_columns)."""
+    temperatures = spec["evaluation"]["temperatures"]
+    columns = temperature_columns(temperatures)
+    arms, by_arm_seed = {}, {}
     for arm in spec["arms"]:
         runs = [json.loads(p.read_text()) for seed in spec["seeds"]
                 if (p := out / "runs" / arm / f"seed{seed}.json").is_file()]
         if not runs:
             continue
+        by_seed = by_arm_seed[arm] = {run["seed"]: run_metrics(run) for run in runs}
         steps = [point["step"] for point in runs[0]["curve"]]
         curve = [{"step": 0, "rollouts": 0,
                   **{m: mean_interval([start[m]]) for m in ("pass@1 greedy", "pass@1 T=1")}}]
@@ -446,19 +542,40 @@ def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float]) -> dict[
             "reward_mean_over_seeds": rewards,
             "rollouts_per_step": runs[0]["rollouts_per_step"],
             "minutes_per_run": statistics.mean(run["seconds"] for run in runs) / 60,
+            "pass@1 by temperature": {column: over_seeds(by_seed, column) for column in columns},
         }
         if all(run.get("grid") for run in runs):
-            arms[arm]["grid"] = {m: mean_interval([run["grid"][m] for run in runs]) for m in GRID_METRICS}
-            arms[arm]["grid"]["best single T"] = [run["grid"]["best single T"] for run in runs]
+            grid = arms[arm]["grid"] = {m: over_seeds(by_seed, m) for m in GRID_METRICS}
+            grid["best single T"] = [run["grid"]["best single T"] for run in runs]
+            not_applicable = [run["grid"]["vote n/a"] for run in runs if run["grid"].get("vote n/a")]
+            if not_applicable:  # no vote numbers, even from runs written before vote metrics could be n/a
+                grid.update({metric: None for metric in VOTE_METRICS})
+                grid["vote n/a"] = not_applicable[0]
+            if all(run["grid"].get("equal budget curve") for run in runs):
+                grid["equal budget curve"] = equal_budget_curve([run["grid"]["equal budget curve"] for run in runs])
     baseline = spec["baseline"]
     if baseline in arms:
         target = arms[baseline]["final"]["pass@1 T=1"]["mean"]
         for values in arms.values():
             reached = [p["step"] for p in values["curve"] if p["pass@1 T=1"]["mean"] >= target]
             values["steps_to_baseline_final"] = reached[0] if reached else None
-    k = spec["evaluation"]["samples"]
-    return {"baseline": baseline, "k": k, "temperatures": spec["evaluation"]["temperatures"], "start": start,
-            "arms": arms, "seeds": spec["seeds"]}
+    compare = compare or columns
+    paired = {"baseline": baseline, "metrics": compare,
+              "comparisons": compare_to_baseline(by_arm_seed, baseline, compare) if baseline in by_arm_seed else []}
+    start_metrics = run_metrics({"final": {m: start[m] for m in FINAL_METRICS if m in start},
+                                 "grid": start.get("grid")})
+    return {"baseline": baseline, "k": spec["evaluation"]["samples"], "temperatures": temperatures,
+            "split": spec["evaluation"].get("split", "held_out"), "start": start,
+            "start pass@1 by temperature": {column: start_metrics.get(column) for column in columns},
+            "arms": arms, "seeds": spec["seeds"], "paired": paired}
+
+
+def equal_budget_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The runs' equal-budget curves (grid_summary) averaged budget by budget: at each number of samples, the best
+    single temperature's pass@k (chosen per run on the scored prompts) and the samples spread over the grid."""
+    return [{"samples": points[0]["samples"],
+             **{m: mean_interval([point[m] for point in points]) for m in ("best single T pass@k", "spread pass@k")}}
+            for points in zip(*curves)]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -476,8 +593,59 @@ def markdown(report: dict[str, Any]) -> str:
                      + f" | {'not reached' if reached is None else reached} | {values['curve'][-1]['rollouts']:,.0f} |")
     lines.append("")
     lines.append("Mean ± half-width of the 95% Student-t interval over seeds (± 0.000 with one seed: no interval).")
+    if report.get("split") == "validation":
+        lines.append("Scored on validation prompts (carved out of the training prompts; RL did not train on them), "
+                     "for choosing settings: not the held-out result.")
+    lines += ["", temperature_markdown(report), "", paired_markdown(report)]
     if any("grid" in values for values in report["arms"].values()):
         lines += ["", grid_markdown(report)]
+    return "\n".join(lines)
+
+
+def _cell(summary: dict[str, Any] | None, missing: str = "missing") -> str:
+    """One mean ± interval, `missing` for a metric no run holds, and the seeds whose runs lack it."""
+    if summary is None:
+        return missing
+    cell = f"{summary['mean']:.3f} ± {summary['ci95']:.3f}"
+    return cell + (f" (seeds {summary['missing seeds']} missing)" if summary.get("missing seeds") else "")
+
+
+def temperature_markdown(report: dict[str, Any]) -> str:
+    """pass@1 by evaluation temperature: every arm decoded the same way, greedy and at each grid temperature."""
+    columns = list(report["start pass@1 by temperature"])
+    lines = ["pass@1 by evaluation temperature (every arm's policy decoded alike; a fixed-T arm trains softmax(z/T), "
+             "EAD and the portfolio the T=1 policy, so compare arms column by column, not each at its own T):", "",
+             "| arm | seeds | " + " | ".join(column.removeprefix("pass@1 ") for column in columns) + " |",
+             "|---|---|" + "---|" * len(columns),
+             "| start (warmed-up policy) | | " + " | ".join(
+                 "missing" if (value := report["start pass@1 by temperature"][c]) is None else f"{value:.3f}"
+                 for c in columns) + " |"]
+    for arm, values in report["arms"].items():
+        by_temperature = values.get("pass@1 by temperature", {})
+        lines.append(f"| {arm} | {len(values['seeds'])} | "
+                     + " | ".join(_cell(by_temperature.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def paired_markdown(report: dict[str, Any]) -> str:
+    """The paired comparison of every arm with the baseline, seed by seed."""
+    paired = report["paired"]
+    lines = [f"Paired differences, arm - {paired['baseline']}, over the seeds both finished: mean ± 95% t-interval, "
+             "seeds won / lost / tied, p from the exact sign-flip permutation test (Monte-Carlo above 16 seeds), "
+             "Holm-adjusted across every row of this table:", "",
+             "| arm | metric | seeds | difference | won / lost / tied | p | p (Holm) |",
+             "|---|---|---|---|---|---|---|"]
+    for row in paired["comparisons"]:
+        comparison = row["comparison"]
+        if comparison is None:
+            lines.append(f"| {row['arm']} | {row['metric']} | none shared | missing | | | |")
+            continue
+        lines.append(f"| {row['arm']} | {row['metric']} | {len(comparison['seeds'])} | "
+                     f"{comparison['mean difference']:+.3f} ± {comparison['ci95']:.3f} | "
+                     f"{comparison['wins']} / {comparison['losses']} / {comparison['ties']} | "
+                     f"{comparison['p']:.3f} | {comparison['p holm']:.3f} |")
+    if not paired["comparisons"]:
+        lines.append(f"| (no finished run of the baseline {paired['baseline']} or of another arm) | | | | | | |")
     return "\n".join(lines)
 
 
@@ -489,16 +657,34 @@ def grid_markdown(report: dict[str, Any]) -> str:
                f"vote on all {k * grid_size}", "early-exit vote", "samples saved by early exit"]
     lines = [f"Across temperatures {', '.join(f'{t:g}' for t in temperatures)} ({k} samples at each):", "",
              "| arm | " + " | ".join(headers) + " | best single T (per seed) |", "|---|" + "---|" * (len(headers) + 1)]
+    not_applicable = None
     if "grid" in report["start"]:
         start = report["start"]["grid"]
-        lines.append("| start (warmed-up policy) | " + " | ".join(f"{start[m]:.3f}" for m in GRID_METRICS)
+        not_applicable = start.get("vote n/a")
+        lines.append("| start (warmed-up policy) | " + " | ".join(
+            "n/a" if start.get(m) is None else f"{start[m]:.3f}" for m in GRID_METRICS)
                      + f" | {start['best single T']:g} |")
     for arm, values in report["arms"].items():
         if "grid" not in values:
             continue
         grid = values["grid"]
-        lines.append(f"| {arm} | " + " | ".join(f"{grid[m]['mean']:.3f} ± {grid[m]['ci95']:.3f}" for m in GRID_METRICS)
-                     + " | " + ", ".join(f"{t:g}" for t in grid["best single T"]) + " |")
+        not_applicable = not_applicable or grid.get("vote n/a")
+        cells = [_cell(grid[m], "n/a" if m in VOTE_METRICS and grid.get("vote n/a") else "missing")
+                 for m in GRID_METRICS]
+        best = ", ".join(f"{t:g}" for t in grid["best single T"])
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {best} |")
+    if not_applicable:
+        lines += ["", f"Vote columns n/a: {not_applicable}."]
+    curves = {arm: values["grid"]["equal budget curve"] for arm, values in report["arms"].items()
+              if "equal budget curve" in values.get("grid", {})}
+    if curves:
+        budgets = [point["samples"] for point in next(iter(curves.values()))]
+        lines += ["", "pass@K at equal budget, K samples per prompt: best single temperature (chosen per run on the "
+                  "scored prompts, which favours it) / K spread evenly over the grid:", "",
+                  "| arm | " + " | ".join(f"K={k}" for k in budgets) + " |", "|---|" + "---|" * len(budgets)]
+        for arm, curve in curves.items():
+            lines.append(f"| {arm} | " + " | ".join(
+                f"{p['best single T pass@k']['mean']:.3f} / {p['spread pass@k']['mean']:.3f}" for p in curve) + " |")
     return "\n".join(lines)
 
 
@@ -544,7 +730,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
         axis.set_ylim(bottom=0)
         axis.legend(fontsize=8)
         axis.grid(alpha=0.3)
-    fig.suptitle(f"{report.get('held_out_prompts') or ''} held-out prompts, seeds {report['seeds']}", fontsize=10)
+    split = "validation" if report.get("split") == "validation" else "held-out"
+    fig.suptitle(f"{report.get('held_out_prompts') or ''} {split} prompts, seeds {report['seeds']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -560,12 +747,29 @@ def bench_command(argv: list[str]) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds instead of the arms file's")
     parser.add_argument("--arms", dest="only", nargs="+", default=None, help="run only these arms of the file")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one core each (default 1)")
+    parser.add_argument("--split", choices=SPLITS, default=None,
+                        help="score on the held-out prompts (default) or on validation prompts carved out of the "
+                             "training ones (RL leaves them out), to choose settings; instead of the arms file's "
+                             "evaluation.split")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="METRIC",
+                        help="metrics of the paired comparison with the baseline (default: pass@1 greedy and at "
+                             "each evaluation temperature)")
     parser.add_argument("--report", action="store_true",
                         help="write the report from the runs finished so far (with their seeds) and run nothing")
     args, rest = parser.parse_known_args(argv)
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     spec = load_arms(args.arms)
+    if args.split is not None:
+        evaluation = spec["evaluation"]
+        if args.split == "held_out":
+            evaluation = {key: value for key, value in evaluation.items() if key != "validation_examples"}
+        spec["evaluation"] = with_split(evaluation, args.split, "--split: evaluation")
+    if args.compare is not None:
+        unknown = [metric for metric in args.compare if metric not in comparable_metrics(spec["evaluation"])]
+        if unknown:
+            raise UserError(f"--compare: {unknown} are not metrics of this bench; choose from "
+                            f"{comparable_metrics(spec['evaluation'])}")
     if args.seeds is not None:
         spec["seeds"] = _check_seeds(args.seeds, "--seeds")
     if args.only is not None:
@@ -587,8 +791,9 @@ def bench_command(argv: list[str]) -> int:
         print(f"bench: warm-up and start evaluation (cached after the first run) -> {out}", flush=True)
     start = start_scores(spec, extra, out, cached_only=args.report)
     failed = [] if args.report else run_bench(spec, out, extra, args.jobs)
-    report = aggregate(spec, out, start)
-    report["held_out_prompts"] = run_plan(spec, next(iter(spec["arms"])), 0, extra, out)["recipe"].get("num_eval_examples")
+    report = aggregate(spec, out, start, args.compare)
+    report["held_out_prompts"] = (validation_examples(spec["evaluation"])
+                                  or run_plan(spec, next(iter(spec["arms"])), 0, extra, out)["recipe"].get("num_eval_examples"))
     _write_json(out / "report.json", report)
     table = markdown(report)
     (out / "report.md").write_text(table + "\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 from .models.warmup import TINY_MODEL_NAME
 from .errors import UserError, refused_by_library, refusing_remote_code
 
@@ -47,10 +48,11 @@ def check_tiny_model_fits(script_args) -> None:
         )
 
 
-def build_datasets(script_args, seed: int):
+def build_datasets(script_args, seed: int, validation_examples: int = 0):
     """(train, held-out or None, task or None) for the recipe's dataset, prompts shaped by the recipe's
     prompt_column / prompt_template / system_prompt / answer_column (see tasks/data.py). A built-in task's split is
-    seeded by `dataset_seed` when the recipe sets it, else by `seed`."""
+    seeded by `dataset_seed` when the recipe sets it, else by `seed`. `validation_examples` > 0 (a built-in task
+    only: `thermorl bench` tuning on validation) leaves those rows out of train (Task.carve_validation)."""
     from .tasks import TASKS, load_prompt_dataset, parse_task_spec, task_from_spec
     from .tasks.data import shape_prompts
 
@@ -63,6 +65,9 @@ def build_datasets(script_args, seed: int):
         answer_column=script_args.answer_column,
     )
     if parse_task_spec(script_args.dataset)[0] not in TASKS:
+        if validation_examples:
+            raise UserError(f"validation rows are carved out of a built-in task's training rows; dataset "
+                            f"'{script_args.dataset}' is not a built-in task")
         train = load_prompt_dataset(
             script_args.dataset, script_args.dataset_split, script_args.prompt_column,
             config=script_args.dataset_config, **shaping,
@@ -72,6 +77,8 @@ def build_datasets(script_args, seed: int):
         raise UserError(f"dataset_config is for hub datasets; '{script_args.dataset}' is a built-in task")
     task = task_from_spec(script_args.dataset)
     train, held_out = task.make_splits(script_args.num_train_examples, script_args.num_eval_examples, seed=seed)
+    if validation_examples:
+        train, _ = task.carve_validation(train, validation_examples)
     shape = dict(source=script_args.dataset, prompt_column=script_args.prompt_column, **shaping)
     return shape_prompts(train, **shape), shape_prompts(held_out, **shape), task
 
@@ -163,16 +170,16 @@ def recipe_reward_funcs(script_args, task) -> list:
     raise UserError(f"Dataset '{script_args.dataset}' is not a built-in task: name its reward_funcs in the recipe.")
 
 
-def build_trainer(model_args, training_args, script_args, callbacks: list | None = None):
+def build_trainer(model_args, training_args, script_args, callbacks: list | None = None, validation_examples: int = 0):
     if script_args.trainer == "adpo":
-        return build_adpo_trainer(model_args, training_args, script_args, callbacks)
+        return build_adpo_trainer(model_args, training_args, script_args, callbacks, validation_examples)
     from trl import get_peft_config
 
     from .trainers import ThermoGRPOTrainer
 
     if model_args.model_name_or_path == TINY_MODEL_NAME:
         check_tiny_model_fits(script_args)
-    train, held_out, task = build_datasets(script_args, training_args.seed)
+    train, held_out, task = build_datasets(script_args, training_args.seed, validation_examples)
     check_dataset_size(train, training_args)
     reward_funcs = recipe_reward_funcs(script_args, task)
     training_args.model_init_kwargs = {
@@ -194,7 +201,8 @@ def build_trainer(model_args, training_args, script_args, callbacks: list | None
         )
 
 
-def build_adpo_trainer(model_args, training_args, script_args, callbacks: list | None = None):
+def build_adpo_trainer(model_args, training_args, script_args, callbacks: list | None = None,
+                       validation_examples: int = 0):
     """ThermoADPOTrainer on preference data: a file or hub dataset in TRL's pairwise or thermorl's listwise format
     (see trainers/adpo.py), or a built-in task turned into pairs, its answer preferred to another prompt's."""
     from trl import get_peft_config
@@ -202,7 +210,7 @@ def build_adpo_trainer(model_args, training_args, script_args, callbacks: list |
     from .trainers import ThermoADPOTrainer
     from .trainers.adpo import preference_pairs_from_task
 
-    train, held_out, task = build_datasets(script_args, training_args.seed)
+    train, held_out, task = build_datasets(script_args, training_args.seed, validation_examples)
     if task is not None:
         train = preference_pairs_from_task(task, train, seed=training_args.seed)
     training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), **_model_init_kwargs(model_args)}
