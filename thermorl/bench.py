@@ -113,7 +113,7 @@ def load_arms(path: str | Path) -> dict[str, Any]:
     evaluation["temperatures"] = _check_grid(evaluation["temperatures"], f"arms file {path}: evaluation.temperatures")
     if evaluation["temperatures"] and evaluation["samples"] < 2:
         raise UserError(f"arms file {path}: evaluation.temperatures needs evaluation.samples >= 2 (k samples at each "
-                         f"temperature), got samples {evaluation['samples']}")
+                        f"temperature), got samples {evaluation['samples']}")
     threshold = evaluation["vote_threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
         raise UserError(f"arms file {path}: evaluation.vote_threshold must be a number in (0, 1], got {threshold!r}")
@@ -392,7 +392,7 @@ def check_arms_share_start(spec: dict[str, Any], extra: dict[str, Any]) -> None:
         elif shared != reference[1]:
             differing = sorted(key for key in shared if shared[key] != reference[1][key])
             raise UserError(f"arms {reference[0]!r} and {name!r} differ in {differing}: every arm must start from "
-                             "the same policy, prompts and steps")
+                            "the same policy, prompts and steps")
 
 
 # The recipe fields that determine the starting policy and its held-out prompts.
@@ -427,7 +427,7 @@ def pending_runs(spec: dict[str, Any], out: Path, extra: dict[str, Any]) -> list
                 stored = json.loads(result.read_text())
                 if _settings(stored) != _settings(plan):
                     raise UserError(f"{result} was made with other settings than {arm!r} seed {seed} has now; "
-                                     "use another --out or delete it")
+                                    "use another --out or delete it")
                 continue
             pending.append((arm, seed, plan, run_dir))
     return pending

@@ -69,10 +69,10 @@ def call_rewards(reward_funcs, row: dict[str, Any], completions: list[str]) -> d
             )
         except Exception as error:  # a user's reward function: report it as the recipe's mistake, with its name
             raise UserError(f"reward_funcs: '{name}' raised {type(error).__name__}: {error} on a sample "
-                             f"completion (columns passed: {sorted(columns)})") from error
+                            f"completion (columns passed: {sorted(columns)})") from error
         if rewards is None or len(rewards) != n:
             raise UserError(f"reward_funcs: '{name}' returned {rewards!r} for {n} completions; it must return a "
-                             "list with one float (or None) per completion")
+                            "list with one float (or None) per completion")
         results[name] = list(rewards)
     return results
 

@@ -40,7 +40,7 @@ def _train(argv: list[str]) -> int:
     argv, launch_options = split_launch_args(argv)
     if not argv or argv[0].startswith("-"):
         raise UserError("thermorl train needs a RECIPE (a YAML file or a built-in name) first: thermorl train RECIPE "
-                         "[--field value ...]")
+                        "[--field value ...]")
     if launch_options:
         return launch(argv, launch_options)
     values = resolve_recipe(argv[0], argv[1:])

@@ -41,7 +41,7 @@ def split_launch_args(argv: list[str]) -> tuple[list[str], dict[str, str]]:
         i += 1
     if launch and CONFIG_FLAG not in launch:
         raise UserError(f"{', '.join(launch)} set without {CONFIG_FLAG}: name a launch config (e.g. {CONFIG_FLAG} "
-                         "zero2), or run `accelerate launch` yourself")
+                        "zero2), or run `accelerate launch` yourself")
     return rest, launch
 
 
@@ -70,7 +70,7 @@ def check_config(path: Path) -> None:
         load_config_from_file(str(path))
     except Exception as error:  # yaml, json and accelerate's own schema errors
         raise UserError(f"{CONFIG_FLAG} {path}: not an accelerate config accelerate can read: "
-                         f"{type(error).__name__}: {error}") from None
+                        f"{type(error).__name__}: {error}") from None
 
 
 def launch(recipe_argv: list[str], options: dict[str, str]) -> int:

@@ -161,7 +161,7 @@ def _tokenize_listwise(example: dict[str, Any], processing_class, eos_token: str
         or not all(isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s) for s in scores)
     ):
         raise UserError(f"'{SCORES}' must be a list of {len(completions)} finite numbers (one per completion), "
-                         f"got {scores!r}")
+                        f"got {scores!r}")
     prompt = example["prompt"]
     if is_conversational(example):
         prompt_ids = _tokenize(processing_class, prompt, add_generation_prompt=True)["input_ids"]
