@@ -139,7 +139,7 @@ def _cli_error(capsys, argv) -> str:
     return lines[0]
 
 
-CPU_RUN = ["--use_cpu", "true", "--bf16", "false", "--use_vllm", "false", "--report_to", "[]"]
+CPU_RUN = ["--use_cpu", "true", "--bf16", "false", "--dtype", "float32", "--use_vllm", "false", "--report_to", "[]"]
 
 
 @pytest.mark.parametrize("command", ["train", "check"])
