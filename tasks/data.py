@@ -225,6 +225,68 @@ def _check_utf8(dataset: Dataset, source: str) -> None:
             offset += len(chunk)
 
 
+def prompt_as_text(tokenizer, prompt, chat_template_kwargs: dict | None = None) -> str:
+    """The prompt text the model is given: a conversation through the chat template (with TRL's
+    add_generation_prompt and the recipe's chat_template_kwargs), a string as it is."""
+    if not is_conversational_prompt(prompt):
+        return prompt
+    return tokenizer.apply_chat_template(
+        prompt, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
+    )
+
+
+# Tokens a chat template or special token may add beyond the ones measured on row 1 (see check_prompt_lengths).
+_TEMPLATE_SLACK_TOKENS = 32
+
+
+def check_prompt_lengths(
+    dataset: Dataset,
+    source: str,
+    tokenizer,
+    max_positions: int | None,
+    completion_tokens: int,
+    completion_field: str,
+    chat_template_kwargs: dict | None = None,
+) -> None:
+    """Refuse prompts that leave no room for `completion_tokens` in the model's `max_positions`, naming the first
+    such row and how many there are. TRL 1.16 has no max_prompt_length and does not truncate prompts: such a prompt
+    would run the model past its positions (a 100k-character one is killed for memory, with no message).
+
+    Cheap on big datasets: a token covers at least one byte of text (byte-level BPE, SentencePiece with byte
+    fallback, character vocabularies), so only rows whose text is longer in bytes than the room left, less the
+    chat template's tokens measured on row 1, are rendered and tokenized."""
+    if max_positions is None:
+        return
+    room = max_positions - completion_tokens
+    if room <= 0:
+        raise UserError(f"{completion_field} {completion_tokens} leaves no room for a prompt in the model's "
+                        f"{max_positions} positions (max_position_embeddings)")
+    prompts = _python_values(dataset, "prompt")
+
+    def tokens(rows: list[int]) -> list[int]:
+        if not rows:
+            return []
+        texts = [prompt_as_text(tokenizer, prompts[row], chat_template_kwargs) for row in rows]
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def text_bytes(prompt) -> int:
+        if isinstance(prompt, str):
+            return len(prompt.encode())
+        return sum(len(str(message.get("content") or "").encode()) for message in prompt)
+
+    template_tokens = max(tokens([0])[0] - text_bytes(prompts[0]), 0) + _TEMPLATE_SLACK_TOKENS
+    candidates = [row for row, prompt in enumerate(prompts) if text_bytes(prompt) + template_tokens > room]
+    too_long = [(row, length) for row, length in zip(candidates, tokens(candidates)) if length > room]
+    if too_long:
+        row, length = too_long[0]
+        raise UserError(
+            f"{_where(source, row, 'prompt')}: the prompt is {length} tokens, and with {completion_field} "
+            f"{completion_tokens} that is {length + completion_tokens}, more than the model's {max_positions} "
+            f"positions (max_position_embeddings); {len(too_long)} of {len(prompts)} prompts are too long (TRL does "
+            f"not truncate prompts): shorten or drop them, or lower {completion_field}"
+        )
+
+
 # "{column}" is a placeholder; any other brace is literal ("\boxed{}", "\frac{1}{2}" stay as written, except that a
 # brace around a bare word is a placeholder: write "{{word}}" for a literal "{word}").
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -108,15 +108,10 @@ def _parameter_count(config) -> str:
 
 
 def rendered_prompt(tokenizer, prompt, training_args) -> str:
-    """The prompt text the model is given: a conversation through the chat template (TRL's add_generation_prompt
-    and the recipe's chat_template_kwargs), a string as it is."""
-    from .tasks.data import is_conversational_prompt
+    """The prompt text the model is given, with the recipe's chat_template_kwargs."""
+    from .tasks.data import prompt_as_text
 
-    if not is_conversational_prompt(prompt):
-        return prompt
-    return tokenizer.apply_chat_template(
-        prompt, tokenize=False, add_generation_prompt=True, **(training_args.chat_template_kwargs or {})
-    )
+    return prompt_as_text(tokenizer, prompt, training_args.chat_template_kwargs)
 
 
 def launch_summary(training_args, world_size: int) -> list[str]:
@@ -157,8 +152,8 @@ def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
     from .recipe import load_recipe
     from .tasks.data import is_conversational_prompt
     from .train import (
-        build_datasets, check_chat_template, check_dataset_size, check_tiny_model_fits, load_tokenizer,
-        recipe_reward_funcs,
+        build_datasets, check_chat_template, check_dataset_size, check_prompts_fit, check_tiny_model_fits,
+        load_tokenizer, recipe_reward_funcs,
     )
 
     values, notes = recipe_values_for_this_machine(recipe, argv or [])
@@ -173,6 +168,7 @@ def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
     reward_funcs = recipe_reward_funcs(script_args, task)
     tokenizer = load_tokenizer(model_args)
     check_chat_template(tokenizer, model_args.model_name_or_path, train)
+    check_prompts_fit(tokenizer, model_args, training_args, script_args, train)
 
     lines = [f"recipe: {recipe}", *model_summary(model_args, tokenizer)]
     source = script_args.dataset + (f" (config {script_args.dataset_config})" if script_args.dataset_config else "")

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from ..errors import UserError
 from ..losses import get_loss, loss_inputs, validate_loss_kwargs
 from .annealed import AnnealedRolloutArguments, AnnealedRolloutMixin
 from .atomic_checkpoint import AtomicCheckpointMixin
@@ -60,6 +61,13 @@ class ThermoGRPOConfig(AnnealedRolloutArguments, VarianceAwareSamplingArguments,
 
     def __post_init__(self):
         super().__post_init__()
+        # TRL accepts these out of range and trains on: a negative beta rewards drifting from the reference model,
+        # a negative clip range inverts the clip, and a temperature <= 0 fails at the first generation.
+        for name, low, inclusive in (("beta", 0, True), ("epsilon", 0, True), ("epsilon_high", 0, True),
+                                     ("temperature", 0, False)):
+            value = getattr(self, name)
+            if value is not None and (value < low or (value == low and not inclusive)):
+                raise UserError(f"{name} {value}: must be {'>=' if inclusive else '>'} {low}")
         if isinstance(self.policy_loss_kwargs, str):
             self.policy_loss_kwargs = json.loads(self.policy_loss_kwargs)
         self.policy_loss_kwargs = dict(self.policy_loss_kwargs or {})
