@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from thermorl.tasks import TASKS, load_prompt_dataset, resolve_reward_funcs, task_from_spec
+from thermorl.tasks.data import check_prompt_lengths
 from thermorl.console import log_to_run_folder
 from thermorl.train import HELD_OUT_FILE, find_held_out
 
@@ -152,6 +153,13 @@ def load_dataset_and_verifier(args):
     return dataset, as_verifier(verifier, dataset.column_names)
 
 
+def model_max_positions(model, backend: str) -> int | None:
+    """The positions the loaded model (or vLLM engine) has for a prompt and its completion."""
+    if backend == "vllm":
+        return model.llm_engine.model_config.max_model_len
+    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
+
+
 def eval_command(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -183,6 +191,8 @@ def eval_command(argv: list[str] | None = None) -> int:
             model, tokenizer = load_policy(args.model)
     except (ValueError, OSError) as error:
         parser.error(f"cannot load model {args.model!r}: {error}")
+    check_prompt_lengths(dataset, args.task, tokenizer, model_max_positions(model, args.backend), args.max_new_tokens,
+                         "--max-new-tokens")
     try:
         log_to_run_folder(args.out)  # the libraries' warnings and logs so far, and from here on, in OUT/thermorl.log
     except OSError as error:

@@ -280,10 +280,10 @@ def check_prompt_lengths(
     if too_long:
         row, length = too_long[0]
         raise UserError(
-            f"{_where(source, row, 'prompt')}: the prompt is {length} tokens, and with {completion_field} "
-            f"{completion_tokens} that is {length + completion_tokens}, more than the model's {max_positions} "
-            f"positions (max_position_embeddings); {len(too_long)} of {len(prompts)} prompts are too long (TRL does "
-            f"not truncate prompts): shorten or drop them, or lower {completion_field}"
+            f"dataset '{source}' row {row + 1} (1-based): the prompt, as the model sees it, is {length} tokens; with "
+            f"{completion_field} {completion_tokens} that is {length + completion_tokens}, more than the model's "
+            f"{max_positions} positions (max_position_embeddings); {len(too_long)} of {len(prompts)} prompts are too "
+            f"long, and prompts are not truncated: shorten or drop them, or lower {completion_field}"
         )
 
 
