@@ -12,8 +12,6 @@ import yaml
 from datasets import Dataset
 
 from thermorl.cli import main
-from thermorl.errors import UserError
-from thermorl.tasks.data import check_rows
 
 GOOD_ROWS = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(16)]
 BAD_ROW = 7  # 1-based, as the messages count rows
@@ -139,6 +137,9 @@ def test_a_string_prompt_among_conversations_is_named(capsys, setup):
 
 
 def test_conversations_and_good_rows_pass():
+    from thermorl.errors import UserError
+    from thermorl.tasks.data import check_rows
+
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1="}]
     check_rows(Dataset.from_dict({"prompt": [conversation] * 3, "answer": ["2"] * 3}), "chat.jsonl")
     check_rows(Dataset.from_list(GOOD_ROWS), "data.jsonl")
