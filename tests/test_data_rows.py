@@ -154,7 +154,7 @@ def test_a_null_in_a_prompt_template_column_is_named(capsys, setup):
     assert_one_line_error(code, err, f"row {BAD_ROW} (1-based), column 'question'", "null")
 
 
-@pytest.mark.parametrize(("field", "value"), [("beta", -0.5), ("epsilon", -0.1), ("temperature", 0)])
+@pytest.mark.parametrize(("field", "value"), [("beta", -0.5), ("temperature", 0), ("temperature", -1)])
 def test_out_of_range_loss_and_sampling_fields_are_refused(capsys, setup, field, value):
     before = snapshot(setup["output_dir"])
     for command in ("train", "check"):

@@ -61,13 +61,12 @@ class ThermoGRPOConfig(AnnealedRolloutArguments, VarianceAwareSamplingArguments,
 
     def __post_init__(self):
         super().__post_init__()
-        # TRL accepts these out of range and trains on: a negative beta rewards drifting from the reference model,
-        # a negative clip range inverts the clip, and a temperature <= 0 fails at the first generation.
-        for name, low, inclusive in (("beta", 0, True), ("epsilon", 0, True), ("epsilon_high", 0, True),
-                                     ("temperature", 0, False)):
-            value = getattr(self, name)
-            if value is not None and (value < low or (value == low and not inclusive)):
-                raise UserError(f"{name} {value}: must be {'>=' if inclusive else '>'} {low}")
+        # TRL accepts both out of range and trains on: a negative beta rewards drifting from the reference model, and
+        # a temperature <= 0 fails at the first generation. (A negative epsilon is refused by the loss mapping.)
+        if self.beta < 0:
+            raise UserError(f"beta {self.beta}: the KL coefficient must be >= 0 (0 turns the KL term off)")
+        if self.temperature <= 0:
+            raise UserError(f"temperature {self.temperature}: must be > 0 (sampling needs a positive temperature)")
         if isinstance(self.policy_loss_kwargs, str):
             self.policy_loss_kwargs = json.loads(self.policy_loss_kwargs)
         self.policy_loss_kwargs = dict(self.policy_loss_kwargs or {})
