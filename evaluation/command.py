@@ -7,8 +7,9 @@ A built-in task is evaluated on the rows its training recipe held out: `thermorl
 and held-out prompts in OUTPUT_DIR/thermorl_held_out.json, found from --model (the output folder or a checkpoint in
 it); without one, the recipe defaults (num_train_examples, num_eval_examples, seed) apply.
 
-Every input is checked (temperature grid, counts, model path, dataset and verifier) before the
-model is loaded, and a problem exits with a usage error naming it.
+Every input is checked (temperature grid, counts, model path, dataset rows and verifier) before the
+model is loaded, and a problem exits with an error naming it; the prompts' lengths, with --max-new-tokens, are
+checked against the model's positions once it is loaded, before anything is written.
 """
 
 from __future__ import annotations
