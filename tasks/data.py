@@ -129,7 +129,7 @@ def check_rows(
     prompt_template: str | None = None,
     answer_column: str | None = None,
 ) -> None:
-    """Refuse the first row TRL could not train on, naming it: text that is not valid UTF-8 (in any column); a
+    """Refuse a row TRL could not train on, naming it: text that is not valid UTF-8 (in any column); a
     prompt that is null, empty, a number, a list that is not a conversation, or of the other kind than row 1 (a
     string among conversations); a null in a column the prompt_template fills in; a null reference answer.
 
@@ -160,7 +160,7 @@ def _python_values(dataset: Dataset, column: str) -> list:
     that need it (a column of mixed types is stored as JSON text)."""
     if require_decoding(dataset.features[column]):
         return list(dataset[column])
-    return dataset.data.column(column).to_pylist()
+    return dataset.with_format("arrow")[column].to_pylist()  # the rows selected, in order
 
 
 def _prompt_problem(value, conversational: bool) -> str | None:
@@ -191,7 +191,7 @@ def _shortened(value, limit: int = 40) -> str:
 def _check_no_nulls(dataset: Dataset, source: str, column: str, problem: str) -> None:
     if column not in dataset.column_names:
         return
-    values = dataset.data.column(column)
+    values = dataset.with_format("arrow")[column]
     if values.null_count:
         row = pc.index(values.is_null(), True).as_py()
         raise UserError(f"{_where(source, row, column)}: {problem}")
@@ -200,7 +200,7 @@ def _check_no_nulls(dataset: Dataset, source: str, column: str, problem: str) ->
 def _check_utf8(dataset: Dataset, source: str) -> None:
     """datasets' json and csv readers store an invalid byte as it is; it would fail as the trainer reads that row,
     steps into training, without naming it. Arrow's full validation finds it at once; only then are the rows of
-    the bad chunk decoded one by one to name the row."""
+    the bad chunk decoded one by one to name the row. (The rows as loaded: no selection of rows applies.)"""
     table = dataset.data.table
     try:
         table.validate(full=True)
