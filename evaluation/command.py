@@ -154,7 +154,7 @@ def load_dataset_and_verifier(args):
     return dataset, as_verifier(verifier, dataset.column_names)
 
 
-def model_max_positions(model, backend: str) -> int | None:
+def loaded_model_positions(model, backend: str) -> int | None:
     """The positions the loaded model (or vLLM engine) has for a prompt and its completion."""
     if backend == "vllm":
         return model.llm_engine.model_config.max_model_len
@@ -192,7 +192,7 @@ def eval_command(argv: list[str] | None = None) -> int:
             model, tokenizer = load_policy(args.model)
     except (ValueError, OSError) as error:
         parser.error(f"cannot load model {args.model!r}: {error}")
-    check_prompt_lengths(dataset, args.task, tokenizer, model_max_positions(model, args.backend), args.max_new_tokens,
+    check_prompt_lengths(dataset, args.task, tokenizer, loaded_model_positions(model, args.backend), args.max_new_tokens,
                          "--max-new-tokens")
     try:
         log_to_run_folder(args.out)  # the libraries' warnings and logs so far, and from here on, in OUT/thermorl.log
