@@ -192,8 +192,8 @@ def eval_command(argv: list[str] | None = None) -> int:
             model, tokenizer = load_policy(args.model)
     except (ValueError, OSError) as error:
         parser.error(f"cannot load model {args.model!r}: {error}")
-    check_prompt_lengths(dataset, args.task, tokenizer, loaded_model_positions(model, args.backend), args.max_new_tokens,
-                         "--max-new-tokens")
+    check_prompt_lengths(dataset, args.task, tokenizer, loaded_model_positions(model, args.backend),
+                         args.max_new_tokens, "--max-new-tokens")
     try:
         log_to_run_folder(args.out)  # the libraries' warnings and logs so far, and from here on, in OUT/thermorl.log
     except OSError as error:
