@@ -16,8 +16,9 @@ A built-in task is evaluated on the rows its training recipe held out: `thermorl
 and held-out prompts in OUTPUT_DIR/thermorl_held_out.json, found from --model (the output folder or a checkpoint in
 it); without one, the recipe defaults (num_train_examples, num_eval_examples, seed) apply.
 
-Every input is checked (temperature grid, counts, model path, dataset and verifier) before the
-model is loaded, and a problem exits with a usage error naming it.
+Every input is checked (temperature grid, counts, model path, dataset rows and verifier) before the
+model is loaded, and a problem exits with an error naming it; the prompts' lengths, with --max-new-tokens, are
+checked against the model's positions once it is loaded, before anything is written.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 from pathlib import Path
 
 from thermorl.tasks import TASKS, load_prompt_dataset, resolve_reward_funcs, task_from_spec
+from thermorl.tasks.data import check_prompt_lengths
 from thermorl.console import log_to_run_folder
 from thermorl.train import HELD_OUT_FILE, find_held_out
 
@@ -251,6 +253,13 @@ def recipe_dataset_and_verifier(values: dict, args):
     return dataset, as_verifier(verifier, dataset.column_names), dict(training_args.chat_template_kwargs or {})
 
 
+def loaded_model_positions(model, backend: str) -> int | None:
+    """The positions the loaded model (or vLLM engine) has for a prompt and its completion."""
+    if backend == "vllm":
+        return model.llm_engine.model_config.max_model_len
+    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
+
+
 def eval_command(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, overrides = parser.parse_known_args(argv)
@@ -296,6 +305,8 @@ def eval_command(argv: list[str] | None = None) -> int:
                 model, tokenizer = load_policy(args.model, trust_remote_code=trust_remote_code)
     except (ValueError, OSError) as error:
         parser.error(f"cannot load model {args.model!r}: {error}")
+    check_prompt_lengths(dataset, args.task, tokenizer, loaded_model_positions(model, args.backend),
+                         args.max_new_tokens, "--max-new-tokens")
     try:
         log_to_run_folder(args.out)  # the libraries' warnings and logs so far, and from here on, in OUT/thermorl.log
     except OSError as error:

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from thermorl.tasks import Task, math_verify_reward
+from thermorl.tasks.data import prompt_text
 from thermorl.tasks.verify import final_answer, normalize_answer
 
 from .report import print_table, summarize, write_report
-from .sampling import prompt_text, sample_completions, seeded
+from .sampling import sample_completions, seeded
 from .vllm_sampling import sample_completions_vllm
 from .voting import RecordedAnswers, multi_temperature_vote
 from ..errors import UserError

@@ -20,21 +20,11 @@ from transformers import GenerationConfig, LogitsProcessorList
 
 from thermorl.rollouts.schedules import ConstantTemperature
 from thermorl.rollouts.temperature_processor import ScheduledTemperatureProcessor, check_generation_config
+from thermorl.tasks.data import prompt_text
+
 from ..errors import UserError
 
 Completions = list[list[list[str]]]  # [question][temperature][sample]
-
-
-def prompt_text(prompt: Any, tokenizer, chat_template_kwargs: dict[str, Any] | None = None) -> str:
-    """A plain-text prompt as is; a conversation (list of messages) through the chat template as TRL's GRPOTrainer
-    renders it (add_generation_prompt, and the recipe's chat_template_kwargs)."""
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list) and all(isinstance(message, dict) for message in prompt):
-        return tokenizer.apply_chat_template(
-            prompt, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
-        )
-    raise UserError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}: {prompt!r:.80}")
 
 
 @contextlib.contextmanager

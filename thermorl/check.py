@@ -117,8 +117,8 @@ def _parameter_count(config) -> str:
 
 
 def rendered_prompt(tokenizer, prompt, training_args) -> str:
-    """The prompt text the model is given (the rule `thermorl eval` renders prompts with too)."""
-    from .evaluation.sampling import prompt_text
+    """The prompt text the model is given, with the recipe's chat_template_kwargs (eval renders prompts the same way)."""
+    from .tasks.data import prompt_text
 
     return prompt_text(prompt, tokenizer, training_args.chat_template_kwargs)
 
@@ -160,8 +160,8 @@ def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
     from .recipe import load_recipe
     from .tasks.data import is_conversational_prompt
     from .train import (
-        build_datasets, check_chat_template, check_dataset_size, check_tiny_model_fits, load_tokenizer,
-        recipe_reward_funcs,
+        build_datasets, check_chat_template, check_dataset_size, check_prompts_fit, check_tiny_model_fits,
+        load_tokenizer, recipe_reward_funcs,
     )
 
     values, notes = recipe_values_for_this_machine(recipe, argv or [])
@@ -176,6 +176,7 @@ def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
     reward_funcs = recipe_reward_funcs(script_args, task)
     tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
     check_chat_template(tokenizer, model_args.model_name_or_path, train)
+    check_prompts_fit(tokenizer, model_args, training_args, script_args, train)
 
     lines = [f"recipe: {recipe}", *model_summary(model_args, tokenizer, training_args.trust_remote_code)]
     source = script_args.dataset + (f" (config {script_args.dataset_config})" if script_args.dataset_config else "")

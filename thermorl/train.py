@@ -134,6 +134,29 @@ def check_chat_template(tokenizer, model_name_or_path: str, train) -> None:
         )
 
 
+def model_max_positions(model_name_or_path: str, revision: str | None = None, trust_remote_code: bool = False
+                        ) -> int | None:
+    """The positions a model's config gives its (text) model; None when it names none."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_name_or_path, revision=revision,
+                                        trust_remote_code=trust_remote_code).get_text_config()
+    return getattr(config, "max_position_embeddings", None)
+
+
+def check_prompts_fit(tokenizer, model_args, training_args, script_args, train) -> None:
+    """Every prompt, as the model sees it, leaves room for max_completion_length in the model's positions."""
+    from .tasks.data import check_prompt_lengths
+
+    if model_args.model_name_or_path == TINY_MODEL_NAME:  # trains on built-in tasks only, whose prompts it fits
+        return
+    check_prompt_lengths(
+        train, script_args.dataset, tokenizer,
+        model_max_positions(model_args.model_name_or_path, model_args.model_revision, training_args.trust_remote_code),
+        training_args.max_completion_length, "max_completion_length", training_args.chat_template_kwargs,
+    )
+
+
 def write_held_out(output_dir: str, script_args, seed: int) -> Path | None:
     """The split settings and held-out prompts (as the task writes them) of a built-in task, in the run's output
     folder: `thermorl eval --model OUTPUT_DIR` evaluates on exactly these rows. None for other datasets."""
@@ -189,6 +212,7 @@ def build_trainer(model_args, training_args, script_args, callbacks: list | None
     if model_args.model_name_or_path != TINY_MODEL_NAME:
         tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
         check_chat_template(tokenizer, model_args.model_name_or_path, train)
+        check_prompts_fit(tokenizer, model_args, training_args, script_args, train)
     # The trainers' own checks of the settings (TRL's, e.g. sync_ref_model with beta 0) are the recipe's.
     with refused_by_library("recipe"), refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
         return ThermoGRPOTrainer(

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from ..errors import UserError
 from ..losses import get_loss, loss_inputs, validate_loss_kwargs
 from .annealed import AnnealedRolloutArguments, AnnealedRolloutMixin
 from .atomic_checkpoint import AtomicCheckpointMixin
@@ -61,6 +62,10 @@ class ThermoGRPOConfig(AnnealedRolloutArguments, VarianceAwareSamplingArguments,
 
     def __post_init__(self):
         super().__post_init__()
+        # TRL accepts a negative beta and trains on: it rewards drifting from the reference model. (A negative epsilon
+        # is refused by the loss mapping.)
+        if self.beta < 0:
+            raise UserError(f"beta {self.beta}: the KL coefficient must be >= 0 (0 turns the KL term off)")
         # transformers would refuse these at the first generation, naming its own fields (do_sample, max_new_tokens).
         if not self.temperature > 0:
             raise UserError(

@@ -82,10 +82,11 @@ def build_math_folder(root: Path) -> str:
 
 
 def build_chat_model(root: Path) -> str:
-    """The tiny Qwen2 with a Qwen3-style chat template; 1024 positions, room for a system prompt and a question."""
+    """The tiny Qwen2 with a Qwen3-style chat template and Qwen3-0.6B's 40960 positions: room for the recipes'
+    prompts and max_completion_length (2048), which `thermorl train` and `check` hold against them."""
     from thermorl.models.tiny import build_tiny_model
 
-    return build_tiny_model(root, seed=0, chat=True, max_position_embeddings=1024)
+    return build_tiny_model(root, seed=0, chat=True, max_position_embeddings=40960)
 
 
 @pytest.fixture(scope="session")
