@@ -110,6 +110,10 @@ def test_new_run_over_a_finished_run_is_refused_and_overwrite_replaces_all_of_it
                       "already holds another run (checkpoint-1, checkpoint-2, model.safetensors",
                       "resume_from_checkpoint: latest", "overwrite_output_dir: true")
     assert snapshot(run) == before
+    # overwrite_output_dir with a mistake found while the run is built (its data, rewards or model): the old run stays.
+    assert_user_error(thermorl("train", recipe, "--output_dir", run, "--overwrite_output_dir", "true",
+                               "--reward_funcs", "no_such_module:reward"), "no_such_module")
+    assert snapshot(run) == before
 
     result = thermorl("train", recipe, "--output_dir", run, "--learning_rate", "1e-3", "--overwrite_output_dir", "true",
                       "--save_strategy", "no", "--max_steps", "1")

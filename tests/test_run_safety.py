@@ -12,7 +12,7 @@ import torch
 from datasets import Dataset
 
 from thermorl.errors import DiskFullError, UserError
-from thermorl.run_dir import prepare_output_dir
+from thermorl.run_dir import prepare_output_dir, remove_previous_run
 from thermorl.trainers import RewardFunctionError, ThermoGRPOConfig, ThermoGRPOTrainer
 from thermorl.trainers.atomic_checkpoint import clean_interrupted_saves, is_disk_full
 from thermorl.trainers.reward_guard import RANGE, guard_reward_funcs
@@ -49,6 +49,9 @@ def test_overwrite_removes_the_old_runs_checkpoints_and_resume_latest_finds_the_
     resume_from, lock = prepare_output_dir(run_args(tmp_path), overwrite=True)
     lock.release()
     assert resume_from is None
+    # Only checked: the old run is removed once the new one is built (train() calls remove_previous_run).
+    assert (tmp_path / "checkpoint-200").exists() and (tmp_path / "model.safetensors").exists()
+    remove_previous_run(tmp_path)
     assert not list(tmp_path.glob("checkpoint-*")) and not (tmp_path / "model.safetensors").exists()
 
 

@@ -33,6 +33,7 @@ def held_out_accuracy(model_path: str, held_out, task, max_new_tokens: int, seed
 def quickstart(overrides: list[str] | dict | None = None) -> dict | None:
     from . import threads
     from .recipe import load_recipe, parse_overrides, resolve_recipe
+    from .run_dir import refuse_other_run
     from .train import build_datasets, resolve_model_path, train
 
     started = time.perf_counter()
@@ -44,6 +45,8 @@ def quickstart(overrides: list[str] | dict | None = None) -> dict | None:
     _, held_out, task = build_datasets(script_args, training_args.seed)
     if task is None:
         raise UserError("quickstart measures accuracy with a built-in task's verifier; set dataset to one.")
+    if training_args.resume_from_checkpoint is None:  # said now, not after the warm-up and the first measurement
+        refuse_other_run(training_args.output_dir, script_args.overwrite_output_dir)
 
     threads.use_fastest_before_warmup(model_args, training_args, script_args.tiny_model_size)
     print(f"[1/4] Tiny model warmed up on '{script_args.dataset}' (cached after the first run)...", flush=True)

@@ -247,10 +247,32 @@ def finished_at(checkpoint: str, training_args) -> str | None:
             "trained or written; raise max_steps to train on.")
 
 
+def refuse_other_run(output_dir: str | os.PathLike, overwrite: bool) -> None:
+    """A new run does not start in a folder that holds another run, unless `overwrite` (see the module docstring)."""
+    checkpoints, model_files = checkpoints_in(output_dir), saved_model_files(output_dir)
+    if (checkpoints or model_files) and not overwrite:
+        names = ", ".join([p.name for p in checkpoints[-3:]] + [p.name for p in model_files[:2]])
+        resume = "resume it with `resume_from_checkpoint: latest`, " if checkpoints else ""
+        raise UserError(
+            f"output_dir '{output_dir}' already holds another run ({names}): {resume}choose another output_dir, "
+            "or set `overwrite_output_dir: true` to replace it."
+        )
+
+
+def remove_previous_run(output_dir: str | os.PathLike) -> None:
+    """overwrite_output_dir: the old run's checkpoints and model files go, once the new run is ready to train (a
+    mistake found while building it leaves the old run as it was)."""
+    for checkpoint in checkpoints_in(output_dir):
+        shutil.rmtree(checkpoint)
+    for path in [*saved_model_files(output_dir), *(Path(output_dir) / name for name in MODEL_SIDE_FILES)]:
+        path.unlink(missing_ok=True)
+
+
 def prepare_output_dir(training_args, overwrite: bool = False, model_name_or_path: str | None = None
                        ) -> tuple[str | None, RunLock | None]:
     """Check the output folder and lock it (see the module docstring); returns the checkpoint to resume from (or
-    None) and the lock, which the main process holds (None on the other processes of a launch)."""
+    None) and the lock, which the main process holds (None on the other processes of a launch). A folder that holds
+    another run is only checked here: `remove_previous_run` clears it once the new run is built."""
     output_dir = training_args.output_dir
     check_writable(output_dir)
     check_not_the_model(output_dir, model_name_or_path)
@@ -262,25 +284,13 @@ def prepare_output_dir(training_args, overwrite: bool = False, model_name_or_pat
         resume_from = resolve_resume(training_args)
         if resume_from is not None:
             check_checkpoint(resume_from)
-            return resume_from, lock
-        checkpoints, model_files = checkpoints_in(output_dir), saved_model_files(output_dir)
-        if (checkpoints or model_files) and not overwrite:
-            names = ", ".join([p.name for p in checkpoints[-3:]] + [p.name for p in model_files[:2]])
-            resume = "resume it with `resume_from_checkpoint: latest`, " if checkpoints else ""
-            raise UserError(
-                f"output_dir '{output_dir}' already holds another run ({names}): {resume}choose another output_dir, "
-                "or set `overwrite_output_dir: true` to replace it."
-            )
-        if main_process:
-            for checkpoint in checkpoints:
-                shutil.rmtree(checkpoint)
-            for path in [*model_files, *(Path(output_dir) / name for name in MODEL_SIDE_FILES)]:
-                path.unlink(missing_ok=True)
+        else:
+            refuse_other_run(output_dir, overwrite)
     except BaseException:
         if lock is not None:
             lock.release(remove_new_folder=True)
         raise
-    return None, lock
+    return resume_from, lock
 
 
 def interrupted_line(training_args, step: int) -> str:

@@ -279,7 +279,7 @@ def train(model_args, training_args, script_args, callbacks: list | None = None,
     from . import threads
     from .console import log_to_run_folder, quiet_trainer
     from .launch_checks import check_launch
-    from .run_dir import finished_at, interrupted_line, prepare_output_dir
+    from .run_dir import finished_at, interrupted_line, prepare_output_dir, remove_previous_run
     from .run_recipe import check_resume_settings, write_run_recipe
     from .tracking import prepare_reporting
 
@@ -311,6 +311,8 @@ def train(model_args, training_args, script_args, callbacks: list | None = None,
     try:
         # After the data and model are resolved, so that a recipe mistake leaves no folder behind; the records
         # kept in memory until now are written first.
+        if resume_from is None and script_args.overwrite_output_dir and training_args.process_index == 0:
+            remove_previous_run(training_args.output_dir)
         log_to_run_folder(training_args.output_dir)
         quiet_trainer(trainer)
         threads.use_fastest(trainer.model, training_args.per_device_train_batch_size)
