@@ -32,6 +32,7 @@ from thermorl.tasks.data import check_prompt_lengths
 from thermorl.console import log_to_run_folder
 from thermorl.train import HELD_OUT_FILE, find_held_out
 
+from ..errors import UserError, refusing_remote_code
 from .model_loading import check_model_path, load_policy
 from .vllm_sampling import default_dtype, load_engine
 from .pipeline import (
@@ -43,7 +44,6 @@ from .pipeline import (
     evaluate,
     parse_temperatures,
 )
-from ..errors import UserError, refusing_remote_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,8 +157,6 @@ def builtin_held_out(task_spec: str, args, record: dict | None):
 
 def load_dataset_and_verifier(args):
     """(dataset, verifier) for --task, --num-questions and --reward-fn."""
-    if args.num_questions is not None and args.num_questions < 1:
-        raise UserError(f"--num-questions must be >= 1, got {args.num_questions}")
     record_path = find_held_out(args.model)
     record = json.loads(record_path.read_text()) if record_path is not None else None
     task_spec = args.task if args.task is not None else (record or {}).get("dataset")
@@ -184,7 +182,6 @@ def load_dataset_and_verifier(args):
 def eval_recipe(args, overrides: list[str]) -> dict | None:
     """The validated recipe values the evaluation rebuilds the training prompts from: --recipe with its overrides,
     else the saved recipe of the run --model belongs to (unless --task names other data); None without either."""
-    from thermorl.errors import UserError
     from thermorl.recipe import resolve_recipe
     from thermorl.run_recipe import RUN_RECIPE_FILE, read_run_recipe
 
@@ -206,7 +203,6 @@ def eval_recipe(args, overrides: list[str]) -> dict | None:
 
 def check_no_split_flags(args) -> None:
     """A recipe holds the built-in task's split settings: eval's own split flags would be ignored, so refused."""
-    from thermorl.errors import UserError
 
     given = [flag for flag, value in (("--num-train-examples", args.num_train_examples),
                                       ("--data-seed", args.data_seed)) if value is not None]
@@ -220,7 +216,6 @@ def recipe_dataset_and_verifier(values: dict, args):
     """(dataset, verifier, chat_template_kwargs) from a training recipe: the rows of --split (a built-in task: the
     rows the recipe holds out) shaped by thermorl.train.build_datasets, and the recipe's reward function (a
     built-in task without reward_funcs: the task's checker; --reward-fn wins)."""
-    from thermorl.errors import UserError
     from thermorl.launch_checks import cpu_overrides, runs_on_cpu
     from thermorl.recipe import load_recipe
     from thermorl.train import build_datasets
@@ -280,6 +275,8 @@ def eval_command(argv: list[str] | None = None) -> int:
             vote_round_size=args.vote_round_size,
         )
         check_model_path(args.model)
+        if args.num_questions is not None and args.num_questions < 1:
+            raise UserError(f"--num-questions must be >= 1, got {args.num_questions}")
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     # A recipe's mistakes are the recipe's: one line from the thermorl command, as `thermorl train` gives them.
@@ -306,7 +303,7 @@ def eval_command(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         parser.error(f"cannot load model {args.model!r}: {error}")
     check_prompt_lengths(dataset, args.task, tokenizer, loaded_model_positions(model, args.backend),
-                         args.max_new_tokens, "--max-new-tokens")
+                         args.max_new_tokens, "--max-new-tokens", chat_template_kwargs)
     try:
         log_to_run_folder(args.out)  # the libraries' warnings and logs so far, and from here on, in OUT/thermorl.log
     except OSError as error:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from ..errors import UserError
 
 CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")

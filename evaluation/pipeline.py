@@ -16,11 +16,11 @@ from thermorl.tasks import Task, math_verify_reward
 from thermorl.tasks.data import prompt_text
 from thermorl.tasks.verify import final_answer, normalize_answer
 
+from ..errors import UserError
 from .report import print_table, summarize, write_report
 from .sampling import sample_completions, seeded
 from .vllm_sampling import sample_completions_vllm
 from .voting import RecordedAnswers, multi_temperature_vote
-from ..errors import UserError
 
 # The paper's grid: 0.0 to 1.2 in steps of 0.1.
 DEFAULT_TEMPERATURES = tuple(round(0.1 * i, 1) for i in range(13))
@@ -163,7 +163,7 @@ def score(verifier: Verifier, rows, completions) -> tuple[list, list]:
 
 
 def check_settings(vote_threshold: float, **counts: int) -> None:
-    """Every count an integer >= 1 and the vote threshold in (0, 1]; ValueError naming the first offender."""
+    """Every count an integer >= 1 and the vote threshold in (0, 1]; UserError naming the first offender."""
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"{name} must be an integer >= 1, got {value!r}")
@@ -195,7 +195,7 @@ def evaluate(
 
     backend "hf": `model` is a Hugging Face model, sampled with batched `generate` (batch_size rows per call);
     "vllm": `model` is a vLLM `LLM` (tokenizer: its `get_tokenizer()`), every sample in one engine call, seeded by
-    the engine's own seed (`seed` is only recorded: see vllm_sampling.py).
+    the engine's own seed, which the report records in place of `seed` (see vllm_sampling.py).
 
     dataset: rows with a "prompt" (text or chat messages) and whatever the verifier reads.
     task_or_verifier: a thermorl Task, a TRL-style reward function, or None for math-verify against
@@ -217,6 +217,7 @@ def evaluate(
     prompts = [prompt_text(row["prompt"], tokenizer, dict(chat_template_kwargs or {})) for row in rows]
 
     if backend == "vllm":
+        seed = model.llm_engine.model_config.seed  # vLLM samples with the engine's seed (see vllm_sampling.py)
         completions = sample_completions_vllm(model, prompts, temperatures, samples, max_new_tokens)
     elif backend == "hf":
         completions = sample_completions(

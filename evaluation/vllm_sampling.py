@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .sampling import Completions
 from ..errors import UserError
+from .sampling import Completions
 
 
 def default_dtype() -> str:

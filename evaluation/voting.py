@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-from .metrics import majority_vote
 from ..errors import UserError
+from .metrics import majority_vote
 
 Answer = Hashable | None
 AnswerStream = Callable[[Sequence[int], int], Sequence[Sequence[Sequence[Answer]]]]

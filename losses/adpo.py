@@ -24,9 +24,9 @@ import math
 
 import torch
 
+from ..errors import UserError
 from .common import aggregate, check_aggregation, check_kl_inputs, k3_kl, masked_mean, sequence_advantages
 from .registry import register_loss
-from ..errors import UserError
 
 
 def anchored_listwise_loss(

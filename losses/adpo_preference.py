@@ -17,8 +17,8 @@ The gradient on l_i is (p_i - q_i) / tau_anc. These functions take per-prompt (G
 
 import torch
 
-from .adpo import anchored_listwise_loss
 from ..errors import UserError
+from .adpo import anchored_listwise_loss
 
 
 def pairwise_target_probs(preference_probability: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ Per-token tensors are (B, T); `mask` is the completion mask (bool or 0/1) of the
 """
 
 import torch
+
 from ..errors import UserError
 
 # verl clamps log-ratios to this range: exp(20) ~ 5e8 stays finite in fp32 and in its backward pass.

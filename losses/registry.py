@@ -13,8 +13,8 @@ import types
 import typing
 from collections.abc import Callable
 
-from .common import check_aggregation
 from ..errors import UserError
+from .common import check_aggregation
 
 # What every loss accepts from the trainer: tensors, and the aggregations' normalising constants.
 COMMON_INPUTS = ("token_weights", "ref_per_token_logps", "max_completion_length", "tokens_per_micro_batch")

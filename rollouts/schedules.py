@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+
 from ..errors import UserError
 
 

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessor
 
-from .schedules import TemperatureSchedule
 from ..errors import UserError
+from .schedules import TemperatureSchedule
 
 # Values `generate` (transformers 5.x) substitutes for settings left None in both the passed and
 # the model's generation config (GenerationConfig._get_default_generation_params). Note top_k: 50.

@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 import torch
 from torch.utils.data import Sampler
 
-from .vas_scores import DIVERSITY_MEASURES, Response, variance_promotion_score
 from ..errors import UserError
+from .vas_scores import DIVERSITY_MEASURES, Response, variance_promotion_score
 
 MODES = ("online", "rollout")
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
+
 from ..errors import UserError
 
 Response = Sequence[Hashable] | str | torch.Tensor

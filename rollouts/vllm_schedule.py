@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from .schedules import SCHEDULE_TYPES, TemperatureSchedule, build_schedule
 from ..errors import UserError
+from .schedules import SCHEDULE_TYPES, TemperatureSchedule, build_schedule
 
 SCHEDULE_KEY = "thermorl_schedule"
 STEP_KEY = "thermorl_step"

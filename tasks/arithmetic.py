@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..errors import UserError
 from .base import Task
 from .expressions import evaluate
 from .verify import number_answer, math_verify_equal, normalize_answer
-from ..errors import UserError
 
 _SUPPORTED_OPS = "+-*"
 

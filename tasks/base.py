@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from datasets import Dataset
-from ..errors import UserError
 
 from ..errors import UserError
+
 
 # Rows drawn per requested row before giving up: a task too small for the request (e.g. one-digit
 # sums) would otherwise loop forever looking for new prompts.

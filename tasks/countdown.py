@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..errors import UserError
 from .base import Task
 from .expressions import PRECEDENCE, InvalidExpression, evaluate
-from ..errors import UserError
 
 # Redraws of one instance before concluding that the options admit (almost) no valid target.
 _MAX_DRAWS = 1000

@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 
 from datasets import Dataset
 
-from .base import Task
 from ..errors import UserError
+from .base import Task
 
 _STEP = re.compile(r"(\d+)([+-])(\d+)=(\d+)")
 # Redraws of one SFT row whose prompt is excluded (held out) before giving up.

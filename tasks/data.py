@@ -272,6 +272,8 @@ def check_prompt_lengths(
         raise UserError(f"{completion_field} {completion_tokens} leaves no room for a prompt in the model's "
                         f"{max_positions} positions (max_position_embeddings)")
     prompts = _python_values(dataset, "prompt")
+    if not prompts:
+        return
 
     def tokens(rows: list[int]) -> list[int]:
         if not rows:
@@ -279,12 +281,15 @@ def check_prompt_lengths(
         texts = [prompt_text(prompts[row], tokenizer, chat_template_kwargs) for row in rows]
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
-    def text_bytes(prompt) -> int:
-        if isinstance(prompt, str):
-            return len(prompt.encode())
-        return sum(len(str(message.get("content") or "").encode()) for message in prompt)
+    def contents(prompt) -> list[str]:
+        return [prompt] if isinstance(prompt, str) else [str(message.get("content") or "") for message in prompt]
 
-    template_tokens = max(tokens([0])[0] - text_bytes(prompts[0]), 0) + _TEMPLATE_SLACK_TOKENS
+    def text_bytes(prompt) -> int:
+        return sum(len(text.encode()) for text in contents(prompt))
+
+    # The chat template's own tokens: row 1 as the model sees it, less its messages' text tokenized alone.
+    content_tokens = sum(len(ids) for ids in tokenizer(contents(prompts[0]), add_special_tokens=False)["input_ids"])
+    template_tokens = max(tokens([0])[0] - content_tokens, 0) + _TEMPLATE_SLACK_TOKENS
     candidates = [row for row, prompt in enumerate(prompts) if text_bytes(prompt) + template_tokens > room]
     too_long = [(row, length) for row, length in zip(candidates, tokens(candidates)) if length > room]
     if too_long:

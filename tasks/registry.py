@@ -6,11 +6,11 @@ int, then float, then true/false, else kept as strings. Commas and "=" cannot ap
 
 import dataclasses
 
+from ..errors import UserError
 from .arithmetic import ArithmeticTask
 from .base import Task
 from .countdown import CountdownTask
 from .countdown_steps import CountdownStepsTask
-from ..errors import UserError
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in (ArithmeticTask, CountdownTask, CountdownStepsTask)}
 

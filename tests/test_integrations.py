@@ -137,6 +137,23 @@ def test_export_merges_the_adapter_and_eval_reads_both(lora_run, tiny_model_dir,
     assert samples["adapter"] == samples["merged"] and len(samples["adapter"].splitlines()) == 4 * 2 * 2
 
 
+def test_export_never_writes_over_the_base_model_or_another_model(lora_run, tiny_model_dir, tmp_path, capsys):
+    import hashlib
+
+    _, output_dir = lora_run
+    weights = Path(tiny_model_dir) / "model.safetensors"
+    before = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert thermorl_main(["export", "--checkpoint", str(output_dir), "--out", str(tiny_model_dir)]) == 2
+    assert "--out" in (err := capsys.readouterr().err) and "would overwrite the model it starts from" in err
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == before
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "model.safetensors").write_bytes(b"another model")
+    assert thermorl_main(["export", "--checkpoint", str(output_dir), "--out", str(taken)]) == 2
+    assert "already holds a model" in capsys.readouterr().err
+    assert (taken / "model.safetensors").read_bytes() == b"another model"
+
+
 def test_export_refuses_a_full_model_checkpoint(tiny_model_dir, tmp_path, capsys):
     assert thermorl_main(["export", "--checkpoint", tiny_model_dir, "--out", str(tmp_path / "out")]) == 2
     assert "has no adapter_config.json: not a LoRA/PEFT checkpoint" in capsys.readouterr().err

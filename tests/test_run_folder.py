@@ -87,10 +87,10 @@ def test_output_dir_that_is_the_model_however_spelled_is_refused(recipe, tiny_mo
     before = snapshot(tiny_model_dir)
     spelled_otherwise = tiny_model_dir.parent / "." / tiny_model_dir.name
     assert_user_error(thermorl("train", recipe, "--output_dir", spelled_otherwise),
-                      "is the folder of model_name_or_path", "choose another output_dir")
+                      "is the folder of the model", "choose another output_dir")
     link = tmp_path / "link-to-model"
     link.symlink_to(tiny_model_dir)
-    assert_user_error(thermorl("train", recipe, "--output_dir", link), "is the folder of model_name_or_path")
+    assert_user_error(thermorl("train", recipe, "--output_dir", link), "is the folder of the model")
     assert snapshot(tiny_model_dir) == before
 
 

@@ -37,11 +37,22 @@ def refusing_remote_code(model: str, how_to_allow: str) -> Iterator[None]:
 
 @contextmanager
 def refused_by_library(what: str) -> Iterator[None]:
-    """A ValueError from TRL or transformers while they check the user's settings (a config's __post_init__, a
-    trainer's __init__) reports the user's mistake: re-raised as the UserError "`what`: its message"."""
+    """A ValueError raised by TRL or transformers while they check the user's settings (a config's __post_init__, a
+    trainer's __init__) reports the user's mistake: re-raised as the UserError "`what`: its message". One raised in
+    thermorl's own code (or another library's) inside the block is a bug and keeps its traceback."""
     try:
         yield
     except UserError:
         raise
     except ValueError as error:
+        if not _raised_in(error, ("trl.", "transformers.")):
+            raise
         raise UserError(f"{what}: {error}") from error
+
+
+def _raised_in(error: BaseException, modules: tuple[str, ...]) -> bool:
+    """Whether the innermost frame of the error's traceback is in one of these modules."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_globals.get("__name__", "").startswith(modules)

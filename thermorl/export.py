@@ -25,6 +25,8 @@ def export_merged(checkpoint: str | Path, out: str | Path, base_model: str | Non
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .run_dir import check_not_the_model, saved_model_files
+    from .run_recipe import find_run_recipe
     from .train import find_held_out
 
     checkpoint, out = Path(checkpoint), Path(out)
@@ -39,17 +41,22 @@ def export_merged(checkpoint: str | Path, out: str | Path, base_model: str | Non
         raise UserError(f"{config_path} does not name its base model; pass --base MODEL.")
     if out.resolve() == checkpoint.resolve():
         raise UserError(f"--out must differ from --checkpoint ({checkpoint}): the adapter would be overwritten.")
+    check_not_the_model(out, base, "--out")
+    if saved_model_files(out):
+        raise UserError(f"--out {out} already holds a model: choose an empty or new folder.")
 
     with refusing_remote_code(base, "pass --trust-remote-code, after reading that code"):
+        has_tokenizer = any((checkpoint / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint if has_tokenizer else base,
+                                                  trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(base, dtype="auto", trust_remote_code=trust_remote_code)
         merged = PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
-        merged.save_pretrained(out)
-        has_tokenizer = any((checkpoint / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
-        AutoTokenizer.from_pretrained(checkpoint if has_tokenizer else base,
-                                      trust_remote_code=trust_remote_code).save_pretrained(out)
-    held_out = find_held_out(checkpoint)
-    if held_out is not None:  # so `thermorl eval --model OUT` evaluates on the run's held-out rows, as on the adapter
-        shutil.copyfile(held_out, out / held_out.name)
+    merged.save_pretrained(out)  # only once everything has loaded: a refusal above leaves no half-written folder
+    tokenizer.save_pretrained(out)
+    # So that `thermorl eval --model OUT` evaluates on the run's held-out rows, prompts and reward, as on the adapter.
+    for record in (find_held_out(checkpoint), find_run_recipe(checkpoint)):
+        if record is not None:
+            shutil.copyfile(record, out / record.name)
     return out
 
 

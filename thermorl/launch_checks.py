@@ -1,6 +1,6 @@
 """Launch settings checked against the machine and against each other before a trainer is built.
 
-Each check raises an error (UserError, ValueError) that names the setting (recipe key or accelerate config key) and
+Each check raises a UserError that names the setting (recipe key or accelerate config key) and
 the fix, so a bad combination fails in seconds with a sentence instead of minutes later inside DeepSpeed or W&B.
 
 GPU recipes on a CPU machine: `gpu_only_settings` is the one rule for what such a run cannot honour (bf16/fp16 mixed
@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from typing import Any
-from .errors import UserError
 
 from .errors import UserError
+
 
 # W&B rejects these characters in project names and names longer than this.
 WANDB_PROJECT_FORBIDDEN = "/\\#?%:"
@@ -73,7 +73,7 @@ def wandb_project(training_args) -> str:
 
 
 def check_launch(model_args, training_args) -> None:
-    """Raise a ValueError naming the first launch setting this machine or the other settings cannot honour."""
+    """Raise a UserError naming the first launch setting this machine or the other settings cannot honour."""
     check_run_length(training_args)
     settings = launch_settings(model_args, training_args)
     if settings.device_type == "cpu":

@@ -14,6 +14,7 @@ import logging
 import subprocess
 from importlib import resources
 from pathlib import Path
+
 from .errors import UserError
 
 CONFIG_FLAG = "--accelerate_config"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+
 from .errors import UserError
 
 # Greedy shows what the policy knows; temperature 1 is the distribution RL samples from and sharpens.

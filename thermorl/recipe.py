@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
 from .errors import UserError, refused_by_library
 
 

@@ -42,7 +42,6 @@ from transformers.utils import (
 
 from .errors import UserError
 from .trainers.atomic_checkpoint import clean_interrupted_saves
-from .errors import UserError
 
 LOCK_FILE = ".thermorl-run.lock"
 # A finished run's final save: any of these in output_dir means a model is there (a new run would replace it).
@@ -93,16 +92,19 @@ def check_writable(output_dir: str | os.PathLike) -> None:
         raise UserError(f"output_dir '{output_dir}' cannot be written to ({reason}): choose another output_dir.") from None
 
 
-def check_not_the_model(output_dir: str | os.PathLike, model_name_or_path: str | None) -> None:
+def check_not_the_model(output_dir: str | os.PathLike, model_name_or_path: str | None,
+                        output_field: str = "output_dir") -> None:
     """The run must not write over the model it trains: output_dir is not the model's folder (however spelled), and
-    the model is not in one of output_dir's checkpoint-N folders (rotation and overwrite_output_dir remove those)."""
+    the model is not in one of output_dir's checkpoint-N folders (rotation and overwrite_output_dir remove those).
+    `output_field` names the setting in the message (`thermorl export` writes to --out)."""
     if not model_name_or_path or not Path(model_name_or_path).expanduser().is_dir():
         return  # a hub name, or thermorl:tiny (built in the cache)
     model = Path(os.path.realpath(Path(model_name_or_path).expanduser()))
     output = Path(os.path.realpath(Path(output_dir).expanduser()))
     if model == output:
-        raise UserError(f"output_dir '{output_dir}' is the folder of model_name_or_path '{model_name_or_path}': the "
-                        "run would overwrite the model it starts from; choose another output_dir.")
+        raise UserError(f"{output_field} '{output_dir}' is the folder of the model '{model_name_or_path}' "
+                        f"(model_name_or_path): this would overwrite the model it starts from; choose another "
+                        f"{output_field}.")
     if output in model.parents and model.relative_to(output).parts[0].startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
         raise UserError(f"model_name_or_path '{model_name_or_path}' is a checkpoint inside output_dir '{output_dir}', "
                         "which this run's checkpoint rotation could delete: choose another output_dir (or resume "

@@ -73,30 +73,30 @@ OPTIMIZER_STATE_FIELDS = frozenset({
 })
 
 
-def _field_defaults(values: dict[str, Any]) -> dict[str, Any]:
+def _resolved_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """Every field's value once the configs are built (defaults, and what TRL resolves in __post_init__, such as
+    bf16 left unset), so that a recipe that omits a field compares equal to one that spells out its value."""
     import dataclasses
 
-    from .recipe import recipe_dataclasses
+    from .recipe import load_recipe
 
-    defaults: dict[str, Any] = {}
-    for cls in recipe_dataclasses(values.get("trainer", "grpo")):
-        for field in dataclasses.fields(cls):
-            if field.init and field.default is not dataclasses.MISSING:
-                defaults.setdefault(field.name, field.default)
-            elif field.init and field.default_factory is not dataclasses.MISSING:
-                defaults.setdefault(field.name, field.default_factory())
-    return defaults
+    settings: dict[str, Any] = {}
+    for config in load_recipe(values):
+        for field in dataclasses.fields(config):
+            if field.init:
+                settings.setdefault(field.name, _plain(getattr(config, field.name)))
+    return settings
 
 
 def changes_on_resume(saved: dict[str, Any], values: dict[str, Any]) -> list[str]:
     """The fields a resumed run would change against its saved recipe, outside FREE_ON_RESUME, each described as
-    'learning_rate 5e-05 (now 0.001: ...)'. A field missing from one recipe has its default there."""
-    defaults = _field_defaults(values)
+    'learning_rate 5e-05 (now 0.001: ...)'. Fields are compared as the configs resolve them."""
+    old_settings, new_settings = _resolved_settings(saved), _resolved_settings(values)
     changed = []
     for name in dict.fromkeys([*saved, *values]):
         if name in FREE_ON_RESUME:
             continue
-        old, new = (_plain(recipe.get(name, defaults.get(name))) for recipe in (saved, values))
+        old, new = old_settings.get(name), new_settings.get(name)
         if old != new:
             why = ("the checkpoint's optimizer and scheduler state sets it" if name in OPTIMIZER_STATE_FIELDS
                    else "it changes what is trained")

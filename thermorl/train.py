@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .models.warmup import TINY_MODEL_NAME
 from .errors import UserError, refused_by_library, refusing_remote_code
+from .models.warmup import TINY_MODEL_NAME
 
 HELD_OUT_FILE = "thermorl_held_out.json"
 # How a recipe lets a model folder's own Python code run (transformers' trust_remote_code; off by default).
@@ -150,9 +149,11 @@ def check_prompts_fit(tokenizer, model_args, training_args, script_args, train) 
 
     if model_args.model_name_or_path == TINY_MODEL_NAME:  # trains on built-in tasks only, whose prompts it fits
         return
+    with refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
+        positions = model_max_positions(model_args.model_name_or_path, model_args.model_revision,
+                                        training_args.trust_remote_code)
     check_prompt_lengths(
-        train, script_args.dataset, tokenizer,
-        model_max_positions(model_args.model_name_or_path, model_args.model_revision, training_args.trust_remote_code),
+        train, script_args.dataset, tokenizer, positions,
         training_args.max_completion_length, "max_completion_length", training_args.chat_template_kwargs,
     )
 

@@ -29,9 +29,9 @@ from trl.data_utils import _tokenize, common_prefix_length, is_conversational
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
+from ..errors import UserError
 from ..losses.adpo_preference import adpo_preference_loss, pairwise_target_probs, score_target_probs
 from .metrics import log_mean_metrics
-from ..errors import UserError
 
 PREFERENCE_PROBABILITY = "preference_probability"
 COMPLETIONS = "completions"

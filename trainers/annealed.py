@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList
 
+from ..errors import UserError
 from ..rollouts import ScheduledTemperatureProcessor, TemperatureSchedule, build_schedule, check_generation_config
 from ..rollouts.vllm_schedule import schedule_extra_args
 from .annealed_vllm import colocated_requests, served_requests, vllm_setup
-from ..errors import UserError
 
 EAD_CORRECTIONS = ("tis", "none", "recompute_at_tau")
 

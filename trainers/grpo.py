@@ -22,7 +22,6 @@ from .metrics import log_mean_metrics
 from .reward_guard import guard_reward_funcs
 from .trl_loss import check_no_trl_loss_fields, policy_loss_from_trl
 from .variance_aware import VarianceAwareSamplingArguments, VarianceAwareSamplingMixin
-from ..errors import UserError
 
 # Inputs TRL's forward pass may need besides ids and masks (vision-language models).
 _FORWARD_KEYS = (

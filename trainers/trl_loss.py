@@ -16,8 +16,8 @@ import dataclasses
 
 from trl import GRPOConfig
 
-from ..losses import validate_loss_kwargs
 from ..errors import UserError
+from ..losses import validate_loss_kwargs
 
 AGGREGATION_OF_LOSS_TYPE = {
     "grpo": "seq_mean_token_mean",

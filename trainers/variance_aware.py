@@ -28,9 +28,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl.data_utils import is_conversational
 
+from ..errors import UserError
 from ..rollouts.vas import MODES, VarianceAwareSampler
 from ..rollouts.vas_scores import DIVERSITY_MEASURES
-from ..errors import UserError
 
 logger = logging.get_logger(__name__)
 
