@@ -182,9 +182,10 @@ def test_resume_may_extend_the_run_and_change_logging_and_says_when_it_cannot_co
 
 
 def test_every_field_named_in_the_resume_rules_is_a_recipe_field():
-    from thermorl.run_recipe import FREE_ON_RESUME, OPTIMIZER_STATE_FIELDS, _field_defaults
+    from thermorl.recipe import _recipe_fields, recipe_dataclasses
+    from thermorl.run_recipe import FREE_ON_RESUME, OPTIMIZER_STATE_FIELDS
 
-    assert FREE_ON_RESUME | OPTIMIZER_STATE_FIELDS <= set(_field_defaults({}))
+    assert FREE_ON_RESUME | OPTIMIZER_STATE_FIELDS <= set(_recipe_fields(recipe_dataclasses("grpo")))
     assert not FREE_ON_RESUME & OPTIMIZER_STATE_FIELDS
 
 

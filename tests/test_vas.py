@@ -362,6 +362,7 @@ def test_loaded_state_replays_the_epochs_kept_draws():
 WORKER = """
 import itertools, json, os
 import torch.distributed as dist
+from thermorl.rollouts.vas import VarianceAwareSampler
 
 rank = int(os.environ["RANK"])
 dist.init_process_group("gloo", rank=rank, world_size=2)
