@@ -1,4 +1,4 @@
-"""Noisy preferences: ADPO (pairwise, listwise) against TRL's DPO at equal steps, on the tiny model (issue 7).
+"""Noisy preferences: ADPO (pairwise, listwise) against TRL's DPO at equal steps, on the tiny model.
 
 Data. The tiny model warmed up on a task (`--setting quickstart`, the default: the quickstart's model and task, sums
 of three one-digit numbers, where RL from this model learns; `--setting addition`: 2-digit addition, this

@@ -1,4 +1,4 @@
-"""Variance-aware prompt sampling vs uniform sampling where many prompts start all-wrong or all-right (issue 4).
+"""Variance-aware prompt sampling vs uniform sampling where many prompts start all-wrong or all-right.
 
 Default setting (`--setting quickstart`, where uniform sampling learns): the quickstart's model (warmed up on sums
 of three one-digit numbers, the same cache) is trained with SAPO at the quickstart's learning rate (5e-5, 300 steps)

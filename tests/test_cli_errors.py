@@ -1,4 +1,4 @@
-"""Issue 23 (items 11-14) through the `thermorl` command: one error type (UserError) is a one-line exit 2, also
+"""Through the `thermorl` command: one error type (UserError) is a one-line exit 2, also
 with --debug; any other exception keeps its traceback; recipe fields named in messages; overrides parsed by the
 field's type; a model folder's own code never runs unless the recipe trusts it."""
 

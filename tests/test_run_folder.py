@@ -1,4 +1,4 @@
-"""Run folders through the `thermorl` command (issue 23): one run at a time, never over the model or another run,
+"""Run folders through the `thermorl` command: one run at a time, never over the model or another run,
 resumes that are complete, damaged or changed said in one line, and Ctrl-C naming the checkpoint to resume from.
 Each case copies one short run (2 steps, a checkpoint at each) and works on the copy."""
 

@@ -655,7 +655,7 @@ def test_study_arms_files_load(name):
 
 
 def test_horizon_growth_makes_the_testbed_ead_arm_a_hot_fixed_temperature():
-    """Issue 21 item 2, reproduced: sized to 20 tokens with the paper's growth, every position of a 22-token trace is
+    """Why the testbed has an EAD arm without growth: sized to 20 tokens with the paper's growth, every position of a 22-token trace is
     above 1.0 by step 25 and the mean is ~1.19 at step 300; without growth step 300 is step 0 (1.2 down to 0.1)."""
     positions = torch.arange(22)
     growth = annealed_for_length(20)

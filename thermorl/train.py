@@ -276,7 +276,7 @@ def train(model_args, training_args, script_args, callbacks: list | None = None,
     checkpoint and how to resume."""
     if not training_args.model_init_kwargs and model_args.model_name_or_path is None:
         raise UserError("The recipe needs model_name_or_path (a local folder, a hub name, or 'thermorl:tiny').")
-    # Issue 6: launch settings checked against the machine; W&B offline (and says so) when no API key is set.
+    # Launch settings checked against the machine; W&B offline (and says so) when no API key is set.
     from . import threads
     from .console import log_to_run_folder, quiet_trainer
     from .launch_checks import check_launch
@@ -285,9 +285,9 @@ def train(model_args, training_args, script_args, callbacks: list | None = None,
     from .tracking import prepare_reporting
 
     check_launch(model_args, training_args)
-    # Issues 12 and 23: the output folder checked (no run or model overwritten, `latest` must exist and be
-    # complete) and locked for this run; third-party logs go to its thermorl.log, and the `thermorl` command picks
-    # the faster CPU thread count for this model.
+    # The output folder checked (no run or model overwritten, `latest` must exist and be complete) and locked for
+    # this run; third-party logs go to its thermorl.log, and the `thermorl` command picks the faster CPU thread
+    # count for this model.
     resume_from, lock = prepare_output_dir(training_args, overwrite=script_args.overwrite_output_dir,
                                            model_name_or_path=model_args.model_name_or_path)
     try:
