@@ -214,6 +214,24 @@ def test_launched_by_thermorl_two_processes_train(tiny_recipe, tmp_path):
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
+def test_launched_tiny_model_is_warmed_up_once_before_the_workers_start(tmp_path):
+    """With no cached warm-up, each worker would run its own SFT inside the process group and the launch failed."""
+    values = dict(
+        model_name_or_path="thermorl:tiny", tiny_model_size="small", dataset="arithmetic", num_train_examples=64,
+        num_eval_examples=8, warmup_examples=64, warmup_epochs=1, use_cpu=True, bf16=False,
+        per_device_train_batch_size=8, num_generations=4, max_completion_length=4, max_steps=1, save_strategy="no",
+        report_to=[], output_dir=str(tmp_path / "run"),
+    )
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(values))
+    cache = tmp_path / "cache"
+    result = thermorl("train", recipe, "--accelerate_config", "cpu_zero2", "--main_process_port", free_port(),
+                      env={"THERMORL_CACHE": str(cache)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(cache.glob("tiny-arithmetic-*"))) == 1 and not list(cache.glob(".warmup-*"))
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
 def test_launch_checks_keys_and_types_only_and_hands_accelerate_the_worker_command(tmp_path, monkeypatch):
     """4 completions per device with groups of 8 is valid on 8 processes (32 per step): the launching process, whose
     world size is 1, must not refuse it; accelerate gets the config, the launch options and `thermorl train ...`."""

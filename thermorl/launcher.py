@@ -5,7 +5,8 @@ code 2) accelerate and torch's elastic agent then print their own tracebacks and
 recipe's keys and value types are checked before any worker starts (a mistake there is one line and nothing
 starts), and a worker's exit code 2 (the first worker to fail, when several do) is the launch's exit code 2 with
 nothing printed after the worker's line. Any other failure (a bug, a killed worker) still shows everything the
-launcher reports. --debug and --verbose reach the workers through THERMORL_DEBUG / THERMORL_VERBOSE.
+launcher reports. --debug and --verbose reach the workers through THERMORL_DEBUG / THERMORL_VERBOSE. A
+`thermorl:tiny` recipe is warmed up here, once, before the workers start (they find it cached).
 """
 
 from __future__ import annotations
@@ -80,13 +81,15 @@ def launch(recipe_argv: list[str], options: dict[str, str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from .recipe import parse_overrides, read_recipe, recipe_dataclasses, validate
+    from .train import warm_tiny_model_before_launch
 
     config = resolve_config(options[CONFIG_FLAG])
     check_config(config)
     # Keys and value types only: building the configs here would check batch sizes at this process's world size
     # (1, not the workers') and touch the GPU from a process that trains nothing. The workers check the rest.
     values = {**read_recipe(recipe_argv[0]), **parse_overrides(recipe_argv[1:])}
-    validate(values, recipe_dataclasses(values.get("trainer", "grpo")))
+    values = validate(values, recipe_dataclasses(values.get("trainer", "grpo")))
+    warm_tiny_model_before_launch(values)
     passed = [item for flag in PASSED_FLAGS if flag in options for item in (flag, options[flag])]
     args = launch_command_parser().parse_args(
         ["--config_file", str(config), *passed, "-m", "thermorl", "train", *recipe_argv])

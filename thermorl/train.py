@@ -29,6 +29,24 @@ def resolve_model_path(model_name_or_path: str, script_args, held_out=None) -> s
     return warm_tiny_model(settings, held_out_prompts=list(held_out["prompt"]) if held_out is not None else [])
 
 
+def warm_tiny_model_before_launch(values: dict[str, Any]) -> None:
+    """A `thermorl:tiny` recipe launched on several processes: the warm-up runs here, once, in the launching
+    process. In the workers it would run on every rank inside the process group (each its own SFTTrainer, waiting on
+    the others' collectives); they then find it cached. `values` are validated recipe values."""
+    import dataclasses
+
+    from .recipe import ThermoScriptArguments, recipe_dataclasses
+
+    if values.get("model_name_or_path") != TINY_MODEL_NAME:
+        return
+    script_fields = {f.name for f in dataclasses.fields(ThermoScriptArguments)}
+    script_args = ThermoScriptArguments(**{k: v for k, v in values.items() if k in script_fields})
+    config = recipe_dataclasses(script_args.trainer)[1]
+    seed = values.get("seed", next(f.default for f in dataclasses.fields(config) if f.name == "seed"))
+    _, held_out, _ = build_datasets(script_args, seed)
+    resolve_model_path(TINY_MODEL_NAME, script_args, held_out)
+
+
 def check_tiny_model_fits(script_args) -> None:
     """`thermorl:tiny` is a character-level model with no chat template, warmed up from scratch on a built-in
     task's answers: it can learn nothing from a user's dataset, so such a recipe is refused before anything runs."""
