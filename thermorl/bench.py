@@ -435,6 +435,7 @@ def pending_runs(spec: dict[str, Any], out: Path, extra: dict[str, Any]) -> list
 
 def run_bench(spec: dict[str, Any], out: Path, extra: dict[str, Any], jobs: int = 1) -> list[str]:
     """Run every missing (arm, seed), `jobs` at a time; returns the runs that failed."""
+    scored = "validation" if spec["evaluation"].get("split") == "validation" else "held-out"
     pending = []
     for arm, seed, plan, run_dir in pending_runs(spec, out, extra):
         run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -461,7 +462,7 @@ def run_bench(spec: dict[str, Any], out: Path, extra: dict[str, Any], jobs: int 
             running.remove(entry)
             if process.returncode == 0:
                 final = json.loads(plan_path.with_name(f"seed{seed}.json").read_text())["final"]
-                print(f"  {arm} seed {seed}: held-out pass@1 T=1 {final['pass@1 T=1']:.3f}, greedy "
+                print(f"  {arm} seed {seed}: {scored} pass@1 T=1 {final['pass@1 T=1']:.3f}, greedy "
                       f"{final['pass@1 greedy']:.3f} ({time.perf_counter() - began:.0f} s)", flush=True)
             else:
                 failed.append(f"{arm} seed {seed}")
@@ -581,7 +582,8 @@ def equal_budget_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any
 def markdown(report: dict[str, Any]) -> str:
     k = report["k"]
     names = [m.replace("@k", f"@{k}") for m in FINAL_METRICS]
-    lines = [f"| arm | seeds | " + " | ".join(f"held-out {n}" for n in names)
+    scored = "validation" if report.get("split") == "validation" else "held-out"
+    lines = [f"| arm | seeds | " + " | ".join(f"{scored} {n}" for n in names)
              + f" | steps to {report['baseline']}'s final T=1 pass@1 | rollouts sampled |",
              "|---|---|" + "---|" * (len(names) + 2)]
     lines.append("| start (warmed-up policy) | | " + " | ".join(f"{report['start'][m]:.3f}" for m in FINAL_METRICS)
