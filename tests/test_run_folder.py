@@ -216,6 +216,25 @@ def test_ctrl_c_names_the_newest_checkpoint_exits_130_and_the_checkpoint_resumes
     assert (folder / f"checkpoint-{step + 1}").is_dir()
 
 
+def test_ctrl_c_under_a_launch_is_one_line_from_one_worker(recipe, tmp_path):
+    from tests.test_user_errors import free_port
+
+    folder = tmp_path / "launched"
+    process = subprocess.Popen([sys.executable, "-m", "thermorl", "train", recipe, "--output_dir", folder,
+                                "--max_steps", "1000", "--accelerate_config", "cpu_zero2", "--main_process_port",
+                                str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"},
+                               start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (folder / "checkpoint-2").is_dir() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the launcher and every worker
+    _, stderr = process.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert process.returncode == 130, stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("thermorl train: interrupted at step "), stderr[-3000:]
+
+
 # Item 9: a damaged checkpoint is named, with the complete one before it -------------------------------------------
 
 def truncate(path):

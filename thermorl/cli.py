@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:  # Ctrl-C: train() says where to resume from
         if debug:
             raise
-        report_user_error(f"thermorl {argv[0]}: {str(interrupt) or 'interrupted.'}")
+        if os.environ.get("RANK", "0") == "0":  # under a launch every worker is interrupted; one says so
+            report_user_error(f"thermorl {argv[0]}: {str(interrupt) or 'interrupted.'}")
         return 130
     except UserError as error:
         # Only the project's user-error type: any other exception is a bug and keeps its traceback and exit code 1.

@@ -77,6 +77,7 @@ def check_config(path: Path) -> None:
 
 def launch(recipe_argv: list[str], options: dict[str, str]) -> int:
     """Run `thermorl train` under accelerate's launcher; returns the exit code."""
+    import torch.distributed.run  # noqa: F401  (creates the elastic agent's loggers, quieted below)
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -93,10 +94,15 @@ def launch(recipe_argv: list[str], options: dict[str, str]) -> int:
     passed = [item for flag in PASSED_FLAGS if flag in options for item in (flag, options[flag])]
     args = launch_command_parser().parse_args(
         ["--config_file", str(config), *passed, "-m", "thermorl", "train", *recipe_argv])
-    # The elastic agent logs each failed worker at ERROR level before raising; the worker has said why already.
-    elastic = logging.getLogger("torch.distributed.elastic")
-    level = elastic.level
-    elastic.setLevel(logging.CRITICAL)
+    # The elastic agent logs each failed worker at ERROR level before raising, and a Ctrl-C as a warning ("Received
+    # 2 death signal"); the worker has said why already. Its loggers carry levels of their own (LOGLEVEL): each is
+    # quieted.
+    elastic = [logger for name, logger in logging.root.manager.loggerDict.items()
+               if name.startswith("torch.distributed.elastic") and isinstance(logger, logging.Logger)]
+    elastic.append(logging.getLogger("torch.distributed.elastic"))
+    levels = [logger.level for logger in elastic]
+    for logger in elastic:
+        logger.setLevel(logging.CRITICAL)
     try:
         launch_command(args)
     except subprocess.CalledProcessError as error:  # one process, run as a subprocess
@@ -110,5 +116,6 @@ def launch(recipe_argv: list[str], options: dict[str, str]) -> int:
             return first.exitcode
         raise
     finally:
-        elastic.setLevel(level)
+        for logger, level in zip(elastic, levels):
+            logger.setLevel(level)
     return 0
