@@ -25,7 +25,7 @@ all-gathers rollouts and passes the same, identically ordered, data to `update` 
 
 Scores: prompts never scored carry `prior_score` (default alpha/4 + beta, the largest VPS, so they get
 drawn). mode="online": `update` folds the training rollouts in. mode="rollout" (the paper): every
-`update_interval` steps (`needs_rescore`) the trainer generates `rollouts_per_prompt` responses for the
+`update_interval` steps the trainer generates `rollouts_per_prompt` responses for the
 prompts and passes them to `rescore`, which replaces their scores.
 """
 
@@ -41,6 +41,45 @@ from ..errors import UserError
 from .vas_scores import DIVERSITY_MEASURES, Response, variance_promotion_score
 
 MODES = ("online", "rollout")
+
+
+def check_settings(names: dict[str, str] | None = None, **settings) -> None:
+    """UserError naming the first sampler setting (among those given) out of its range. `names` maps a setting to
+    the name the user wrote it under (e.g. ThermoGRPOConfig's vas_* fields), for the message."""
+    names = names or {}
+
+    def name(key: str) -> str:
+        return names.get(key, key)
+
+    for key in ("weighted_fraction", "min_probability_floor", "alpha", "beta", "success_threshold", "ema_decay",
+                "prior_score"):  # NaN passes every comparison below
+        value = settings.get(key)
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"{name(key)} must be a finite number, got {value}")
+    if "mode" in settings and settings["mode"] not in MODES:
+        raise UserError(f"{name('mode')} must be one of {MODES}, got {settings['mode']!r}")
+    for key in ("weighted_fraction", "min_probability_floor"):
+        if key in settings and not 0 <= settings[key] <= 1:
+            raise UserError(f"{name(key)} must lie in [0, 1], got {settings[key]}")
+    alpha, beta = settings.get("alpha", 1.0), settings.get("beta", 1.0)
+    if alpha < 0 or beta < 0 or alpha + beta == 0:
+        raise UserError(f"{name('alpha')} and {name('beta')} must be >= 0 with a positive sum, got {alpha} and {beta}")
+    diversity = settings.get("diversity", "distinct_n")
+    if not callable(diversity) and diversity not in DIVERSITY_MEASURES:
+        raise UserError(
+            f"{name('diversity')} must be one of {sorted(DIVERSITY_MEASURES)} or a callable, got {diversity!r}"
+        )
+    if settings.get("update_interval", 1) < 1:
+        raise UserError(f"{name('update_interval')} must be >= 1, got {settings['update_interval']}")
+    if settings.get("rollouts_per_prompt", 2) < 2:
+        raise UserError(
+            f"{name('rollouts_per_prompt')} must be >= 2 (one rollout has no variance), "
+            f"got {settings['rollouts_per_prompt']}"
+        )
+    if settings.get("ema_decay") is not None and not 0 <= settings["ema_decay"] < 1:
+        raise UserError(f"{name('ema_decay')} must be None or lie in [0, 1), got {settings['ema_decay']}")
+    if settings.get("prior_score") is not None and settings["prior_score"] < 0:
+        raise UserError(f"{name('prior_score')} must be None or >= 0, got {settings['prior_score']}")
 
 
 class VarianceAwareSampler(Sampler[int]):
@@ -82,36 +121,20 @@ class VarianceAwareSampler(Sampler[int]):
         update_interval: int = 35,
         rollouts_per_prompt: int = 8,
     ):
-        counts = {
-            "mini_repeat_count": mini_repeat_count,
-            "batch_size": batch_size,
-            "repeat_count": repeat_count,
-            "update_interval": update_interval,
-            "rollouts_per_prompt": rollouts_per_prompt,
-        }
-        for name, value in counts.items():
+        for name, value in {"mini_repeat_count": mini_repeat_count, "batch_size": batch_size,
+                            "repeat_count": repeat_count}.items():
             if value < 1:
                 raise UserError(f"{name} must be >= 1, got {value}")
         if batch_size > len(data_source):
             raise UserError(f"batch_size ({batch_size}) exceeds the number of prompts ({len(data_source)})")
-        if not 0 <= weighted_fraction <= 1:
-            raise UserError(f"weighted_fraction must lie in [0, 1], got {weighted_fraction}")
-        if not 0 <= min_probability_floor <= 1:
-            raise UserError(f"min_probability_floor must lie in [0, 1], got {min_probability_floor}")
-        if mode not in MODES:
-            raise UserError(f"mode must be one of {MODES}, got {mode!r}")
-        if alpha < 0 or beta < 0:
-            raise UserError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
-        if ema_decay is not None and not 0 <= ema_decay < 1:
-            raise UserError(f"ema_decay must be None or lie in [0, 1), got {ema_decay}")
+        check_settings(
+            mode=mode, weighted_fraction=weighted_fraction, min_probability_floor=min_probability_floor, alpha=alpha,
+            beta=beta, diversity=diversity, update_interval=update_interval, rollouts_per_prompt=rollouts_per_prompt,
+            success_threshold=success_threshold, ema_decay=ema_decay, prior_score=prior_score,
+        )
         if isinstance(diversity, str):
-            if diversity not in DIVERSITY_MEASURES:
-                names = sorted(DIVERSITY_MEASURES)
-                raise UserError(f"diversity must be one of {names} or a callable, got {diversity!r}")
             diversity = DIVERSITY_MEASURES[diversity]
         prior_score = alpha / 4 + beta if prior_score is None else prior_score
-        if prior_score < 0:
-            raise UserError(f"prior_score must be >= 0, got {prior_score}")
 
         self.data_source = data_source
         self.mini_repeat_count = mini_repeat_count
@@ -256,12 +279,6 @@ class VarianceAwareSampler(Sampler[int]):
             self.rollouts_seen[index] = num_rollouts
             self.diversity_score[index] = tds
             self.groups_scored[index] = 0 if math.isnan(tds) else 1
-
-    def needs_rescore(self, step: int) -> bool:
-        """True in mode="rollout" every `update_interval` steps, step 0 included."""
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        return self.mode == "rollout" and step % self.update_interval == 0
 
     def _successes(self, rewards: Sequence[float] | torch.Tensor) -> torch.Tensor:
         rewards = torch.as_tensor(rewards, dtype=torch.float64)

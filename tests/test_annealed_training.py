@@ -70,7 +70,7 @@ def test_behaviour_logps_are_the_scheduled_distribution(step, tiny_model_dir, fa
     # One update per rollout: no extra pi_old forward; TIS takes pi_old at temperature 1 from the loss's own pass.
     assert "old_per_token_logps" not in batch
     at_one = recomputed_logps(tiny_model_dir, batch, torch.ones(width))
-    weights = trainer._rollout_token_weights(batch, at_one, mask)
+    weights, _ = trainer.tempering.token_weights(batch, at_one, mask)
     expected_weights = torch.exp(at_one - behaviour).clamp(max=2.0)
     assert torch.allclose(weights[mask], expected_weights[mask], atol=1e-4)
 
@@ -100,14 +100,13 @@ def test_tis_weights_and_metrics_on_hand_made_inputs(tiny_model_dir, fast_grpo_k
     behaviour = torch.log(torch.tensor([[0.5, 0.2, 0.1, 0.3]]))
     old = torch.log(torch.tensor([[0.25, 0.2, 0.4, 0.9]]))  # ratios 0.5, 1, 4 (-> cap 2), 3 (masked out)
     mask = torch.tensor([[1, 1, 1, 0]])
-    weights = trainer._rollout_token_weights(
+    weights, _ = trainer.tempering.token_weights(
         {"old_per_token_logps": old, "behaviour_per_token_logps": behaviour}, old + 5.0, mask
     )
     assert torch.allclose(weights, torch.tensor([[0.5, 1.0, 2.0, 2.0]]), atol=1e-6)
     # With no pi_old in the batch (one update per rollout) the current log-probs are pi_old.
-    same = trainer._rollout_token_weights({"behaviour_per_token_logps": behaviour}, old, mask)
+    same, logged = trainer.tempering.token_weights({"behaviour_per_token_logps": behaviour}, old, mask)
     assert torch.allclose(same, weights, atol=1e-6)
-    logged = {name: values[-1] for name, values in trainer._metrics["train"].items()}
     assert logged["ead/tis_weight_mean"] == pytest.approx(3.5 / 3, abs=1e-6)
     assert logged["ead/tis_weight_max"] == pytest.approx(2.0, abs=1e-6)
     assert logged["ead/tis_truncated_share"] == pytest.approx(1 / 3, abs=1e-6)
@@ -118,7 +117,7 @@ def test_no_weights_without_tis(tiny_model_dir, fast_grpo_kwargs):
     mask = torch.ones(1, 2)
     for config in ({"temperature_schedule": SCHEDULE, "ead_correction": "none"}, {}):
         trainer = make_trainer(tiny_model_dir, fast_grpo_kwargs, **config)
-        assert trainer._rollout_token_weights(inputs, inputs["old_per_token_logps"], mask) is None
+        assert trainer.tempering.token_weights(inputs, inputs["old_per_token_logps"], mask)[0] is None
     trainer = make_trainer(tiny_model_dir, fast_grpo_kwargs, temperature_schedule=SCHEDULE, ead_correction="none")
     batch = rollout_batch(trainer)
     assert "old_per_token_logps" not in batch  # no correction: no extra forward pass either
@@ -133,7 +132,7 @@ def test_recompute_at_tau_takes_pi_old_at_the_sampling_temperature(tiny_model_di
     mask = batch["completion_mask"].bool()
     at_tau = recomputed_logps(tiny_model_dir, batch, expected_temperatures(batch["completion_ids"].size(1), 0))
     assert torch.allclose(batch["old_per_token_logps"][mask], at_tau[mask], atol=1e-5)
-    assert trainer._rollout_token_weights(batch, batch["old_per_token_logps"], mask) is None
+    assert trainer.tempering.token_weights(batch, batch["old_per_token_logps"], mask)[0] is None
 
     trainer._compute_loss(trainer.model, batch)
     at_one = recomputed_logps(tiny_model_dir, batch, torch.ones(mask.size(1)))

@@ -332,8 +332,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_model_dir, tmp_
     for (name, mine), theirs in zip(resumed.model.named_parameters(), whole.model.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-5, msg=name)
     assert_same_state(resumed.optimizer.state_dict(), whole.optimizer.state_dict(), "optimizer")
-    if getattr(whole, "vas_sampler", None) is not None:
-        assert_same_state(resumed.vas_sampler.state_dict(), whole.vas_sampler.state_dict(), "vas_sampler")
+    if whole.prompts.sampler is not None:
+        assert_same_state(resumed.prompts.sampler.state_dict(), whole.prompts.sampler.state_dict(), "vas_sampler")
 
 
 # ---- atomic checkpoints ---------------------------------------------------------------------------------------
@@ -384,7 +384,7 @@ def test_a_crash_mid_save_leaves_the_last_complete_checkpoint_in_charge(tiny_mod
 
 
 def test_without_the_mixin_the_same_crash_leaves_a_partial_checkpoint_that_resume_would_pick(tiny_model_dir, tmp_path):
-    """Why AtomicCheckpointMixin exists: transformers writes checkpoint-N in place."""
+    """Why AtomicCheckpoints exists: transformers writes checkpoint-N in place."""
     from trl import GRPOTrainer
 
     output_dir = tmp_path / "run"

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
 from thermorl.trainers import ThermoGRPOConfig, ThermoGRPOTrainer
-from thermorl.trainers.trl_compat import TRL_HOOKS, check_trl_hooks
+from thermorl.trainers.trl_surface import TRL_HOOKS, check_trl_hooks
 
 PROMPTS = ["12+7=", "3-9=", "40+2=", "5+5="]
 
@@ -275,10 +275,10 @@ def test_adaptive_entropy_state_survives_a_checkpoint(tiny_model_dir, varied_rew
     args = ThermoGRPOConfig(**settings)
     uninterrupted = ThermoGRPOTrainer(tiny_model_dir, varied_reward, args, prompt_dataset())
     uninterrupted.train()
-    assert uninterrupted.entropy_coef == pytest.approx(0.01 + 3 * 0.005)
+    assert uninterrupted.entropy_bonus.coef == pytest.approx(0.01 + 3 * 0.005)
     resumed_args = ThermoGRPOConfig(**{**settings, "output_dir": settings["output_dir"] + "-resumed"})
     resumed = ThermoGRPOTrainer(tiny_model_dir, varied_reward, resumed_args, prompt_dataset())
     resumed.train(resume_from_checkpoint=f"{settings['output_dir']}/checkpoint-2")
-    assert resumed.entropy_coef == pytest.approx(uninterrupted.entropy_coef)
+    assert resumed.entropy_bonus.coef == pytest.approx(uninterrupted.entropy_bonus.coef)
     logged = [entry["entropy_coef"] for entry in resumed.state.log_history if "entropy_coef" in entry]
     assert logged[-1] == pytest.approx(0.025)

@@ -246,7 +246,6 @@ def test_online_running_means():
 def test_rollout_mode_rescore_replaces_scores():
     sampler = VarianceAwareSampler(range(4), 2, mode="rollout", seed=0)
     assert (sampler.update_interval, sampler.rollouts_per_prompt) == (35, 8)
-    assert [sampler.needs_rescore(step) for step in (0, 1, 34, 35, 70)] == [True, False, False, True, True]
     sampler.rescore({1: ([1.0, 1.0, 0.0, 0.0], ["a b", "a b", "c d", "e f"])})
     # distinct-2 of {ab}, {ab}, {cd}, {ef}: (4 * 3 - 4) / (4 * 3) = 2/3.
     assert sampler.vps()[1] == pytest.approx(0.8 * 0.25 + 0.2 * 2 / 3)
@@ -254,8 +253,6 @@ def test_rollout_mode_rescore_replaces_scores():
     assert sampler.pass_rate[1] == 1.0 and math.isnan(sampler.diversity_score[1])
     with pytest.raises(ValueError, match="mode='online'"):
         sampler.update([1], [1.0])
-    online = VarianceAwareSampler(range(4), 2, seed=0)
-    assert not online.needs_rescore(0)
 
 
 def test_metrics_hand_values():

@@ -66,7 +66,7 @@ def test_online_scores_follow_the_rewards_seen(tiny_model_dir, fast_grpo_kwargs)
     reward = RecordingReward()
     trainer = make_trainer(tiny_model_dir, reward, fast_grpo_kwargs, vas_mode="online", max_steps=4)
     trainer.train()
-    sampler = trainer.vas_sampler
+    sampler = trainer.prompts.sampler
 
     # Reference tallies: per prompt, every reward, and the distinct-2 of its completions in each generation batch
     # (a prompt drawn twice into one batch is one group of 8).
@@ -112,7 +112,7 @@ def test_rollout_mode_rerolls_every_prompt_at_the_interval(tiny_model_dir, fast_
     assert [step for step, *_ in rerolls] == [0] * 4 + [2] * 4
     assert sorted(p for _, prompts, _, _ in rerolls[4:] for p in prompts) == sorted(PROMPTS * 3)
 
-    sampler = trainer.vas_sampler
+    sampler = trainer.prompts.sampler
     latest = defaultdict(list)
     for _, prompts, rewards, _ in rerolls[4:]:
         for prompt, value in zip(prompts, rewards, strict=True):
@@ -150,7 +150,7 @@ def test_resume_continues_the_uninterrupted_prompt_order(tiny_model_dir, fast_gr
     resumed.train(resume_from_checkpoint=checkpoint)
     expected = training_prompts(uninterrupted_reward)[3:]
     assert training_prompts(resumed_reward) == expected
-    assert torch.equal(resumed.vas_sampler.rollouts_seen, uninterrupted.vas_sampler.rollouts_seen)
+    assert torch.equal(resumed.prompts.sampler.rollouts_seen, uninterrupted.prompts.sampler.rollouts_seen)
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 """thermorl's trainers: thin subclasses of TRL's trainers that delegate to `thermorl.losses` and `thermorl.rollouts`."""
 
-from .trl_compat import check_trl_hooks
+from .trl_surface import check_trl_surface
 
-check_trl_hooks()
+check_trl_surface()
 
 from .adpo import ThermoADPOConfig, ThermoADPOTrainer  # noqa: E402  (after the TRL check)
 from .grpo import ThermoGRPOConfig, ThermoGRPOTrainer  # noqa: E402

