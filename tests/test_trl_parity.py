@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
 from thermorl.trainers import ThermoGRPOConfig, ThermoGRPOTrainer
-from thermorl.trainers.trl_surface import TRL_HOOKS, check_trl_hooks
+from thermorl.trainers.trl_surface import TRL_HOOKS, check_trl_attributes, check_trl_hooks, check_trl_source_facts
 
 PROMPTS = ["12+7=", "3-9=", "40+2=", "5+5="]
 
@@ -253,6 +253,16 @@ def test_a_changed_trl_hook_fails_naming_version_and_method(monkeypatch):
         check_trl_hooks()
     with pytest.raises(ImportError, match="trl.GRPOTrainer._gone does not exist|_gone.*it does not exist"):
         check_trl_hooks({"GRPOTrainer._gone": "inputs"})
+
+
+def test_a_moved_trl_attribute_or_module_fact_fails_naming_it():
+    """Private attributes and module-level facts thermorl relies on are checked like the hooked methods."""
+    with pytest.raises(ImportError, match=r"whose trl.GRPOTrainer sets self._gone; in the installed TRL \S+ it does not"):
+        check_trl_attributes({"GRPOTrainer": ("_metrics", "_gone")})
+    with pytest.raises(ImportError, match=r"whose trl.generation.vllm_generation contains `self.llm = Engine\(` \(why\)"):
+        check_trl_source_facts((("trl.generation.vllm_generation", None, "self.llm = Engine(", "why"),))
+    with pytest.raises(ImportError, match=r"trl.data_utils._gone contains"):
+        check_trl_source_facts((("trl.data_utils", "_gone", "def _gone(", "why"),))
 
 
 def test_every_trainer_override_of_a_trl_method_is_in_the_hook_table():

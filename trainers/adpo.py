@@ -32,6 +32,7 @@ from trl.trainer.utils import pad
 from ..errors import UserError
 from ..losses.adpo_preference import adpo_preference_loss, pairwise_target_probs, score_target_probs
 from .metrics import log_mean_metrics
+from .trl_surface import add_signature_columns
 
 PREFERENCE_PROBABILITY = "preference_probability"
 COMPLETIONS = "completions"
@@ -239,7 +240,7 @@ class ThermoADPOTrainer(DPOTrainer):
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         if not self._is_vision_dataset:
-            self._signature_columns = [*self._signature_columns, "completion_ids", *_TARGET_KEYS]
+            add_signature_columns(self, ["completion_ids", *_TARGET_KEYS])
 
     def _target_probs(self, inputs: dict[str, Any]) -> torch.Tensor:
         """(B, P) target q: softmax(scores / beta_r) for listwise rows, (q_c, 1 - q_c) for pairs."""

@@ -10,7 +10,8 @@ moved if an installed TRL differs anyway. Three kinds of entry:
 - `TRL_SOURCE_FACTS`: module-level facts the patches below rely on (a global that is looked up at call time, a
   keyword a model forward accepts), each found in the named function's or module's source.
 
-Code elsewhere in thermorl reaches these only through the functions at the bottom of this module.
+Code elsewhere in thermorl writes TRL's private state only through the functions at the bottom of this module; the
+few private attributes it only reads (ThermoADPOTrainer: `_is_vision_dataset`, `_tokenizer`) are listed and checked.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ TRL_HOOKS = {
 # "Class": private attributes (and the public ones thermorl writes) that its __init__ or methods assign.
 TRL_ATTRIBUTES = {
     "GRPOTrainer": ("_metrics", "_pending_metrics", "_pending_extra_logs", "_signature_columns", "use_adaptive_entropy"),
-    "DPOTrainer": ("_metrics", "_signature_columns"),
+    "DPOTrainer": ("_metrics", "_signature_columns", "_is_vision_dataset", "_tokenizer"),
     "generation.vllm_generation.VLLMGeneration": ("mode", "tensor_parallel_size", "llm", "vllm_client"),
 }
 
