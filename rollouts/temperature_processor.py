@@ -26,8 +26,12 @@ import torch
 from transformers import LogitsProcessor
 
 from ..errors import UserError
+from .plain_sampling import changed_sampling, divide_by_temperatures
 from .schedules import TemperatureSchedule
 
+# The generation-config settings that would change the distribution sampled after the processor.
+GENERATE_SETTINGS = ("do_sample", "num_beams", "temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff",
+                     "eta_cutoff", "top_h", "watermarking_config")
 # Values `generate` (transformers 5.x) substitutes for settings left None in both the passed and
 # the model's generation config (GenerationConfig._get_default_generation_params). Note top_k: 50.
 GENERATE_DEFAULTS = {
@@ -59,30 +63,13 @@ def check_generation_config(generation_config, model_generation_config=None) -> 
                 return value
         return GENERATE_DEFAULTS.get(name)
 
-    problems = []
-    if resolved("do_sample") is not True:
-        problems.append("do_sample must be True (a temperature-0 schedule row is already greedy)")
-    if resolved("num_beams") != 1:
-        problems.append(f"num_beams must be 1, got {resolved('num_beams')}")
-    if resolved("temperature") != 1.0:
-        problems.append(f"temperature must be 1.0 (the schedule sets it), got {resolved('temperature')}")
-    if resolved("top_k") != 0:
-        problems.append(f"top_k must be 0 (None means transformers' default 50), got {resolved('top_k')}")
-    if resolved("top_p") < 1.0:
-        problems.append(f"top_p must be 1.0, got {resolved('top_p')}")
-    if resolved("min_p") not in (None, 0, 0.0):
-        problems.append(f"min_p must be None or 0, got {resolved('min_p')}")
-    if resolved("typical_p") < 1.0:
-        problems.append(f"typical_p must be 1.0, got {resolved('typical_p')}")
-    for cutoff in ("epsilon_cutoff", "eta_cutoff"):
-        if 0.0 < resolved(cutoff) < 1.0:
-            problems.append(f"{cutoff} must be 0, got {resolved(cutoff)}")
-    if resolved("top_h") is not None:
-        problems.append(f"top_h must be None, got {resolved('top_h')}")
-    if resolved("watermarking_config") is not None:
-        problems.append("watermarking_config must be None")
+    settings = {name: resolved(name) for name in GENERATE_SETTINGS}
+    problems = [f"{name} must be {needed}, got {value}" for name, value, needed in changed_sampling(settings)]
     if problems:
-        raise UserError("generation config incompatible with ScheduledTemperatureProcessor: " + "; ".join(problems))
+        raise UserError(
+            "generation config incompatible with ScheduledTemperatureProcessor: " + "; ".join(problems)
+            + " (a setting left None takes transformers' default, e.g. top_k 50)"
+        )
 
 
 class ScheduledTemperatureProcessor(LogitsProcessor):
@@ -160,15 +147,8 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
             self._record(input_ids[:, -1])
 
         temperatures = self._row_temperatures(batch_size, torch.tensor([position]))[:, 0]
-        greedy = temperatures == 0
-        divisors = torch.where(greedy, 1.0, temperatures).to(device=scores.device, dtype=scores.dtype)
-        processed = scores / divisors[:, None]
-        if greedy.any():
-            greedy = greedy.to(scores.device)
-            is_argmax = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, scores.argmax(-1, keepdim=True), True)
-            processed = processed.masked_fill(greedy[:, None] & ~is_argmax, float("-inf"))
-        else:
-            greedy = None
+        processed = divide_by_temperatures(scores, temperatures)
+        greedy = (temperatures == 0).to(scores.device) if bool((temperatures == 0).any()) else None
         if self.record_logprobs:
             self.pending_logps = torch.log_softmax(processed.float(), dim=-1)
             self.pending_greedy = greedy

@@ -12,28 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 
 import torch
 
 from ..errors import UserError
+from .plain_sampling import VLLM_SETTINGS, changed_sampling, divide_by_temperatures, needed_settings
 from .schedules import SCHEDULE_TYPES, TemperatureSchedule, build_schedule
 
 SCHEDULE_KEY = "thermorl_schedule"
 STEP_KEY = "thermorl_step"
-# Settings that change the sampled distribution after the schedule (or before it, for penalties), so the processed
-# log-probs would no longer be the schedule's distribution: each must keep its neutral value.
-NEUTRAL_SAMPLING = {
-    "temperature": (1.0,),
-    "top_k": (0, -1),
-    "top_p": (1.0,),
-    "min_p": (0.0,),
-    "repetition_penalty": (1.0,),
-    "presence_penalty": (0.0,),
-    "frequency_penalty": (0.0,),
-}
-
-
 def schedule_spec(schedule: TemperatureSchedule) -> dict:
     """The `build_schedule` spec of a schedule: {"type": name, **fields}."""
     names = [name for name, kind in SCHEDULE_TYPES.items() if type(schedule) is kind]
@@ -48,13 +35,12 @@ def schedule_extra_args(schedule: TemperatureSchedule, step: int) -> dict:
 
 
 def check_plain_sampling(settings: dict) -> None:
-    """ValueError naming every setting in `settings` (vLLM SamplingParams names) that is not neutral."""
-    wrong = [f"{name}={value}" for name, value in settings.items() if value not in (None, *NEUTRAL_SAMPLING[name])]
+    """UserError naming every setting in `settings` (vLLM SamplingParams names) that is not neutral."""
+    wrong = [f"{name}={value}" for name, value, _ in changed_sampling(settings)]
     if wrong:
-        needed = ", ".join(f"{name}={values[0]}" for name, values in NEUTRAL_SAMPLING.items())
         raise UserError(
-            f"a temperature schedule needs plain sampling in vLLM, got {', '.join(wrong)} (needed: {needed}): the "
-            "sampled distribution would not be the schedule's"
+            f"a temperature schedule needs plain sampling in vLLM, got {', '.join(wrong)} (needed: "
+            f"{needed_settings(VLLM_SETTINGS)}): the sampled distribution would not be the schedule's"
         )
 
 
@@ -72,7 +58,7 @@ def requested_schedule(sampling_params) -> tuple[str, int] | None:
         build_schedule(json.loads(spec))
     except (ValueError, json.JSONDecodeError) as error:
         raise ValueError(f"{SCHEDULE_KEY}: {error}") from None
-    check_plain_sampling({name: getattr(sampling_params, name, None) for name in NEUTRAL_SAMPLING})
+    check_plain_sampling({name: getattr(sampling_params, name, None) for name in VLLM_SETTINGS})
     return spec, step
 
 
@@ -103,15 +89,10 @@ class TemperatureTables:
 def scale_rows(logits: torch.Tensor, rows: torch.Tensor | None, temperatures: torch.Tensor, any_greedy: bool) -> None:
     """In place: logits[rows] /= temperatures (rows None: every row, in order), and rows at temperature 0 keep only
     their argmax (greedy)."""
-    greedy = temperatures == 0
-    divisors = torch.where(greedy, 1.0, temperatures)[:, None]
     if rows is None and not any_greedy:  # the common case in training: every request sampled under a schedule
-        logits.div_(divisors)
+        logits.div_(temperatures[:, None])
         return
-    selected = (logits if rows is None else logits[rows]) / divisors
-    if any_greedy:
-        not_argmax = torch.ones_like(selected, dtype=torch.bool).scatter_(1, selected.argmax(-1, keepdim=True), False)
-        selected = selected.masked_fill(greedy[:, None] & not_argmax, -math.inf)
+    selected = divide_by_temperatures(logits if rows is None else logits[rows], temperatures)
     if rows is None:
         logits.copy_(selected)
     else:

