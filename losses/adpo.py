@@ -1,7 +1,7 @@
 """ADPO: Anchored Direct Preference Optimization (arXiv 2510.18913), online group form.
 
 For the P responses of one prompt, with sequence log-probs l_i (token SUM, as in the authors' code
-wk222/TRL-ADPO) and anchor log-probs l_i^anc (default pi_old, the on-policy anchor):
+wk222/TRL-ADPO) and anchor log-probs l_i^anc (pi_old's, the on-policy anchor):
 
     u_i = (l_i - l_i^anc) / tau_anc,   p = softmax(u),   q = softmax(A / beta_r)   (within the group)
     loss = mean over groups of  -sum_i w_i q_i log p_i
@@ -11,8 +11,8 @@ w_i is the sequence's mean token weight (1 without token weights). The gradient 
 (p_i - q_i) / tau_anc; the optimum is pi* ~ pi_anc q^tau_anc. With P = 2, q = (1, 0) and tau_anc = 1/beta this
 is DPO's -log sigmoid(beta Delta).
 
-KL choice: with beta != 0 the k3 KL to the reference is averaged per sequence and over sequences (the
-`aggregation`, default seq_mean_token_mean, governs only this term), i.e. each group's loss gets
+KL choice: with beta != 0 `losses.policy_loss` adds beta times the k3 KL to the reference, aggregated on its own
+(the `aggregation`, default seq_mean_token_mean, governs only this term): each group's loss gets
 beta * (mean KL of its sequences), all groups being of equal size.
 
 Adaptive tau (paper's per-prompt rule): tau = clamp(tau_anc (1 + tau_alpha H + tau_beta (1 - H)(1 - R)),
@@ -25,7 +25,7 @@ import math
 import torch
 
 from ..errors import UserError
-from .common import aggregate, check_aggregation, check_kl_inputs, k3_kl, masked_mean, sequence_advantages
+from .common import GroupPolicyTerms, masked_mean, sequence_advantages
 from .registry import register_loss
 
 
@@ -81,7 +81,7 @@ def _group_order(group_ids: torch.Tensor | None, batch_size: int, group_size: in
     return torch.argsort(group_ids, stable=True)
 
 
-ADPO_INPUTS = ("group_size", "anchor_per_token_logps", "group_ids", "entropies", "rewards", "vocab_size")
+ADPO_INPUTS = ("group_size", "token_weights", "group_ids", "entropies", "rewards", "vocab_size")
 
 
 def _check_tau_bounds(params: dict) -> None:
@@ -99,7 +99,7 @@ ADPO_RANGES = {
 }
 
 
-@register_loss("adpo", inputs=ADPO_INPUTS, ranges=ADPO_RANGES, check=_check_tau_bounds)
+@register_loss("adpo", group_level=True, inputs=ADPO_INPUTS, ranges=ADPO_RANGES, check=_check_tau_bounds)
 def adpo_loss(
     per_token_logps: torch.Tensor,
     old_per_token_logps: torch.Tensor,
@@ -108,14 +108,8 @@ def adpo_loss(
     *,
     group_size: int,
     token_weights: torch.Tensor | None = None,
-    ref_per_token_logps: torch.Tensor | None = None,
-    max_completion_length: int | None = None,
-    tokens_per_micro_batch: float | torch.Tensor | None = None,
-    beta: float = 0.0,
-    aggregation: str = "seq_mean_token_mean",
     tau_anc: float = 0.8,
     beta_r: float = 0.5,
-    anchor_per_token_logps: torch.Tensor | None = None,
     group_ids: torch.Tensor | None = None,
     adaptive_tau: bool = False,
     tau_alpha: float = 1.0,
@@ -125,9 +119,7 @@ def adpo_loss(
     entropies: torch.Tensor | None = None,
     rewards: torch.Tensor | None = None,
     vocab_size: int | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    check_aggregation(aggregation)
-    check_kl_inputs(beta, ref_per_token_logps)
+) -> GroupPolicyTerms:
     if tau_anc <= 0 or beta_r <= 0:
         raise UserError(f"ADPO needs tau_anc > 0 and beta_r > 0, got tau_anc={tau_anc}, beta_r={beta_r}")
     mask = completion_mask.to(per_token_logps.dtype)
@@ -136,9 +128,8 @@ def adpo_loss(
     def grouped(per_sequence: torch.Tensor) -> torch.Tensor:
         return per_sequence[order].view(-1, group_size)
 
-    anchor = old_per_token_logps if anchor_per_token_logps is None else anchor_per_token_logps
     seq_logps = grouped((per_token_logps * mask).sum(-1))
-    anchor_seq_logps = grouped((anchor.detach() * mask).sum(-1))
+    anchor_seq_logps = grouped((old_per_token_logps.detach() * mask).sum(-1))
     target_probs = torch.softmax(grouped(sequence_advantages(advantages.detach(), mask)) / beta_r, dim=-1)
     weights = None if token_weights is None else grouped(masked_mean(token_weights.detach(), mask, dim=-1))
 
@@ -155,7 +146,7 @@ def adpo_loss(
     else:
         tau = torch.full_like(seq_logps[:, :1], tau_anc)
 
-    loss = anchored_listwise_loss(seq_logps, anchor_seq_logps, target_probs, tau, weights).mean()
+    per_group_loss = anchored_listwise_loss(seq_logps, anchor_seq_logps, target_probs, tau, weights)
     with torch.no_grad():
         policy_probs = torch.softmax((seq_logps - anchor_seq_logps) / tau, dim=-1)
         metrics = {
@@ -163,15 +154,4 @@ def adpo_loss(
             "adpo/target_entropy": torch.special.entr(target_probs).sum(-1).mean().item(),
             "adpo/policy_entropy": torch.special.entr(policy_probs).sum(-1).mean().item(),
         }
-    if beta != 0.0:
-        per_token_kl = k3_kl(per_token_logps, ref_per_token_logps)
-        kl = aggregate(
-            per_token_kl,
-            mask,
-            aggregation,
-            max_completion_length=max_completion_length,
-            tokens_per_micro_batch=tokens_per_micro_batch,
-        )
-        loss = loss + beta * kl
-        metrics["kl"] = masked_mean(per_token_kl.detach(), mask).item()
-    return loss, metrics
+    return GroupPolicyTerms(per_group_loss, metrics)

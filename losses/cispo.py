@@ -11,41 +11,24 @@ it; the default 1.28 is verl's and Trinity-RFT's (1 + DAPO's 0.28).
 
 import torch
 
-from .common import clamped_log_ratio, masked_mean, reduce_policy_loss, token_advantages
+from .common import PolicyTerms, clamped_log_ratio, masked_mean, token_advantages
 from .registry import register_loss
 
 
-@register_loss("cispo", ranges={"ratio_cap": "(0, inf)"})
+@register_loss("cispo", aggregation="token_mean", ranges={"ratio_cap": "(0, inf)"})
 def cispo_loss(
     per_token_logps: torch.Tensor,
     old_per_token_logps: torch.Tensor,
     advantages: torch.Tensor,
     completion_mask: torch.Tensor,
     *,
-    token_weights: torch.Tensor | None = None,
-    ref_per_token_logps: torch.Tensor | None = None,
-    max_completion_length: int | None = None,
-    tokens_per_micro_batch: float | torch.Tensor | None = None,
-    beta: float = 0.0,
-    aggregation: str = "token_mean",
     ratio_cap: float = 1.28,
-    kl_bias_correction: bool = False,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> PolicyTerms:
     ratio = torch.exp(clamped_log_ratio(per_token_logps, old_per_token_logps))
     token_adv = token_advantages(advantages)
-    loss, metrics = reduce_policy_loss(
-        -ratio.clamp(max=ratio_cap).detach() * token_adv * per_token_logps,
-        completion_mask,
-        per_token_logps=per_token_logps,
-        token_weights=token_weights,
-        ref_per_token_logps=ref_per_token_logps,
-        beta=beta,
-        aggregation=aggregation,
-        kl_ratio=ratio if kl_bias_correction else None,
-        max_completion_length=max_completion_length,
-        tokens_per_micro_batch=tokens_per_micro_batch,
-    )
     capped = ((ratio.detach() > ratio_cap) & (token_adv > 0)).float()
-    metrics["cispo/clip_ratio"] = masked_mean(capped, completion_mask).item()
-    metrics["ratio/mean"] = masked_mean(ratio.detach(), completion_mask).item()
-    return loss, metrics
+    metrics = {
+        "cispo/clip_ratio": masked_mean(capped, completion_mask).item(),
+        "ratio/mean": masked_mean(ratio.detach(), completion_mask).item(),
+    }
+    return PolicyTerms(-ratio.clamp(max=ratio_cap).detach() * token_adv * per_token_logps, ratio, metrics)

@@ -1,7 +1,10 @@
-"""Pieces shared by every policy loss: log-ratio clamp, masked means, KL penalty, token aggregation.
+"""Pieces shared by every policy loss: what a loss returns, log-ratio clamp, masked means, KL penalty, token
+aggregation.
 
 Per-token tensors are (B, T); `mask` is the completion mask (bool or 0/1) of the same shape.
 """
+
+from dataclasses import dataclass
 
 import torch
 
@@ -13,6 +16,30 @@ LOG_RATIO_CLAMP = 20.0
 # Valid ranges of the clip parameters: 1 - eps_low must stay a positive ratio; a cap delta <= 1 would cut every
 # ratio above 1, which is no longer clipping.
 CLIP_RANGES = {"eps_low": "[0, 1)", "eps_high": "[0, inf)", "delta": "(1, inf)"}
+
+
+
+@dataclass
+class PolicyTerms:
+    """What a token-level loss returns; `losses.policy_loss` weights, adds the KL penalty and aggregates.
+
+    `per_token_loss`: (B, T), the policy term of each token. `ratio`: the importance ratio pi_theta / pi_old, (B, T)
+    or (B, 1) per sequence, with its gradient: the KL term's bias correction multiplies by it.
+    """
+
+    per_token_loss: torch.Tensor
+    ratio: torch.Tensor
+    metrics: dict[str, float]
+
+
+@dataclass
+class GroupPolicyTerms:
+    """What a group-level loss (one term per prompt's group, e.g. ADPO's listwise loss) returns: `per_group_loss`
+    (G,), already weighted; `losses.policy_loss` takes its mean and adds the KL penalty."""
+
+    per_group_loss: torch.Tensor
+    metrics: dict[str, float]
+
 
 AGGREGATIONS = (
     "token_mean",
@@ -90,51 +117,6 @@ def aggregate(
     return masked.sum() / tokens_per_micro_batch
 
 
-def check_kl_inputs(beta: float, ref_per_token_logps: torch.Tensor | None) -> None:
-    if beta != 0.0 and ref_per_token_logps is None:
-        raise ValueError(f"beta={beta} needs ref_per_token_logps (the reference model's per-token log-probs)")
-
-
-def reduce_policy_loss(
-    per_token_policy_loss: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    per_token_logps: torch.Tensor,
-    token_weights: torch.Tensor | None,
-    ref_per_token_logps: torch.Tensor | None,
-    beta: float,
-    aggregation: str,
-    kl_ratio: torch.Tensor | None = None,
-    max_completion_length: int | None = None,
-    tokens_per_micro_batch: float | torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weight the per-token policy loss, add beta * k3 KL, aggregate; returns (loss, {"kl": ...} if beta).
-
-    `kl_ratio` (the importance ratio, with its gradient) multiplies the KL term: DeepSeek-V3.2's bias-corrected
-    KL (arXiv 2512.02556), TRL's `use_bias_correction_kl`. The logged KL is the corrected one, as in TRL.
-    """
-    check_aggregation(aggregation)
-    check_kl_inputs(beta, ref_per_token_logps)
-    per_token_loss = per_token_policy_loss
-    if token_weights is not None:
-        per_token_loss = per_token_loss * token_weights.detach()
-    metrics = {}
-    if beta != 0.0:
-        per_token_kl = k3_kl(per_token_logps, ref_per_token_logps)
-        if kl_ratio is not None:
-            per_token_kl = per_token_kl * kl_ratio
-        per_token_loss = per_token_loss + beta * per_token_kl
-        metrics["kl"] = masked_mean(per_token_kl.detach(), mask).item()
-    loss = aggregate(
-        per_token_loss,
-        mask,
-        aggregation,
-        max_completion_length=max_completion_length,
-        tokens_per_micro_batch=tokens_per_micro_batch,
-    )
-    return loss, metrics
-
-
 def clipped_surrogate(
     ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float, delta: float | None = None
 ) -> torch.Tensor:
@@ -172,9 +154,8 @@ def clip_metrics(
     return {key: masked_mean(masked_mean(flag, mask, dim=-1), has_tokens).item() for key, flag in flags.items()}
 
 
-def clipped_policy_loss(
+def clipped_policy_terms(
     ratio: torch.Tensor,
-    per_token_logps: torch.Tensor,
     advantages: torch.Tensor,
     completion_mask: torch.Tensor,
     *,
@@ -182,27 +163,15 @@ def clipped_policy_loss(
     eps_high: float,
     delta: float | None,
     per_sequence: bool,
-    kl_bias_correction: bool,
-    **reduction,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO-clip loss on `ratio` ((B, T) per token, or (B, 1) per sequence), with clip and ratio metrics.
-
-    `reduction`: the keyword arguments of `reduce_policy_loss` (token weights, KL, aggregation and its constants).
-    """
+) -> PolicyTerms:
+    """PPO-clip terms on `ratio` ((B, T) per token, or (B, 1) per sequence), with clip and ratio metrics."""
     token_adv = token_advantages(advantages)
-    loss, metrics = reduce_policy_loss(
-        clipped_surrogate(ratio, token_adv, eps_low, eps_high, delta),
-        completion_mask,
-        per_token_logps=per_token_logps,
-        kl_ratio=ratio if kl_bias_correction else None,
-        **reduction,
-    )
     # TRL counts clipping on the delta-capped ratio
     capped = ratio if delta is None else ratio.clamp(max=delta)
-    metrics.update(clip_metrics(capped, token_adv, completion_mask, eps_low, eps_high, per_sequence=per_sequence))
-    ratio = ratio.detach()
+    metrics = clip_metrics(capped, token_adv, completion_mask, eps_low, eps_high, per_sequence=per_sequence)
+    detached = ratio.detach()
     if per_sequence:  # (B, 1): one ratio per sequence that has tokens
-        metrics["ratio/mean"] = masked_mean(ratio[:, 0], completion_mask.sum(-1) > 0).item()
+        metrics["ratio/mean"] = masked_mean(detached[:, 0], completion_mask.sum(-1) > 0).item()
     else:
-        metrics["ratio/mean"] = masked_mean(ratio.expand(completion_mask.shape), completion_mask).item()
-    return loss, metrics
+        metrics["ratio/mean"] = masked_mean(detached.expand(completion_mask.shape), completion_mask).item()
+    return PolicyTerms(clipped_surrogate(ratio, token_adv, eps_low, eps_high, delta), ratio, metrics)

@@ -10,7 +10,7 @@ aggregation (see `thermorl.trainers.trl_loss`).
 
 import torch
 
-from .common import CLIP_RANGES, clamped_log_ratio, clipped_policy_loss
+from .common import CLIP_RANGES, PolicyTerms, clamped_log_ratio, clipped_policy_terms
 from .registry import register_loss
 
 
@@ -21,32 +21,11 @@ def grpo_loss(
     advantages: torch.Tensor,
     completion_mask: torch.Tensor,
     *,
-    token_weights: torch.Tensor | None = None,
-    ref_per_token_logps: torch.Tensor | None = None,
-    max_completion_length: int | None = None,
-    tokens_per_micro_batch: float | torch.Tensor | None = None,
-    beta: float = 0.0,
-    aggregation: str = "seq_mean_token_mean",
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     delta: float | None = None,
-    kl_bias_correction: bool = False,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> PolicyTerms:
     ratio = torch.exp(clamped_log_ratio(per_token_logps, old_per_token_logps))
-    return clipped_policy_loss(
-        ratio,
-        per_token_logps,
-        advantages,
-        completion_mask,
-        eps_low=eps_low,
-        eps_high=eps_high,
-        delta=delta,
-        per_sequence=False,
-        kl_bias_correction=kl_bias_correction,
-        token_weights=token_weights,
-        ref_per_token_logps=ref_per_token_logps,
-        beta=beta,
-        aggregation=aggregation,
-        max_completion_length=max_completion_length,
-        tokens_per_micro_batch=tokens_per_micro_batch,
+    return clipped_policy_terms(
+        ratio, advantages, completion_mask, eps_low=eps_low, eps_high=eps_high, delta=delta, per_sequence=False
     )

@@ -13,7 +13,7 @@ equal in value and gradient.
 
 import torch
 
-from .common import CLIP_RANGES, clamped_log_ratio, clipped_policy_loss, masked_mean
+from .common import CLIP_RANGES, PolicyTerms, clamped_log_ratio, clipped_policy_terms, masked_mean
 from .registry import register_loss
 
 
@@ -30,34 +30,13 @@ def gspo_loss(
     advantages: torch.Tensor,
     completion_mask: torch.Tensor,
     *,
-    token_weights: torch.Tensor | None = None,
-    ref_per_token_logps: torch.Tensor | None = None,
-    max_completion_length: int | None = None,
-    tokens_per_micro_batch: float | torch.Tensor | None = None,
-    beta: float = 0.0,
-    aggregation: str = "seq_mean_token_mean",
     eps_low: float = 3e-4,
     eps_high: float = 4e-4,
     delta: float | None = None,
-    kl_bias_correction: bool = False,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> PolicyTerms:
     ratio = torch.exp(sequence_log_ratio(per_token_logps, old_per_token_logps, completion_mask))
-    return clipped_policy_loss(
-        ratio,
-        per_token_logps,
-        advantages,
-        completion_mask,
-        eps_low=eps_low,
-        eps_high=eps_high,
-        delta=delta,
-        per_sequence=True,
-        kl_bias_correction=kl_bias_correction,
-        token_weights=token_weights,
-        ref_per_token_logps=ref_per_token_logps,
-        beta=beta,
-        aggregation=aggregation,
-        max_completion_length=max_completion_length,
-        tokens_per_micro_batch=tokens_per_micro_batch,
+    return clipped_policy_terms(
+        ratio, advantages, completion_mask, eps_low=eps_low, eps_high=eps_high, delta=delta, per_sequence=True
     )
 
 
@@ -68,33 +47,12 @@ def gspo_token_loss(
     advantages: torch.Tensor,
     completion_mask: torch.Tensor,
     *,
-    token_weights: torch.Tensor | None = None,
-    ref_per_token_logps: torch.Tensor | None = None,
-    max_completion_length: int | None = None,
-    tokens_per_micro_batch: float | torch.Tensor | None = None,
-    beta: float = 0.0,
-    aggregation: str = "seq_mean_token_mean",
     eps_low: float = 3e-4,
     eps_high: float = 4e-4,
     delta: float | None = None,
-    kl_bias_correction: bool = False,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> PolicyTerms:
     log_seq_ratio = sequence_log_ratio(per_token_logps, old_per_token_logps, completion_mask)
     ratio = torch.exp(log_seq_ratio.detach() + per_token_logps - per_token_logps.detach())
-    return clipped_policy_loss(
-        ratio,
-        per_token_logps,
-        advantages,
-        completion_mask,
-        eps_low=eps_low,
-        eps_high=eps_high,
-        delta=delta,
-        per_sequence=False,
-        kl_bias_correction=kl_bias_correction,
-        token_weights=token_weights,
-        ref_per_token_logps=ref_per_token_logps,
-        beta=beta,
-        aggregation=aggregation,
-        max_completion_length=max_completion_length,
-        tokens_per_micro_batch=tokens_per_micro_batch,
+    return clipped_policy_terms(
+        ratio, advantages, completion_mask, eps_low=eps_low, eps_high=eps_high, delta=delta, per_sequence=False
     )

@@ -1,28 +1,56 @@
-"""Name -> policy-loss registry (verl's `register_policy_loss` pattern).
+"""Name -> policy-loss registry (verl's `register_policy_loss` pattern), and the one function that reduces.
 
-Every loss is called as `fn(per_token_logps, old_per_token_logps, advantages, completion_mask, **kwargs)`
-and returns `(loss, metrics)`. Its keyword-only parameters are of two kinds: settings a user may choose
-(they must have defaults: `loss_parameters`) and inputs the trainer supplies each step, declared at
+A registered loss is called as `fn(per_token_logps, old_per_token_logps, advantages, completion_mask, **kwargs)`
+and returns its terms: `PolicyTerms` (per-token policy terms and the importance ratio) or, registered with
+`group_level=True`, `GroupPolicyTerms` (one term per group). `policy_loss(name, ...)` turns them into the scalar
+the same way for every loss, as verl's `agg_loss` does: token weights, the beta * k3 KL penalty (bias-corrected
+by the ratio with `kl_bias_correction`), and the aggregation over tokens.
+
+A loss's keyword-only parameters are of two kinds: settings a user may choose (they must have defaults:
+`loss_parameters`, which adds the reduction's settings) and inputs the trainer supplies each step, declared at
 registration (`loss_inputs`). A setting's type comes from its annotation and its valid range from the
 registration, so `validate_loss_kwargs` refuses a bad value when the config is built, not at step 1.
 """
 
+import functools
 import inspect
 import math
 import types
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
 
 from ..errors import UserError
-from .common import check_aggregation
+from ..values import ValueKindError, to_bool, to_integer, to_number, to_string
+from .common import GroupPolicyTerms, PolicyTerms, aggregate, check_aggregation, k3_kl, masked_mean
 
-# What every loss accepts from the trainer: tensors, and the aggregations' normalising constants.
-COMMON_INPUTS = ("token_weights", "ref_per_token_logps", "max_completion_length", "tokens_per_micro_batch")
+# What the trainer supplies to every loss and `policy_loss` consumes: token weights (EAD's TIS and TRL's masks),
+# the reference log-probs for the KL term, and the aggregations' normalising constants.
+REDUCTION_INPUTS = ("token_weights", "ref_per_token_logps", "max_completion_length", "tokens_per_micro_batch")
+
+
+@dataclass(frozen=True)
+class _Registration:
+    fn: Callable
+    inputs: tuple[str, ...]
+    ranges: dict[str, str]
+    check: Callable[[dict], None] | None
+    aggregation: str
+    group_level: bool
+
+    def reduction_settings(self) -> tuple[dict[str, object], dict[str, object]]:
+        """The reduction's user settings with this loss's defaults, as (listed before, listed after) its own."""
+        # A group-level loss has no per-token ratio to correct the KL term with.
+        after = {} if self.group_level else {"kl_bias_correction": False}
+        return {"beta": 0.0, "aggregation": self.aggregation}, after
+
+
+REDUCTION_TYPES = {"beta": float, "aggregation": str, "kl_bias_correction": bool}
 
 LOSSES: dict[str, Callable] = {}
-_INPUTS: dict[str, tuple[str, ...]] = {}
-_RANGES: dict[str, dict[str, str]] = {}
-_CHECKS: dict[str, Callable[[dict], None] | None] = {}
+_REGISTRATIONS: dict[str, _Registration] = {}
 
 
 def _keyword_parameters(fn: Callable) -> dict[str, inspect.Parameter]:
@@ -42,91 +70,158 @@ def _parse_range(interval: str) -> tuple[float, float, bool, bool]:
 def register_loss(
     name: str,
     *,
+    aggregation: str = "seq_mean_token_mean",
+    group_level: bool = False,
     inputs: tuple[str, ...] = (),
     ranges: dict[str, str] | None = None,
     check: Callable[[dict], None] | None = None,
 ) -> Callable[[Callable], Callable]:
     """Register a loss under `name`.
 
-    `inputs`: its extra keyword inputs supplied by the trainer. `ranges`: parameter -> interval such as '(0, inf)'
-    or '[0, 1)'. `check`: called with all the loss's parameters (defaults filled in) to test how they combine;
-    it raises ValueError.
+    `aggregation`: its default aggregation. `group_level`: it returns `GroupPolicyTerms` (and weighs tokens itself:
+    declare `token_weights` among its inputs). `inputs`: the keyword inputs it needs from the trainer. `ranges`:
+    parameter -> interval such as '(0, inf)' or '[0, 1)'. `check`: called with all the loss's parameters (defaults
+    filled in) to test how they combine; it raises ValueError.
     """
+    check_aggregation(aggregation)
 
     def decorator(fn: Callable) -> Callable:
         if name in LOSSES:
             raise ValueError(f"Loss {name!r} is already registered")
         keywords = _keyword_parameters(fn)
-        trainer_inputs = COMMON_INPUTS + tuple(inputs)
-        missing = [key for key in trainer_inputs if key not in keywords]
+        missing = [key for key in inputs if key not in keywords]
         if missing:
             raise ValueError(f"Loss {name!r} declares inputs {missing} that are not keyword-only parameters")
-        no_default = [
-            key for key, p in keywords.items() if key not in trainer_inputs and p.default is inspect.Parameter.empty
+        reduction = [
+            key for key in keywords if key in REDUCTION_TYPES or (key in REDUCTION_INPUTS and key not in inputs)
         ]
+        if reduction:
+            raise ValueError(f"Loss {name!r}: {reduction} belong to policy_loss's reduction, not to the loss")
+        if not group_level and "token_weights" in inputs:
+            raise ValueError(f"Loss {name!r}: policy_loss weighs a token-level loss's terms; it takes no token_weights")
+        no_default = [key for key, p in keywords.items() if key not in inputs and p.default is inspect.Parameter.empty]
         if no_default:
             raise ValueError(f"Loss {name!r}: user-settable parameters {no_default} need defaults")
-        unknown = [key for key in ranges or {} if key not in keywords or key in trainer_inputs]
+        unknown = [key for key in ranges or {} if key not in keywords or key in inputs]
         if unknown:
             raise ValueError(f"Loss {name!r} gives ranges for {unknown}, which are not its parameters")
         for interval in (ranges or {}).values():
             _parse_range(interval)
         LOSSES[name] = fn
-        _INPUTS[name] = trainer_inputs
-        _RANGES[name] = dict(ranges or {})
-        _CHECKS[name] = check
+        _REGISTRATIONS[name] = _Registration(fn, tuple(inputs), dict(ranges or {}), check, aggregation, group_level)
         return fn
 
     return decorator
 
 
-def get_loss(name: str) -> Callable:
+def _registration(name: str) -> _Registration:
     if name not in LOSSES:
         raise UserError(f"Unknown loss {name!r}; valid losses: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name]
+    return _REGISTRATIONS[name]
+
+
+def get_loss(name: str) -> Callable:
+    """Loss `name` as the trainer calls it: `policy_loss` with the name bound, returning (loss, metrics)."""
+    _registration(name)
+    return functools.partial(policy_loss, name)
 
 
 def loss_inputs(name: str) -> tuple[str, ...]:
-    """Keyword inputs the trainer supplies to loss `name` (tensors, group size, ...)."""
-    get_loss(name)
-    return _INPUTS[name]
+    """Keyword inputs the trainer supplies to loss `name` (tensors, group size, aggregation constants, ...)."""
+    return REDUCTION_INPUTS + tuple(key for key in _registration(name).inputs if key not in REDUCTION_INPUTS)
 
 
 def loss_parameters(name: str) -> dict[str, object]:
-    """The user-settable keyword parameters of loss `name` with their defaults."""
-    inputs = loss_inputs(name)
-    return {key: p.default for key, p in _keyword_parameters(get_loss(name)).items() if key not in inputs}
+    """The user-settable keyword parameters of loss `name` with their defaults, the reduction's included."""
+    registration = _registration(name)
+    before, after = registration.reduction_settings()
+    own = {
+        key: p.default
+        for key, p in _keyword_parameters(registration.fn).items()
+        if key not in registration.inputs
+    }
+    return {**before, **own, **after}
+
+
+def policy_loss(
+    name: str,
+    per_token_logps: torch.Tensor,
+    old_per_token_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    token_weights: torch.Tensor | None = None,
+    ref_per_token_logps: torch.Tensor | None = None,
+    max_completion_length: int | None = None,
+    tokens_per_micro_batch: float | torch.Tensor | None = None,
+    beta: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss `name`'s scalar and metrics: its terms, weighted by `token_weights` (detached), plus beta times the k3
+    KL to the reference (times the ratio with `kl_bias_correction`: DeepSeek-V3.2's bias-corrected KL, arXiv
+    2512.02556, TRL's `use_bias_correction_kl`), aggregated over tokens by `aggregation`.
+
+    A group-level loss's terms are averaged over groups and its KL term aggregated alone (all groups are of equal
+    size, so this is each group's loss plus beta times the aggregated KL of its sequences). The logged "kl" is the
+    corrected one, as in TRL.
+    """
+    registration = _registration(name)
+    aggregation = kwargs.pop("aggregation", registration.aggregation)
+    kl_bias_correction = False if registration.group_level else kwargs.pop("kl_bias_correction", False)
+    check_aggregation(aggregation)
+    if beta != 0.0 and ref_per_token_logps is None:
+        raise ValueError(f"beta={beta} needs ref_per_token_logps (the reference model's per-token log-probs)")
+    constants = {"max_completion_length": max_completion_length, "tokens_per_micro_batch": tokens_per_micro_batch}
+    # the reduction's inputs a loss declared it needs too (a group-level loss weighs its own terms)
+    declared = {"token_weights": token_weights, **constants}
+    kwargs.update({key: value for key, value in declared.items() if key in registration.inputs})
+    terms = registration.fn(per_token_logps, old_per_token_logps, advantages, completion_mask, **kwargs)
+
+    per_token_kl = None
+    if beta != 0.0:
+        per_token_kl = k3_kl(per_token_logps, ref_per_token_logps)
+        if kl_bias_correction:
+            per_token_kl = per_token_kl * terms.ratio
+    metrics = {} if per_token_kl is None else {"kl": masked_mean(per_token_kl.detach(), completion_mask).item()}
+    metrics.update(terms.metrics)
+
+    if isinstance(terms, GroupPolicyTerms):
+        loss = terms.per_group_loss.mean()
+        if per_token_kl is not None:
+            loss = loss + beta * aggregate(per_token_kl, completion_mask, aggregation, **constants)
+        return loss, metrics
+    if not isinstance(terms, PolicyTerms):
+        raise TypeError(f"Loss {name!r} returned {type(terms).__name__}, not PolicyTerms or GroupPolicyTerms")
+    per_token_loss = terms.per_token_loss
+    if token_weights is not None:
+        per_token_loss = per_token_loss * token_weights.detach()
+    if per_token_kl is not None:
+        per_token_loss = per_token_loss + beta * per_token_kl
+    return aggregate(per_token_loss, completion_mask, aggregation, **constants), metrics
+
+
+_READERS = {float: to_number, int: to_integer, bool: to_bool, str: lambda value: to_string(value, False)}
+_KIND_WORDS = {"number": "a number", "integer": "an integer", "bool": "a bool", "string": "a str"}
 
 
 def _coerce(name: str, key: str, value, annotation):
-    """`value` as the parameter's annotated type: float, int, bool or str (optionally None). YAML reads `3e-4` as
-    the string '3e-4', so numeric strings become numbers; anything else of the wrong type is refused."""
+    """`value` as the parameter's annotated type (float, int, bool or str, optionally None), read by
+    thermorl.values's rule; tensors and other objects a caller passes in code are left alone."""
     allowed = set(typing.get_args(annotation)) if isinstance(annotation, types.UnionType) else {annotation}
     if value is None and type(None) in allowed:
         return None
+    kind = next((kind for kind in (float, int, bool, str) if kind in allowed), None)
+    if kind is None:
+        return value
     where = f"Loss {name!r}: parameter {key!r}"
-    if float in allowed or int in allowed:
-        number = value
-        if isinstance(value, str):
-            try:
-                number = float(value.strip())
-            except ValueError:
-                number = None
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise UserError(f"{where} must be a number, got {value!r} ({type(value).__name__})")
-        if math.isnan(number):
-            raise UserError(f"{where} must be a number, got NaN")
-        if float not in allowed:
-            if number != int(number):
-                raise UserError(f"{where} must be an integer, got {value!r}")
-            return int(number)
-        return float(number)
-    for kind in (bool, str):
-        if kind in allowed:
-            if not isinstance(value, kind):
-                raise UserError(f"{where} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
-            return value
-    return value  # tensors and other objects a caller passes in code
+    try:
+        read = _READERS[kind](value)
+    except ValueKindError as error:
+        got = f"{value!r}" + ("" if kind is int else f" ({type(value).__name__})")
+        raise UserError(f"{where} must be {_KIND_WORDS[error.expected]}, got {got}") from None
+    if kind is float and math.isnan(read):
+        raise UserError(f"{where} must be a number, got NaN")
+    return read
 
 
 def validate_loss_kwargs(name: str, kwargs: dict) -> dict:
@@ -138,12 +233,13 @@ def validate_loss_kwargs(name: str, kwargs: dict) -> dict:
         raise UserError(
             f"Unknown parameter(s) {', '.join(map(repr, unknown))} for loss {name!r}; valid: {', '.join(valid)}"
         )
-    hints = typing.get_type_hints(get_loss(name))
+    hints = {**typing.get_type_hints(_registration(name).fn), **REDUCTION_TYPES}
     coerced = {key: _coerce(name, key, value, hints.get(key)) for key, value in kwargs.items()}
     if "aggregation" in coerced:
         check_aggregation(coerced["aggregation"])
     params = {**valid, **coerced}
-    for key, interval in _RANGES[name].items():
+    registration = _registration(name)
+    for key, interval in registration.ranges.items():
         value = params[key]
         if value is None:
             continue
@@ -152,9 +248,9 @@ def validate_loss_kwargs(name: str, kwargs: dict) -> dict:
         below = value <= high if high_inclusive else value < high
         if not (above and below):
             raise UserError(f"Loss {name!r}: parameter {key!r} must lie in {interval}, got {value}")
-    if _CHECKS[name] is not None:
+    if registration.check is not None:
         try:
-            _CHECKS[name](params)
+            registration.check(params)
         except ValueError as error:
             raise UserError(f"Loss {name!r}: {error}") from None
     return coerced

@@ -12,7 +12,7 @@ advantages harder. Matches TRL's `loss_type="sapo"` with `sapo_temperature_pos/n
 
 import torch
 
-from .common import clamped_log_ratio, masked_mean, reduce_policy_loss, token_advantages
+from .common import PolicyTerms, clamped_log_ratio, masked_mean, token_advantages
 from .registry import register_loss
 
 
@@ -29,34 +29,17 @@ def sapo_loss(
     advantages: torch.Tensor,
     completion_mask: torch.Tensor,
     *,
-    token_weights: torch.Tensor | None = None,
-    ref_per_token_logps: torch.Tensor | None = None,
-    max_completion_length: int | None = None,
-    tokens_per_micro_batch: float | torch.Tensor | None = None,
-    beta: float = 0.0,
-    aggregation: str = "seq_mean_token_mean",
     tau_pos: float = 1.0,
     tau_neg: float = 1.05,
-    kl_bias_correction: bool = False,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> PolicyTerms:
     ratio = torch.exp(clamped_log_ratio(per_token_logps, old_per_token_logps))
     token_adv = token_advantages(advantages)
     tau = torch.where(token_adv > 0, tau_pos, tau_neg)
     soft_ratio = torch.sigmoid(tau * (ratio - 1)) * 4 / tau
-    loss, metrics = reduce_policy_loss(
-        -soft_ratio * token_adv,
-        completion_mask,
-        per_token_logps=per_token_logps,
-        token_weights=token_weights,
-        ref_per_token_logps=ref_per_token_logps,
-        beta=beta,
-        aggregation=aggregation,
-        kl_ratio=ratio if kl_bias_correction else None,
-        max_completion_length=max_completion_length,
-        tokens_per_micro_batch=tokens_per_micro_batch,
-    )
     gate_weight = sapo_gate_weight(ratio.detach(), tau)
-    metrics["sapo/gate_weight_mean"] = masked_mean(gate_weight, completion_mask).item()
-    metrics["sapo/gate_weight_below_half"] = masked_mean((gate_weight < 0.5).float(), completion_mask).item()
-    metrics["ratio/mean"] = masked_mean(ratio.detach(), completion_mask).item()
-    return loss, metrics
+    metrics = {
+        "sapo/gate_weight_mean": masked_mean(gate_weight, completion_mask).item(),
+        "sapo/gate_weight_below_half": masked_mean((gate_weight < 0.5).float(), completion_mask).item(),
+        "ratio/mean": masked_mean(ratio.detach(), completion_mask).item(),
+    }
+    return PolicyTerms(-soft_ratio * token_adv, ratio, metrics)

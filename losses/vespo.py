@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .common import clamped_log_ratio, masked_mean, reduce_policy_loss, token_advantages
+from .common import PolicyTerms, clamped_log_ratio, masked_mean, token_advantages
 from .registry import register_loss
 
 LOG_W_MIN = math.log(1e-8)
@@ -47,6 +47,7 @@ def gamma_weights(
 
 @register_loss(
     "vespo",
+    aggregation="token_mean",
     inputs=("importance_sampling_ratio",),
     ranges={"k_pos": "[0, inf)", "k_neg": "[0, inf)", "lambda_pos": "(0, inf)", "lambda_neg": "(0, inf)"},
 )
@@ -56,19 +57,12 @@ def vespo_loss(
     advantages: torch.Tensor,
     completion_mask: torch.Tensor,
     *,
-    token_weights: torch.Tensor | None = None,
-    ref_per_token_logps: torch.Tensor | None = None,
-    max_completion_length: int | None = None,
-    tokens_per_micro_batch: float | torch.Tensor | None = None,
     importance_sampling_ratio: torch.Tensor | None = None,
-    beta: float = 0.0,
-    aggregation: str = "token_mean",
     k_pos: float = 2.0,
     lambda_pos: float = 3.0,
     k_neg: float = 3.0,
     lambda_neg: float = 2.0,
-    kl_bias_correction: bool = False,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> PolicyTerms:
     log_ratio = clamped_log_ratio(per_token_logps, old_per_token_logps)
     # phi needs one advantage per sequence: the sign of a per-token advantage's sequence mean picks its shape
     token_adv = token_advantages(advantages)
@@ -77,17 +71,5 @@ def vespo_loss(
     phi = gamma_weights(
         log_ratio, sequence_adv, mask, importance_sampling_ratio, k_pos, lambda_pos, k_neg, lambda_neg
     )
-    loss, metrics = reduce_policy_loss(
-        -phi * token_adv * per_token_logps,
-        completion_mask,
-        per_token_logps=per_token_logps,
-        token_weights=token_weights,
-        ref_per_token_logps=ref_per_token_logps,
-        beta=beta,
-        aggregation=aggregation,
-        kl_ratio=torch.exp(log_ratio) if kl_bias_correction else None,
-        max_completion_length=max_completion_length,
-        tokens_per_micro_batch=tokens_per_micro_batch,
-    )
-    metrics["vespo/phi_seq_mean"] = phi.mean().item()
-    return loss, metrics
+    metrics = {"vespo/phi_seq_mean": phi.mean().item()}
+    return PolicyTerms(-phi * token_adv * per_token_logps, torch.exp(log_ratio), metrics)

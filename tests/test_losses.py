@@ -9,7 +9,7 @@ import yaml
 
 from thermorl.losses import LOSSES, get_loss, loss_inputs, loss_parameters, register_loss, validate_loss_kwargs
 from thermorl.losses.adpo import adaptive_anchor_temperature, anchored_listwise_loss
-from thermorl.losses.common import AGGREGATIONS, aggregate
+from thermorl.losses.common import AGGREGATIONS, PolicyTerms, aggregate
 from thermorl.losses.sapo import sapo_gate_weight
 
 
@@ -109,9 +109,8 @@ def test_bad_parameter_values_are_refused_naming_loss_and_parameter(name, kwargs
 
 
 def test_register_loss_checks_its_ranges():
-    def loss(per_token_logps, old_per_token_logps, advantages, completion_mask, *, token_weights=None,
-             ref_per_token_logps=None, max_completion_length=None, tokens_per_micro_batch=None, eps: float = 0.1):
-        return per_token_logps.sum(), {}
+    def loss(per_token_logps, old_per_token_logps, advantages, completion_mask, *, eps: float = 0.1):
+        return PolicyTerms(per_token_logps, torch.ones_like(per_token_logps), {})
 
     with pytest.raises(ValueError, match=r"ranges for \['epsilon'\], which are not its parameters"):
         register_loss("test_ranges_loss", ranges={"epsilon": "[0, 1)"})(loss)
@@ -367,11 +366,8 @@ def test_adpo_loss_hard_label_from_advantages_is_dpo_on_summed_token_logps():
     anchor = torch.tensor([[-1.0, -0.5, -2.0], [-0.7, -1.2, -3.0]], dtype=torch.float64)
     logps = leaf([[-0.8, -0.6, -9.0], [-1.0, -1.1, -0.2]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    old = anchor + 0.4  # ignored: an explicit anchor replaces the on-policy one
     hard_label = {"beta_r": 1e-6, "group_size": 2}
-    loss, metrics = get_loss("adpo")(
-        logps, old, torch.tensor([1.0, -1.0]), mask, tau_anc=1 / beta, anchor_per_token_logps=anchor, **hard_label
-    )
+    loss, metrics = get_loss("adpo")(logps, anchor, torch.tensor([1.0, -1.0]), mask, tau_anc=1 / beta, **hard_label)
     delta = (-1.4 - -2.3) - (-1.5 - -4.9)
     assert loss.item() == pytest.approx(-F.logsigmoid(torch.tensor(beta * delta)).item())
     assert metrics["adpo/tau"] == pytest.approx(1 / beta)

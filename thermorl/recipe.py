@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import UserError, refused_by_library
+from .values import ValueKindError, to_bool, to_integer, to_number, to_string
 
 
 @dataclass
@@ -223,32 +224,13 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         return value
     if annotation is Any or isinstance(annotation, typing.TypeVar):
         return value
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise UserError(f"'{key}' expects true/false, got {value!r}.")
-    if annotation is float:
-        if isinstance(value, bool):
-            raise UserError(f"'{key}' expects a number, got {value!r}.")
+    readers = {bool: to_bool, float: to_number, int: to_integer, str: lambda v: to_string(v, numbers_as_text=True)}
+    if annotation in readers:
         try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise UserError(f"'{key}' expects a number, got {value!r}.") from None
-    if annotation is int:
-        if isinstance(value, str):
-            try:
-                value = float(value) if any(c in value for c in ".eE") else int(value)
-            except ValueError:
-                raise UserError(f"'{key}' expects an integer, got {value!r}.") from None
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise UserError(f"'{key}' expects an integer, got {value!r}.")
-        return int(value)
-    if annotation is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise UserError(f"'{key}' expects a string, got {value!r}.")
-        return str(value)
+            return readers[annotation](value)
+        except ValueKindError as error:
+            expects = {"bool": "true/false", "number": "a number", "integer": "an integer", "string": "a string"}
+            raise UserError(f"'{key}' expects {expects[error.expected]}, got {value!r}.") from None
     if isinstance(annotation, type) and issubclass(annotation, __import__("enum").Enum):
         try:
             return annotation(value)
