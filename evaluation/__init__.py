@@ -1,7 +1,6 @@
 """Multi-temperature test-time-scaling evaluation (arXiv 2510.02611): pass@k, maj@k, Pass@All, early-exit voting."""
 
 from .callback import MultiTemperatureEvalCallback
-from .command import eval_command
 from .metrics import best_single_temperature, maj_at_k, majority_vote, pass_at_all, pass_at_k
 from .model_loading import load_policy
 from .pipeline import (
@@ -24,7 +23,6 @@ __all__ = [
     "Verifier",
     "VoteResult",
     "best_single_temperature",
-    "eval_command",
     "evaluate",
     "load_policy",
     "maj_at_k",

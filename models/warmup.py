@@ -51,16 +51,17 @@ def warm_tiny_model(
     settings: WarmupSettings = WarmupSettings(),
     held_out_prompts: list[str] = (),
     cache_dir: str | Path | None = None,
+    show_logs: bool = False,
 ) -> str:
     """Return the path of the tiny model warmed up on `settings.task`, building it on the first call.
 
-    `held_out_prompts` never appear in the SFT data, so evaluating on them measures generalisation.
+    `held_out_prompts` never appear in the SFT data, so evaluating on them measures generalisation. The SFT
+    Trainer's metric dicts are printed only with `show_logs` (the caller says that the warm-up runs).
     """
     from datasets import Dataset
     from transformers import AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
-
-    from ..console import quiet_trainer
 
     from ..tasks import task_from_spec
 
@@ -100,7 +101,8 @@ def warm_tiny_model(
             disable_tqdm=True,
         )
         trainer = SFTTrainer(model=base, args=config, train_dataset=data, processing_class=tokenizer)
-        quiet_trainer(trainer, show_progress=False)  # the caller says that the warm-up runs
+        if not show_logs:
+            trainer.remove_callback(PrinterCallback)  # disable_tqdm: the Trainer prints through this callback
         trainer.train()
         trainer.save_model(str(work / "model"))
         tokenizer.save_pretrained(str(work / "model"))

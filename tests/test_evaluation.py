@@ -9,12 +9,12 @@ from datasets import Dataset
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from thermorl.errors import UserError
+from thermorl.eval_command import eval_command
 from thermorl.evaluation import (
     MultiTemperatureEvalCallback,
     RecordedAnswers,
     Verifier,
     best_single_temperature,
-    eval_command,
     evaluate,
     load_policy,
     maj_at_k,

@@ -68,7 +68,7 @@ def _quickstart(argv: list[str]) -> int:
 
 
 def _eval(argv: list[str]) -> int:
-    from .evaluation.command import eval_command
+    from .eval_command import eval_command
 
     return eval_command(argv)
 

@@ -17,6 +17,7 @@ ALLOW_REMOTE_CODE = "set `trust_remote_code: true` in the recipe, after reading 
 def resolve_model_path(model_name_or_path: str, script_args, held_out=None) -> str:
     """`thermorl:tiny` -> the cached tiny model warmed up on the recipe's task (never on its held-out prompts);
     anything else is passed on."""
+    from .console import verbose
     from .models.warmup import WarmupSettings, warm_tiny_model
 
     if model_name_or_path != TINY_MODEL_NAME:
@@ -26,7 +27,9 @@ def resolve_model_path(model_name_or_path: str, script_args, held_out=None) -> s
         task=script_args.dataset, examples=script_args.warmup_examples, epochs=script_args.warmup_epochs,
         model_size=script_args.tiny_model_size,
     )
-    return warm_tiny_model(settings, held_out_prompts=list(held_out["prompt"]) if held_out is not None else [])
+    return warm_tiny_model(
+        settings, held_out_prompts=list(held_out["prompt"]) if held_out is not None else [], show_logs=verbose()
+    )
 
 
 def warm_tiny_model_before_launch(values: dict[str, Any]) -> None:

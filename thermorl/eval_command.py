@@ -27,15 +27,10 @@ import argparse
 import json
 from pathlib import Path
 
-from thermorl.tasks import TASKS, load_prompt_dataset, resolve_reward_funcs, task_from_spec
-from thermorl.tasks.data import check_prompt_lengths
-from thermorl.console import log_to_run_folder
-from thermorl.train import HELD_OUT_FILE, find_held_out
-
-from ..errors import UserError, refusing_remote_code
-from .model_loading import check_model_path, load_policy
-from .vllm_sampling import default_dtype, load_engine
-from .pipeline import (
+from .console import log_to_run_folder
+from .errors import UserError, refusing_remote_code
+from .evaluation.model_loading import check_model_path, load_policy
+from .evaluation.pipeline import (
     DEFAULT_VOTE_ROUND_SIZE,
     RewardVerifier,
     TaskVerifier,
@@ -44,6 +39,10 @@ from .pipeline import (
     evaluate,
     parse_temperatures,
 )
+from .evaluation.vllm_sampling import default_dtype, load_engine
+from .tasks import TASKS, load_prompt_dataset, resolve_reward_funcs, task_from_spec
+from .tasks.data import check_prompt_lengths
+from .train import HELD_OUT_FILE, find_held_out
 
 
 def build_parser() -> argparse.ArgumentParser:
