@@ -9,8 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ("losses", "rollouts", "trainers", "tasks", "models", "evaluation")
 # Importable by both layers: the package root (run by every `thermorl.X` import; it holds only the version) and the
-# errors the library raises and the app reports.
-CORE = ("thermorl", "thermorl.errors")
+# errors the library raises and the app reports, and the readers of user values (recipes and loss parameters).
+CORE = ("thermorl", "thermorl.errors", "thermorl.values")
 
 
 def module_name(path: Path) -> str:
