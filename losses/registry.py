@@ -143,6 +143,20 @@ def loss_parameters(name: str) -> dict[str, object]:
     return {**before, **own, **after}
 
 
+def ratio_metrics(ratio: torch.Tensor, completion_mask: torch.Tensor) -> dict[str, float]:
+    """How far the policy has moved from the one that sampled: mean |log r| over the completion tokens, and the
+    batch's smallest and largest r ((B, 1) per-sequence ratios count once per sequence). All 0 / 1 / 1 on the first
+    update after a rollout; they grow with staleness (steps_per_generation, num_iterations)."""
+    ratio = ratio.detach()
+    per_sequence = ratio.shape[-1] == 1 and completion_mask.shape[-1] != 1
+    mask = (completion_mask.sum(-1, keepdim=True) > 0) if per_sequence else completion_mask.bool()
+    values = ratio.expand(mask.shape)[mask]
+    if values.numel() == 0:
+        return {}
+    return {"ratio/abs_log_mean": values.log().abs().mean().item(), "ratio/min": values.min().item(),
+            "ratio/max": values.max().item()}
+
+
 def policy_loss(
     name: str,
     per_token_logps: torch.Tensor,
@@ -192,6 +206,7 @@ def policy_loss(
         return loss, metrics
     if not isinstance(terms, PolicyTerms):
         raise TypeError(f"Loss {name!r} returned {type(terms).__name__}, not PolicyTerms or GroupPolicyTerms")
+    metrics.update(ratio_metrics(terms.ratio, completion_mask))
     per_token_loss = terms.per_token_loss
     if token_weights is not None:
         per_token_loss = per_token_loss * token_weights.detach()

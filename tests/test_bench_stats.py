@@ -1,4 +1,4 @@
-"""thermorl/bench_stats.py: the paired sign-flip test, Holm's correction and the paired comparison, against values
+"""thermorl/bench/stats.py: the paired sign-flip test, Holm's correction and the paired comparison, against values
 worked out by hand."""
 
 import itertools
@@ -7,9 +7,9 @@ import statistics
 
 import pytest
 
-from thermorl.bench_stats import (
+from thermorl.bench.stats import (
     EXACT_MAX_SEEDS,
-    compare_to_baseline,
+    compare_pairs,
     holm,
     mean_interval,
     paired_comparison,
@@ -78,14 +78,14 @@ def test_paired_comparison_uses_only_the_seeds_both_arms_finished():
     assert paired_comparison({0: 0.5}, {1: 0.5}) is None
 
 
-def test_compare_to_baseline_corrects_across_the_whole_table():
+def test_compare_pairs_corrects_across_the_whole_table():
     runs = {  # arm -> seed -> that run's metrics
         "base": {seed: {"pass@1 greedy": 0.1 * (seed + 1), "pass@1 T=1": 0.1} for seed in range(4)},
         "hot": {seed: {"pass@1 greedy": 0.1 * (seed + 2), "pass@1 T=1": t1}
                 for seed, t1 in enumerate([0.2, 0.0, 0.1, 0.3])},
         "new": {7: {"pass@1 greedy": 0.9}},  # no seed shared with the baseline; no T=1 number at all
     }
-    table = compare_to_baseline(runs, "base", ["pass@1 greedy", "pass@1 T=1"])
+    table = compare_pairs(runs, {"hot": "base", "new": "base"}, ["pass@1 greedy", "pass@1 T=1"])
     assert [(row["arm"], row["metric"]) for row in table] == [
         ("hot", "pass@1 greedy"), ("hot", "pass@1 T=1"), ("new", "pass@1 greedy"), ("new", "pass@1 T=1")]
     greedy, hot_t1 = table[0]["comparison"], table[1]["comparison"]
@@ -99,8 +99,21 @@ def test_compare_to_baseline_corrects_across_the_whole_table():
     assert table[2]["comparison"] is None and table[3]["comparison"] is None
 
 
-def test_mean_interval_is_the_one_bench_uses():
-    from thermorl import bench
+def test_compare_pairs_gives_each_arm_its_own_baseline():
+    """An arms file's pairs (sapo-s4 against grpo-s4, sapo-s8 against grpo-s8): each difference is against the arm's
+    own baseline, one Holm correction over the table, and a pair whose arm has no runs is left out."""
+    runs = {"grpo-s4": {0: {"m": 0.5}, 1: {"m": 0.4}}, "sapo-s4": {0: {"m": 0.6}, 1: {"m": 0.6}},
+            "grpo-s8": {0: {"m": 0.1}, 1: {"m": 0.3}}, "sapo-s8": {0: {"m": 0.2}, 1: {"m": 0.2}}}
+    table = compare_pairs(runs, {"sapo-s4": "grpo-s4", "sapo-s8": "grpo-s8", "sapo-s2": "grpo-s2"}, ["m"])
+    assert [(row["arm"], row["baseline"]) for row in table] == [("sapo-s4", "grpo-s4"), ("sapo-s8", "grpo-s8")]
+    s4, s8 = (row["comparison"] for row in table)
+    assert s4["mean difference"] == pytest.approx(0.15) and s4["wins"] == 2
+    assert s8["mean difference"] == pytest.approx(0.0) and (s8["wins"], s8["losses"]) == (1, 1)
+    assert [s4["p holm"], s8["p holm"]] == pytest.approx(holm([s4["p"], s8["p"]]))
 
-    assert bench.mean_interval is mean_interval
+
+def test_mean_interval_is_the_one_bench_uses():
+    from thermorl.bench import report
+
+    assert report.mean_interval is mean_interval
     assert mean_interval([0.7]) == {"mean": 0.7, "ci95": 0.0, "n": 1}

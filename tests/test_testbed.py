@@ -214,7 +214,7 @@ def test_sizing_errors_name_the_argument():
 
 
 def test_mean_interval_is_the_student_t_interval():
-    from thermorl.bench import mean_interval
+    from thermorl.bench.stats import mean_interval
 
     result = mean_interval([0.2, 0.4])
     assert result["mean"] == pytest.approx(0.3)
@@ -245,6 +245,9 @@ def _write_arms(path, **changes):
     [
         ({"arms": {"a": {"learning_rat": 1e-4}}, "baseline": "a"}, r"arm 'a': Unknown recipe key 'learning_rat'"),
         ({"baseline": "fixed-2"}, r"baseline 'fixed-2' is not one of the arms"),
+        ({"baseline": {"ead": "fixed-2"}}, r"baseline \{'ead': 'fixed-2'\}: 'fixed-2' is not one of the arms"),
+        ({"baseline": {"ead": "ead"}}, r"an arm is not compared with itself"),
+        ({"signals": "entropy"}, r"'signals' must be a list of logged metric names"),
         ({"seeds": [0, 0]}, r"'seeds' lists a seed twice"),
         ({"evaluation": {"samples": 0}}, r"evaluation.samples must be an integer >= 1"),
         ({"evaluation": {"temperatures": [0.6, 1.2]}}, r"evaluation.temperatures must include 1.0"),
@@ -255,7 +258,7 @@ def _write_arms(path, **changes):
     ],
 )
 def test_arms_file_mistakes_are_one_line_errors(tmp_path, changes, message):
-    from thermorl.bench import load_arms
+    from thermorl.bench.arms import load_arms
 
     with pytest.raises(ValueError, match=message):
         load_arms(_write_arms(tmp_path / "arms.yaml", **changes))
@@ -312,7 +315,13 @@ def test_bench_smoke_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert "grid" in report["start"]
     assert set(fixed["pass@1 by temperature"]) == {"pass@1 greedy", "pass@1 T=0.7", "pass@1 T=1"}
     assert [row["arm"] for row in report["paired"]["comparisons"]] == ["ead"] * 3
-    assert "| ead | pass@1 T=0.7 | 1 |" in (out / "report.md").read_text()
+    assert "| ead | fixed-1.0 | pass@1 T=0.7 | 1 |" in (out / "report.md").read_text()
+    # Every numeric training metric, over the run and its last quarter; the report shows the default signals.
+    zero_std = run["training"]["frac_reward_zero_std"]
+    assert 0.0 <= zero_std["mean"] <= 1.0 and 0.0 <= zero_std["last quarter"] <= 1.0
+    assert run["training"]["ratio/min"]["mean"] <= 1.0 + 1e-6 <= run["training"]["ratio/max"]["mean"] + 2e-6
+    assert set(report["arms"]["ead"]["signals"]) == {"frac_reward_zero_std", "entropy"}
+    assert "Training signals" in (out / "report.md").read_text()
 
     before = (out / "runs" / "ead" / "seed0.json").read_text()
     assert main(["bench", str(arms), "--out", str(out)]) == 0
@@ -340,7 +349,7 @@ def test_bench_smoke_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
 
 def test_grid_summary_against_hand_counts():
     """Two prompts, temperatures 0.5 and 1.0, two samples each, with completions fixed by hand."""
-    from thermorl.bench import grid_summary
+    from thermorl.bench.run import grid_summary
     from thermorl.evaluation.pipeline import as_verifier, score
     from thermorl.tasks.countdown_steps import CountdownStepsTask
 
@@ -380,7 +389,7 @@ def test_grid_summary_against_hand_counts():
 
 
 def test_rollouts_outside_training_batches_count_on_the_rollouts_axis():
-    from thermorl.bench import extra_rollouts_at
+    from thermorl.bench.report import extra_rollouts_at
 
     run = {"extra_rollouts": [[1, 8000.0], [75, 8000.0], [76, 16000.0]]}
     assert [extra_rollouts_at(run, step) for step in (0, 1, 75, 76, 300)] == [0.0, 8000.0, 8000.0, 16000.0, 16000.0]
@@ -390,7 +399,7 @@ def test_rollouts_outside_training_batches_count_on_the_rollouts_axis():
 def test_reward_curve_keeps_the_steps_it_was_logged_at(tmp_path):
     """With two optimizer steps per rollout batch the reward is logged every other step: the report's (and the
     plot's) reward curve keeps those steps, averaging the seeds step by step."""
-    from thermorl.bench import aggregate
+    from thermorl.bench.report import aggregate
 
     def write(arm, seed, rewards):
         run = {"seed": seed, "reward": rewards, "rollouts_per_step": 64.0, "seconds": 60.0,
@@ -442,8 +451,8 @@ def _grid(per_temperature, vote=0.5, not_applicable=False):
 def test_report_compares_arms_at_each_evaluation_temperature_and_pairs_them_by_seed(tmp_path):
     """pass@1 at greedy and every grid temperature, mean over seeds per arm, and each arm minus the baseline seed by
     seed (only the seeds both finished), Holm-corrected across the table."""
-    from thermorl.bench import aggregate, markdown
-    from thermorl.bench_stats import holm
+    from thermorl.bench.report import aggregate, markdown
+    from thermorl.bench.stats import holm
 
     for seed, (cold, hot) in enumerate([(0.30, 0.20), (0.40, 0.30), (0.50, 0.40)]):
         _write_run(tmp_path, "fixed-1.0", seed, _final(0.5, cold), _grid({"0.6": cold + 0.1, "1": cold}))
@@ -473,7 +482,7 @@ def test_report_compares_arms_at_each_evaluation_temperature_and_pairs_them_by_s
     table = markdown(report)
     assert "pass@1 by evaluation temperature" in table
     assert "| arm | seeds | greedy | T=0.6 | T=1 |" in table
-    assert "| fixed-1.2 | pass@1 T=1 | 2 | -0.100 ± " in table and "0 / 2 / 0 | 0.500 |" in table
+    assert "| fixed-1.2 | fixed-1.0 | pass@1 T=1 | 2 | -0.100 ± " in table and "0 / 2 / 0 | 0.500 |" in table
 
     # --compare: another metric of the runs.
     report = aggregate(spec, tmp_path, start, ["pass@k T=1"])
@@ -483,7 +492,7 @@ def test_report_compares_arms_at_each_evaluation_temperature_and_pairs_them_by_s
 def test_run_jsons_written_before_a_field_existed_report_it_as_missing(tmp_path):
     """Format compatibility: old runs have no per-temperature pass@1 (or no grid at all) and no equal-budget curve;
     the report says "missing" for them instead of failing, and the other seeds still count."""
-    from thermorl.bench import aggregate, markdown
+    from thermorl.bench.report import aggregate, markdown
 
     old_grid = _grid({"0.6": 0.2, "1": 0.3})
     del old_grid["per temperature pass@1"], old_grid["equal budget curve"]
@@ -504,11 +513,11 @@ def test_run_jsons_written_before_a_field_existed_report_it_as_missing(tmp_path)
     assert "| b | 1 | 0.400 ± 0.000 | missing | 0.200 ± 0.000 |" in table
     paired = {row["metric"]: row["comparison"] for row in report["paired"]["comparisons"]}
     assert paired["pass@1 T=0.6"] is None and paired["pass@1 greedy"]["seeds"] == [0]
-    assert "| b | pass@1 T=0.6 | none shared | missing |" in table
+    assert "| b | a | pass@1 T=0.6 | none shared | missing |" in table
 
 
 def test_vote_columns_say_n_a_where_answers_are_not_canonical(tmp_path):
-    from thermorl.bench import aggregate, markdown
+    from thermorl.bench.report import aggregate, markdown
     from thermorl.tasks import get_task
 
     assert get_task("arithmetic").canonical_answers is True
@@ -590,7 +599,7 @@ def test_early_exit_arms_file_measures_voting_on_canonical_answers_over_the_13_t
     reaches K = 64."""
     from pathlib import Path
 
-    from thermorl.bench import load_arms
+    from thermorl.bench.arms import load_arms
     from thermorl.cli import main
 
     arms = Path(__file__).resolve().parents[1] / "benchmarks" / "early_exit_arms.yaml"
@@ -614,7 +623,7 @@ def test_bench_on_validation_prompts_scores_them_and_keeps_the_held_out_runs_apa
     """evaluation.split validation: the runs score validation prompts carved out of the training ones (RL leaves
     them out), and the report says it is not the held-out result; `--split held_out` gives the plan runs made
     before the option existed had (no split key), so they keep matching on resume."""
-    from thermorl.bench import load_arms, run_plan, with_split
+    from thermorl.bench.arms import load_arms, run_plan, with_split
     from thermorl.cli import main
 
     monkeypatch.setenv("THERMORL_CACHE", str(tmp_path / "cache"))
@@ -641,7 +650,7 @@ def test_bench_on_validation_prompts_scores_them_and_keeps_the_held_out_runs_apa
 def test_study_arms_files_load(name):
     from pathlib import Path
 
-    from thermorl.bench import load_arms
+    from thermorl.bench.arms import load_arms
 
     spec = load_arms(Path(__file__).resolve().parents[1] / "benchmarks" / name)
     if name != "early_exit_arms.yaml":

@@ -80,7 +80,7 @@ def _export(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    from .bench import bench_command
+    from .bench.command import bench_command
 
     return bench_command(argv)
 

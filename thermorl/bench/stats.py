@@ -1,4 +1,4 @@
-"""The statistics of `thermorl bench`: intervals over seeds, and paired comparisons against the baseline arm.
+"""The statistics of `thermorl bench`: intervals over seeds, and paired comparisons of arms with their baselines.
 
 Pure functions on plain numbers. Seeds pair two arms' runs: both start from the same policy and draw their training
 order from the same seed, so the per-seed difference removes the variation they share. A comparison uses only the
@@ -85,9 +85,10 @@ def paired_comparison(arm: Mapping[int, float], baseline: Mapping[int, float]) -
     }
 
 
-def compare_to_baseline(runs: Mapping[str, Mapping[int, Mapping[str, float]]], baseline: str,
-                        metrics: Sequence[str]) -> list[dict]:
-    """Every other arm against `baseline` on each metric, with Holm-adjusted p-values across the whole table.
+def compare_pairs(runs: Mapping[str, Mapping[int, Mapping[str, float]]], pairs: Mapping[str, str],
+                  metrics: Sequence[str]) -> list[dict]:
+    """Each arm against its baseline (`pairs[arm]`) on each metric, with Holm-adjusted p-values across the whole
+    table.
 
     `runs[arm][seed]` holds that run's metrics by name (a metric the run lacks is simply absent). A pair with no
     shared seed holding the metric is listed with "comparison": None and takes no part in the correction."""
@@ -95,9 +96,9 @@ def compare_to_baseline(runs: Mapping[str, Mapping[int, Mapping[str, float]]], b
     def by_seed(arm: str, metric: str) -> dict[int, float]:
         return {seed: values[metric] for seed, values in runs.get(arm, {}).items() if metric in values}
 
-    table = [{"arm": arm, "metric": metric,
+    table = [{"arm": arm, "baseline": baseline, "metric": metric,
               "comparison": paired_comparison(by_seed(arm, metric), by_seed(baseline, metric))}
-             for arm in runs if arm != baseline for metric in metrics]
+             for arm, baseline in pairs.items() if arm in runs and baseline in runs for metric in metrics]
     compared = [row["comparison"] for row in table if row["comparison"] is not None]
     for comparison, adjusted in zip(compared, holm([c["p"] for c in compared])):
         comparison["p holm"] = adjusted
