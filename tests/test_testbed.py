@@ -489,6 +489,45 @@ def test_report_compares_arms_at_each_evaluation_temperature_and_pairs_them_by_s
     assert [row["metric"] for row in report["paired"]["comparisons"]] == ["pass@k T=1"]
 
 
+def test_report_pairs_each_arm_with_its_own_baseline_and_summarises_training_signals(tmp_path):
+    """baseline as a mapping: each arm against its own baseline (steps to that baseline's final too), arms outside
+    every pair are not compared; the named training signals are averaged over seeds, "not logged" where absent."""
+    from thermorl.bench.report import aggregate, markdown
+
+    finals = {"grpo-s4": [(0.30, 0.20), (0.40, 0.30)], "sapo-s4": [(0.35, 0.30), (0.45, 0.40)],
+              "grpo-s8": [(0.20, 0.10), (0.30, 0.20)], "sapo-s8": [(0.10, 0.10), (0.20, 0.10)], "other": [(0.5, 0.5)]}
+    for arm, by_seed in finals.items():
+        for seed, (greedy, at_1) in enumerate(by_seed):
+            _write_run(tmp_path, arm, seed, _final(greedy, at_1))
+            run_path = tmp_path / "runs" / arm / f"seed{seed}.json"
+            run = json.loads(run_path.read_text())
+            run["training"] = {"ratio/abs_log_mean": {"mean": 0.01 * (seed + 1), "last quarter": 0.02 * (seed + 1)}}
+            if arm.startswith("sapo"):
+                run["training"]["sapo/gate_weight_mean"] = {"mean": 0.9, "last quarter": 0.8}
+            run_path.write_text(json.dumps(run))
+    spec = {"arms": {arm: {} for arm in finals}, "seeds": [0, 1], "evaluation": {"samples": 8, "temperatures": None},
+            "baseline": {"sapo-s4": "grpo-s4", "sapo-s8": "grpo-s8"},
+            "signals": ["ratio/abs_log_mean", "sapo/gate_weight_mean", "never-logged"]}
+    report = aggregate(spec, tmp_path, _final(0.3, 0.1))
+    rows = {(row["arm"], row["baseline"], row["metric"]): row["comparison"] for row in report["paired"]["comparisons"]}
+    assert set(rows) == {(arm, base, metric) for arm, base in spec["baseline"].items()
+                         for metric in ("pass@1 greedy", "pass@1 T=1")}
+    assert rows[("sapo-s4", "grpo-s4", "pass@1 T=1")]["mean difference"] == pytest.approx(0.1)
+    assert rows[("sapo-s8", "grpo-s8", "pass@1 T=1")]["mean difference"] == pytest.approx(-0.05)
+    arms = report["arms"]
+    assert arms["sapo-s4"]["steps_to_baseline_final"] == 2  # reaches grpo-s4's final 0.25 at its last point
+    assert arms["sapo-s8"]["steps_to_baseline_final"] is None  # 0.10 never reaches grpo-s8's 0.15
+    assert "steps_to_baseline_final" not in arms["other"]
+    signal = arms["grpo-s4"]["signals"]["ratio/abs_log_mean"]
+    assert signal["mean"]["mean"] == pytest.approx(0.015) and signal["last quarter"]["mean"] == pytest.approx(0.03)
+    assert "sapo/gate_weight_mean" not in arms["grpo-s4"]["signals"] and "never-logged" not in arms["sapo-s4"]["signals"]
+    table = markdown(report)
+    assert "steps to its baseline's final T=1 pass@1" in table
+    assert "| sapo-s4 | grpo-s4 | pass@1 T=1 | 2 | +0.100 ± " in table
+    assert "| grpo-s4 | 0.015 ± " in table and "| not logged |" in table
+    assert "never-logged" not in table
+
+
 def test_run_jsons_written_before_a_field_existed_report_it_as_missing(tmp_path):
     """Format compatibility: old runs have no per-temperature pass@1 (or no grid at all) and no equal-budget curve;
     the report says "missing" for them instead of failing, and the other seeds still count."""
