@@ -20,11 +20,13 @@ _SUPPORTED_OPS = "+-*"
 
 @dataclass(frozen=True)
 class ArithmeticTask(Task):
-    """Options: digits (most digits per operand), num_operands, ops (a subset of "+-*", standard
-    precedence), allow_negative (False redraws problems whose result is below zero)."""
+    """Options: digits (most digits per operand), num_operands, max_operands (each problem draws its number of
+    operands uniformly from num_operands to max_operands: a mix of difficulties; default: num_operands), ops (a
+    subset of "+-*", standard precedence), allow_negative (False redraws problems whose result is below zero)."""
 
     digits: int = 2
     num_operands: int = 2
+    max_operands: int | None = None
     ops: str = "+-"
     allow_negative: bool = True
 
@@ -36,12 +38,18 @@ class ArithmeticTask(Task):
             raise UserError(f"digits must be an integer >= 1, got {self.digits!r}")
         if not isinstance(self.num_operands, int) or self.num_operands < 2:
             raise UserError(f"num_operands must be an integer >= 2, got {self.num_operands!r}")
+        if self.max_operands is not None and (not isinstance(self.max_operands, int)
+                                              or self.max_operands < self.num_operands):
+            raise UserError(f"max_operands must be an integer >= num_operands ({self.num_operands}), got "
+                            f"{self.max_operands!r}")
         if not isinstance(self.ops, str) or not self.ops or set(self.ops) - set(_SUPPORTED_OPS):
             raise UserError(f"ops must be a non-empty subset of {_SUPPORTED_OPS!r}, got {self.ops!r}")
 
     def sample_row(self, rng: random.Random) -> dict[str, Any]:
         while True:
-            operands = [str(rng.randrange(10**self.digits)) for _ in range(self.num_operands)]
+            count = self.num_operands if self.max_operands is None else rng.randint(self.num_operands,
+                                                                                    self.max_operands)
+            operands = [str(rng.randrange(10**self.digits)) for _ in range(count)]
             expression = operands[0]
             for operand in operands[1:]:
                 expression += rng.choice(self.ops) + operand

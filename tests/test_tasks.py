@@ -15,6 +15,7 @@ from thermorl.tasks import (
     math_verify_reward,
     parse_task_spec,
     resolve_reward_funcs,
+    task_from_spec,
 )
 from thermorl.tasks.rewards import math_verify_reward as rewards_module_function
 
@@ -116,6 +117,18 @@ def test_arithmetic_rows_match_python_arithmetic():
     operands = [int(x) for row in rows for x in row["prompt"][:-1].replace("-", "+").replace("*", "+").split("+")]
     assert max(operands) >= 100 and max(operands) <= 999
     assert {"+", "-", "*"} <= set("".join(row["prompt"] for row in rows))
+
+
+def test_arithmetic_max_operands_mixes_problem_sizes_and_checks_its_range():
+    task = task_from_spec("arithmetic:digits=1,num_operands=3,max_operands=4,ops=+")
+    rows = task.make_dataset(200, seed=0).to_list()
+    sizes = [row["prompt"].count("+") + 1 for row in rows]
+    assert set(sizes) == {3, 4} and 60 < sizes.count(4) < 140  # uniform over 3-4
+    assert all(int(row["answer"]) == sum(int(d) for d in row["prompt"][:-1].split("+")) for row in rows)
+    fixed = get_task("arithmetic", digits=1, num_operands=3, ops="+").make_dataset(50, seed=0)["prompt"]
+    assert {p.count("+") for p in fixed} == {2}
+    with pytest.raises(UserError, match=r"max_operands must be an integer >= num_operands \(3\), got 2"):
+        task_from_spec("arithmetic:num_operands=3,max_operands=2")
 
 
 def test_arithmetic_allow_negative_false_keeps_results_non_negative():

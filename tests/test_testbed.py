@@ -631,9 +631,9 @@ def test_validation_rows_come_out_of_training_and_leave_held_out_unchanged():
         task.carve_validation(train, 300)
 
 
-def test_early_exit_arms_file_measures_voting_on_canonical_answers_over_the_13_temperature_grid(tmp_path, monkeypatch,
-                                                                                                capsys):
-    """benchmarks/early_exit_arms.yaml on tiny numbers: the 13-temperature grid with greedy at 0.0, K = 64 samples,
+def test_ead_quickstart_arms_file_measures_voting_on_canonical_answers_over_the_13_temperature_grid(
+        tmp_path, monkeypatch, capsys):
+    """benchmarks/ead_quickstart_arms.yaml on tiny numbers: the 13-temperature grid with greedy at 0.0, K = 64 samples,
     rounds of 4: the vote columns are numbers (arithmetic's answers are canonical) and the equal-budget pass@K curve
     reaches K = 64."""
     from pathlib import Path
@@ -641,7 +641,7 @@ def test_early_exit_arms_file_measures_voting_on_canonical_answers_over_the_13_t
     from thermorl.bench.arms import load_arms
     from thermorl.cli import main
 
-    arms = Path(__file__).resolve().parents[1] / "benchmarks" / "early_exit_arms.yaml"
+    arms = Path(__file__).resolve().parents[1] / "benchmarks" / "ead_quickstart_arms.yaml"
     spec = load_arms(arms)
     assert spec["evaluation"]["temperatures"] == [round(0.1 * i, 1) for i in range(13)]
     assert (spec["evaluation"]["samples"], spec["evaluation"]["vote_round_size"]) == (64, 4)
@@ -685,14 +685,19 @@ def test_bench_on_validation_prompts_scores_them_and_keeps_the_held_out_runs_apa
     assert run_plan(spec, "fixed-1.0", 0, {}, tmp_path) == run_plan(old, "fixed-1.0", 0, {}, tmp_path)
 
 
-@pytest.mark.parametrize("name", ["testbed_arms.yaml", "study_arms.yaml", "early_exit_arms.yaml"])
+@pytest.mark.parametrize("name", ["testbed_arms.yaml", "study_arms.yaml", "ead_quickstart_arms.yaml"])
 def test_study_arms_files_load(name):
     from pathlib import Path
 
     from thermorl.bench.arms import load_arms
 
     spec = load_arms(Path(__file__).resolve().parents[1] / "benchmarks" / name)
-    if name != "early_exit_arms.yaml":
+    if name == "ead_quickstart_arms.yaml":  # EAD rescaled to 1-2 character answers, as the file's comment says
+        ead = build_schedule(spec["arms"]["ead"]["temperature_schedule"])
+        assert ead.temperatures(torch.arange(3), 0).tolist() == pytest.approx([1.2, 0.55, 0.1], abs=0.01)
+        assert ead.temperatures(torch.arange(3), 30).tolist() == pytest.approx([1.2, 0.98, 0.71], abs=0.01)
+        assert spec["arms"]["portfolio"]["temperature_portfolio"][3] == spec["arms"]["ead"]["temperature_schedule"]
+    else:
         no_growth = spec["arms"]["ead-no-growth"]["temperature_schedule"]
         assert no_growth["horizon_growth"] == 0.0 and build_schedule(no_growth).alpha == 0.0
     if name == "study_arms.yaml":

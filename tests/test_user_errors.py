@@ -84,6 +84,7 @@ def test_debug_flag_and_environment_variable_show_the_traceback(tmp_path):
         (["--resume_from_checkpoint", "latest"], ["resume_from_checkpoint: latest", "no checkpoint"]),
         (["--resume_from_checkpoint", "nowhere/checkpoint-3"], ["resume_from_checkpoint", "nowhere/checkpoint-3"]),
         (["--bf16", "true"], ["bf16", "CPU"]),
+        (["--warmup_dataset", "arithmetic:digits=1"], ["warmup_dataset", "only model_name_or_path 'thermorl:tiny'"]),
     ],
 )
 def test_value_that_would_fail_later_is_refused_before_training(tiny_recipe, tmp_path, overrides, fragments):
@@ -252,3 +253,25 @@ def test_launch_checks_keys_and_types_only_and_hands_accelerate_the_worker_comma
     assert [args.training_script, *args.training_script_args] == ["thermorl", "train", str(wide), "--seed", "3"]
     with pytest.raises(ValueError, match="'seed' expects an integer, got 'three'"):
         launch([str(wide), "--seed", "three"], options)
+
+
+def test_the_tiny_model_warms_up_on_warmup_dataset_and_refuses_another_task(monkeypatch):
+    """warmup_dataset: the warm-up trains on it (held-out prompts of `dataset` still excluded); it must be the same
+    built-in task as `dataset` (the warm-up teaches that task's answer format), and valid."""
+    from thermorl import train
+    from thermorl.errors import UserError
+    from thermorl.models import warmup
+    from thermorl.recipe import ThermoScriptArguments
+
+    calls = []
+    monkeypatch.setattr(warmup, "warm_tiny_model", lambda settings, held_out_prompts, show_logs: calls.append(
+        (settings.task, held_out_prompts)) or "warmed")
+    script_args = ThermoScriptArguments(dataset="arithmetic:digits=1,num_operands=3,max_operands=4,ops=+",
+                                        warmup_dataset="arithmetic:digits=1,num_operands=3,ops=+")
+    assert train.resolve_model_path("thermorl:tiny", script_args, {"prompt": ["1+2+3+4="]}) == "warmed"
+    assert calls == [("arithmetic:digits=1,num_operands=3,ops=+", ["1+2+3+4="])]
+    for warmup_dataset, message in (("countdown", "must be the same built-in task as dataset ('arithmetic')"),
+                                    ("arithmetic:digitz=1", "unknown option 'digitz'")):
+        script_args.warmup_dataset = warmup_dataset
+        with pytest.raises(UserError, match=re.escape(message)):
+            train.resolve_model_path("thermorl:tiny", script_args)

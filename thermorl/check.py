@@ -161,7 +161,7 @@ def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
     from .tasks.data import is_conversational_prompt
     from .train import (
         build_datasets, check_chat_template, check_dataset_size, check_prompts_fit, check_tiny_model_fits,
-        load_tokenizer, recipe_reward_funcs,
+        check_warmup_settings, load_tokenizer, recipe_reward_funcs,
     )
 
     values, notes = recipe_values_for_this_machine(recipe, argv or [])
@@ -169,6 +169,7 @@ def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
     if model_args.model_name_or_path is None:
         raise UserError("The recipe needs model_name_or_path (a local folder, a hub name, or 'thermorl:tiny').")
     check_launch(model_args, training_args)
+    check_warmup_settings(model_args.model_name_or_path, script_args)
     if model_args.model_name_or_path == TINY_MODEL_NAME:
         check_tiny_model_fits(script_args)
     train, held_out, task = build_datasets(script_args, training_args.seed)

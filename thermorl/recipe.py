@@ -69,6 +69,12 @@ class ThermoScriptArguments:
     )
     warmup_examples: int = field(default=4000, metadata={"help": "SFT examples for the tiny model's warm-up."})
     warmup_epochs: float = field(default=2.0, metadata={"help": "SFT epochs for the tiny model's warm-up."})
+    warmup_dataset: str | None = field(
+        default=None,
+        metadata={"help": "The built-in task the tiny model's warm-up trains on, when it is not `dataset` (e.g. "
+                  "easier problems than RL's, so that some RL prompts start unsolved); default: `dataset`. The "
+                  "warm-up never sees `dataset`'s held-out prompts."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start a new run in an output_dir that holds another run's checkpoints, removing them "

@@ -20,11 +20,13 @@ def resolve_model_path(model_name_or_path: str, script_args, held_out=None) -> s
     from .console import verbose
     from .models.warmup import WarmupSettings, warm_tiny_model
 
+    check_warmup_settings(model_name_or_path, script_args)
     if model_name_or_path != TINY_MODEL_NAME:
         return model_name_or_path
     check_tiny_model_fits(script_args)
     settings = WarmupSettings(
-        task=script_args.dataset, examples=script_args.warmup_examples, epochs=script_args.warmup_epochs,
+        task=script_args.warmup_dataset or script_args.dataset, examples=script_args.warmup_examples,
+        epochs=script_args.warmup_epochs,
         model_size=script_args.tiny_model_size,
     )
     return warm_tiny_model(
@@ -50,10 +52,18 @@ def warm_tiny_model_before_launch(values: dict[str, Any]) -> None:
     resolve_model_path(TINY_MODEL_NAME, script_args, held_out)
 
 
+def check_warmup_settings(model_name_or_path: str, script_args) -> None:
+    """warmup_dataset and the other warm-up fields are the tiny model's: with any other model nothing is warmed up,
+    so a warmup_dataset would be silently ignored."""
+    if model_name_or_path != TINY_MODEL_NAME and script_args.warmup_dataset is not None:
+        raise UserError(f"warmup_dataset '{script_args.warmup_dataset}': only model_name_or_path 'thermorl:tiny' is "
+                        f"warmed up, not '{model_name_or_path}'; remove it")
+
+
 def check_tiny_model_fits(script_args) -> None:
     """`thermorl:tiny` is a character-level model with no chat template, warmed up from scratch on a built-in
     task's answers: it can learn nothing from a user's dataset, so such a recipe is refused before anything runs."""
-    from .tasks import TASKS, parse_task_spec
+    from .tasks import TASKS, parse_task_spec, task_from_spec
 
     if parse_task_spec(script_args.dataset)[0] not in TASKS:
         raise UserError(
@@ -61,6 +71,13 @@ def check_tiny_model_fits(script_args) -> None:
             f"not on dataset '{script_args.dataset}': set model_name_or_path to a hub model such as "
             "Qwen/Qwen3-0.6B or a local model folder"
         )
+    if script_args.warmup_dataset is not None:
+        task_from_spec(script_args.warmup_dataset)  # a typo or a bad option is the user's one-line error
+        warm, trained = parse_task_spec(script_args.warmup_dataset)[0], parse_task_spec(script_args.dataset)[0]
+        if warm != trained:
+            raise UserError(f"warmup_dataset '{script_args.warmup_dataset}': must be the same built-in task as "
+                            f"dataset ('{trained}'), with other options: the warm-up teaches that task's answer "
+                            "format")
     if script_args.prompt_template is not None or script_args.system_prompt is not None:
         raise UserError(
             "prompt_template / system_prompt make prompts conversational, and model_name_or_path 'thermorl:tiny' "
