@@ -270,6 +270,10 @@ def test_arms_that_start_differently_are_refused(tmp_path, capsys):
     arms = _write_arms(tmp_path / "arms.yaml", arms={"a": {}, "b": {"max_steps": 3}}, baseline="a")
     assert main(["bench", str(arms), "--out", str(tmp_path / "out")]) == 2
     assert "arms 'a' and 'b' differ in ['max_steps']" in capsys.readouterr().err
+    warm = _write_arms(tmp_path / "warm.yaml", arms={"a": {}, "b": {"warmup_dataset": "countdown_steps:num_numbers=3"}},
+                       baseline="a")
+    assert main(["bench", str(warm), "--out", str(tmp_path / "out")]) == 2
+    assert "arms 'a' and 'b' differ in ['warmup_dataset']" in capsys.readouterr().err
     assert main(["bench", str(arms), "--out", str(tmp_path / "out"), "--arms", "a", "c"]) == 2
     assert "--arms: ['c'] not in the arms file, whose arms are ['a', 'b']" in capsys.readouterr().err
     assert not (tmp_path / "out" / "runs").exists()

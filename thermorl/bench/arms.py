@@ -185,7 +185,7 @@ def check_arms_share_start(spec: dict[str, Any], extra: dict[str, Any]) -> None:
             raise UserError(f"evaluation.validation_examples {carved} must be below num_train_examples "
                             f"({values['num_train_examples']} in arm {name!r}): the validation prompts are carved out "
                             "of the training prompts")
-        shared = {key: values.get(key) for key in (*START_KEYS, "max_steps")}
+        shared = {key: values.get(key) for key in (*START_KEYS, *OPTIONAL_START_KEYS, "max_steps")}
         if reference is None:
             reference = (name, shared)
         elif shared != reference[1]:
@@ -197,3 +197,6 @@ def check_arms_share_start(spec: dict[str, Any], extra: dict[str, Any]) -> None:
 # The recipe fields that determine the starting policy and its held-out prompts.
 START_KEYS = ("model_name_or_path", "tiny_model_size", "dataset", "dataset_seed", "num_train_examples",
                "num_eval_examples", "warmup_examples", "warmup_epochs", "max_completion_length")
+
+# Start fields added later: in the start cache's key only when set, so that caches made before they existed match.
+OPTIONAL_START_KEYS = ("warmup_dataset",)

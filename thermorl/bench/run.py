@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, refusing_remote_code
-from .arms import START_KEYS, run_plan, validation_examples
+from .arms import OPTIONAL_START_KEYS, START_KEYS, run_plan, validation_examples
 
 # Final metrics of a run, in the order the report shows them.
 FINAL_METRICS = ("pass@1 greedy", "pass@1 T=1", "pass@k T=1", "worst@k T=1")
@@ -188,6 +188,7 @@ def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path, cached_
     path = out / "start.json"
     plan = run_plan(spec, next(iter(spec["arms"])), spec["seeds"][0], extra, out / "start")
     key = {k: plan["recipe"].get(k) for k in START_KEYS} | {"evaluation": spec["evaluation"]}
+    key |= {k: plan["recipe"][k] for k in OPTIONAL_START_KEYS if plan["recipe"].get(k) is not None}
     if path.is_file():
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
