@@ -30,7 +30,14 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 # Tests that pass on plain TRL and are expected to fail with thermorl, each with the reason (test id -> reason).
-KNOWN_EXCEPTIONS: dict[str, str] = {}
+KNOWN_EXCEPTIONS: dict[str, str] = {
+    "TestGRPOTrainer::test_warning_raised_all_rewards_none": (
+        "an example that no reward function scored (all return None) stops training with one line naming the "
+        "function and the example (trainers/reward_guard.py), where TRL warns and trains on a reward of 0"),
+    "TestGRPOTrainer::test_warning_raised_sequence_level_with_token_summed_loss[cispo]": (
+        "importance_sampling_level='sequence' with loss_type='cispo' is refused (UserError: no registry loss is "
+        "that combination), where TRL warns and trains it"),
+}
 
 STANDARD_PROMPTS = [
     "The cat sat on", "Numbers add up when", "A short story about", "Rivers run toward", "Seven plus five is",

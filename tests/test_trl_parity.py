@@ -77,6 +77,10 @@ def test_trl_fields_train_exactly_like_trl(case, tiny_model_dir, varied_reward, 
     metrics = ("loss", "entropy_coef") if "entropy_coef" in TRL_RUNS[case] else ("loss",)
     assert_same_training(trl_trainer, thermo_trainer, tiny_model_dir, metrics)
     assert thermo_trainer.args.policy_loss is None
+    # TRL's public attribute: the coefficient in use, moved by the adaptive controller (0.01 -> 0.04 at its max)
+    assert thermo_trainer.entropy_coef == pytest.approx(trl_trainer.entropy_coef, abs=1e-9)
+    if case == "adaptive_entropy":
+        assert thermo_trainer.entropy_coef == pytest.approx(0.04)
 
 
 @pytest.fixture(scope="module")

@@ -206,6 +206,22 @@ class ThermoGRPOTrainer(GRPOTrainer):
 
     # ---- prompts ------------------------------------------------------------------------------------
 
+    @property
+    def entropy_coef(self) -> float:
+        """TRL's public `trainer.entropy_coef`: the coefficient in use, which the adaptive controller moves. The
+        EntropyBonus component owns it; before the component exists (TRL's __init__, which sets and reads it, before
+        even `self.args`) it is the value TRL set, the config's, which the component then starts from."""
+        bonus = self.__dict__.get("entropy_bonus")
+        return self.__dict__["_entropy_coef_before_components"] if bonus is None else bonus.coef
+
+    @entropy_coef.setter
+    def entropy_coef(self, value: float) -> None:
+        bonus = self.__dict__.get("entropy_bonus")
+        if bonus is None:
+            self.__dict__["_entropy_coef_before_components"] = value
+        else:
+            bonus.coef = value
+
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         if self.prompts.active:  # remove_unused_columns=True would drop the index column before the trainer sees it

@@ -55,7 +55,9 @@ TRL_HOOKS = {
 
 # "Class": private attributes (and the public ones thermorl writes) that its __init__ or methods assign.
 TRL_ATTRIBUTES = {
-    "GRPOTrainer": ("_metrics", "_pending_metrics", "_pending_extra_logs", "_signature_columns", "use_adaptive_entropy"),
+    # entropy_coef: public, and a property of ThermoGRPOTrainer over its EntropyBonus (TRL's __init__ assigns it)
+    "GRPOTrainer": ("_metrics", "_pending_metrics", "_pending_extra_logs", "_signature_columns", "use_adaptive_entropy",
+                    "entropy_coef"),
     "DPOTrainer": ("_metrics", "_signature_columns", "_is_vision_dataset", "_tokenizer"),
     "generation.vllm_generation.VLLMGeneration": ("mode", "tensor_parallel_size", "llm", "vllm_client"),
 }
