@@ -637,9 +637,9 @@ def test_validation_rows_come_out_of_training_and_leave_held_out_unchanged():
 
 def test_ead_quickstart_arms_file_measures_voting_on_canonical_answers_over_the_13_temperature_grid(
         tmp_path, monkeypatch, capsys):
-    """benchmarks/ead_quickstart_arms.yaml on tiny numbers: the 13-temperature grid with greedy at 0.0, K = 64 samples,
+    """benchmarks/ead_quickstart_arms.yaml on tiny numbers: the 13-temperature grid with greedy at 0.0, K = 32 samples,
     rounds of 4: the vote columns are numbers (arithmetic's answers are canonical) and the equal-budget pass@K curve
-    reaches K = 64."""
+    reaches K = 32."""
     from pathlib import Path
 
     from thermorl.bench.arms import load_arms
@@ -648,7 +648,7 @@ def test_ead_quickstart_arms_file_measures_voting_on_canonical_answers_over_the_
     arms = Path(__file__).resolve().parents[1] / "benchmarks" / "ead_quickstart_arms.yaml"
     spec = load_arms(arms)
     assert spec["evaluation"]["temperatures"] == [round(0.1 * i, 1) for i in range(13)]
-    assert (spec["evaluation"]["samples"], spec["evaluation"]["vote_round_size"]) == (64, 4)
+    assert (spec["evaluation"]["samples"], spec["evaluation"]["vote_round_size"]) == (32, 4)
     monkeypatch.setenv("THERMORL_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
     tiny = ["--max_steps", "1", "--warmup_examples", "64", "--warmup_epochs", "1", "--num_train_examples", "32",
@@ -656,10 +656,10 @@ def test_ead_quickstart_arms_file_measures_voting_on_canonical_answers_over_the_
     assert main(["bench", str(arms), "--out", str(out), "--seeds", "0", "--arms", "fixed-1.0", *tiny]) == 0
     grid = json.loads((out / "runs" / "fixed-1.0" / "seed0.json").read_text())["grid"]
     assert "vote n/a" not in grid and 0.0 <= grid["vote samples saved"] < 1.0
-    assert [point["samples"] for point in grid["equal budget curve"]] == [1, 2, 4, 8, 16, 32, 64]
+    assert [point["samples"] for point in grid["equal budget curve"]] == [1, 2, 4, 8, 16, 32]
     assert set(grid["per temperature pass@1"]) == {f"{0.1 * i:.1f}".rstrip("0").rstrip(".") for i in range(13)}
     table = (out / "report.md").read_text()
-    assert "| arm | K=1 | K=2 | K=4 | K=8 | K=16 | K=32 | K=64 |" in table and "n/a" not in table
+    assert "| arm | K=1 | K=2 | K=4 | K=8 | K=16 | K=32 |" in table and "n/a" not in table
 
 
 def test_bench_on_validation_prompts_scores_them_and_keeps_the_held_out_runs_apart(tmp_path, monkeypatch, capsys):
