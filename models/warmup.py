@@ -106,7 +106,13 @@ def warm_tiny_model(
         trainer.train()
         trainer.save_model(str(work / "model"))
         tokenizer.save_pretrained(str(work / "model"))
-        os.replace(work / "model", final)
+        try:
+            os.replace(work / "model", final)
+        except OSError:
+            # Another process (a parallel bench run, a second launch) finished the same warm-up first. The cache
+            # key covers everything the warm-up depends on and it is deterministic, so that model equals this one.
+            if not (final / "config.json").exists():
+                raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return str(final)

@@ -271,3 +271,31 @@ def test_thread_count_is_chosen_by_timing_the_model_unless_the_user_set_one(tiny
     finally:
         torch.set_num_threads(1)
         monkeypatch.setattr(threads, "_enabled", False)
+
+
+def test_a_warm_up_another_process_finished_first_is_kept(tmp_path, monkeypatch):
+    """Two processes warming up the same tiny model (a bench's parallel runs of one seed): the second to finish
+    finds the cache folder taken, keeps the first one's model and leaves no work folder behind; a failure to move
+    the model for any other reason is raised."""
+    from thermorl.models import warmup
+
+    settings = warmup.WarmupSettings(task="arithmetic:digits=1", examples=16, epochs=1, model_size="small")
+    real_replace = os.replace
+
+    def finished_elsewhere_first(source, destination):
+        destination.mkdir()
+        (destination / "config.json").write_text("{}")  # the other process's complete model
+        real_replace(source, destination)  # a non-empty destination folder: OSError
+
+    monkeypatch.setattr(warmup.os, "replace", finished_elsewhere_first)
+    path = warmup.warm_tiny_model(settings, cache_dir=tmp_path)
+    assert (tmp_path / os.path.basename(path) / "config.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [os.path.basename(path)]
+
+    def disk_trouble(source, destination):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(warmup.os, "replace", disk_trouble)
+    with pytest.raises(OSError, match="I/O error"):
+        warmup.warm_tiny_model(warmup.WarmupSettings(task="arithmetic:digits=1", examples=16, epochs=1,
+                                                     model_size="small", seed=1), cache_dir=tmp_path)

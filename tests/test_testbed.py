@@ -701,6 +701,8 @@ def test_study_arms_files_load(name):
         assert ead.temperatures(torch.arange(3), 0).tolist() == pytest.approx([1.2, 0.55, 0.1], abs=0.01)
         assert ead.temperatures(torch.arange(3), 30).tolist() == pytest.approx([1.2, 0.98, 0.71], abs=0.01)
         assert spec["arms"]["portfolio"]["temperature_portfolio"][3] == spec["arms"]["ead"]["temperature_schedule"]
+        recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "ead_sapo.yaml").read_text())
+        assert recipe["temperature_schedule"] == spec["arms"]["ead"]["temperature_schedule"]  # "the ead arm of"
     else:
         no_growth = spec["arms"]["ead-no-growth"]["temperature_schedule"]
         assert no_growth["horizon_growth"] == 0.0 and build_schedule(no_growth).alpha == 0.0
