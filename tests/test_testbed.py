@@ -270,6 +270,9 @@ def test_arms_that_start_differently_are_refused(tmp_path, capsys):
     arms = _write_arms(tmp_path / "arms.yaml", arms={"a": {}, "b": {"max_steps": 3}}, baseline="a")
     assert main(["bench", str(arms), "--out", str(tmp_path / "out")]) == 2
     assert "arms 'a' and 'b' differ in ['max_steps']" in capsys.readouterr().err
+    unseeded = _write_arms(tmp_path / "unseeded.yaml", overrides={"dataset_seed": None, "max_steps": 2})
+    assert main(["bench", str(unseeded), "--out", str(tmp_path / "out")]) == 2
+    assert "arm 'ead': dataset_seed is unset, so each seed would draw its own prompts" in capsys.readouterr().err
     warm = _write_arms(tmp_path / "warm.yaml", arms={"a": {}, "b": {"warmup_dataset": "countdown_steps:num_numbers=3"}},
                        baseline="a")
     assert main(["bench", str(warm), "--out", str(tmp_path / "out")]) == 2

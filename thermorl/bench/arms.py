@@ -185,6 +185,10 @@ def check_arms_share_start(spec: dict[str, Any], extra: dict[str, Any]) -> None:
             raise UserError(f"evaluation.validation_examples {carved} must be below num_train_examples "
                             f"({values['num_train_examples']} in arm {name!r}): the validation prompts are carved out "
                             "of the training prompts")
+        if values.get("dataset_seed") is None:
+            raise UserError(f"arm {name!r}: dataset_seed is unset, so each seed would draw its own prompts and warm-up "
+                            "and the report's start would be one seed's; set dataset_seed (e.g. 0) in the arms file's "
+                            "overrides")
         shared = {key: values.get(key) for key in (*START_KEYS, *OPTIONAL_START_KEYS, "max_steps")}
         if reference is None:
             reference = (name, shared)
