@@ -18,7 +18,6 @@ LOG_RATIO_CLAMP = 20.0
 CLIP_RANGES = {"eps_low": "[0, 1)", "eps_high": "[0, inf)", "delta": "(1, inf)"}
 
 
-
 @dataclass
 class PolicyTerms:
     """What a token-level loss returns; `losses.policy_loss` weights, adds the KL penalty and aggregates.

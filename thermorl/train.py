@@ -323,6 +323,9 @@ def train(model_args, training_args, script_args, callbacks: list | None = None,
     from .tracking import prepare_reporting
 
     check_launch(model_args, training_args)
+    check_warmup_settings(model_args.model_name_or_path, script_args)  # before any folder or CPU probe
+    if model_args.model_name_or_path == TINY_MODEL_NAME:
+        check_tiny_model_fits(script_args)
     # The output folder checked (no run or model overwritten, `latest` must exist and be complete) and locked for
     # this run; third-party logs go to its thermorl.log, and the `thermorl` command picks the faster CPU thread
     # count for this model.
