@@ -269,7 +269,14 @@ def test_arms_that_start_differently_are_refused(tmp_path, capsys):
 
     arms = _write_arms(tmp_path / "arms.yaml", arms={"a": {}, "b": {"max_steps": 3}}, baseline="a")
     assert main(["bench", str(arms), "--out", str(tmp_path / "out")]) == 2
-    assert "arms 'a' and 'b' differ in ['max_steps']" in capsys.readouterr().err
+    assert "arms 'a' and 'b' differ in ['rollouts sampled (max_steps x batch / num_iterations)']" in capsys.readouterr().err
+    # Reusing each rollout batch twice over twice the steps samples as many rollouts: the same budget.
+    reuse = _write_arms(tmp_path / "reuse.yaml", arms={"a": {}, "b": {"max_steps": 4, "num_iterations": 2}}, baseline="a")
+    from thermorl.bench.arms import check_arms_share_start, load_arms
+
+    check_arms_share_start(load_arms(reuse), {})
+    with pytest.raises(ValueError, match="differ in"):  # twice the steps without the reuse: twice the rollouts
+        check_arms_share_start(load_arms(reuse), {"num_iterations": 1})
     unseeded = _write_arms(tmp_path / "unseeded.yaml", overrides={"dataset_seed": None, "max_steps": 2})
     assert main(["bench", str(unseeded), "--out", str(tmp_path / "out")]) == 2
     assert "arm 'ead': dataset_seed is unset, so each seed would draw its own prompts" in capsys.readouterr().err
@@ -529,7 +536,10 @@ def test_report_pairs_each_arm_with_its_own_baseline_and_summarises_training_sig
     assert signal["mean"]["mean"] == pytest.approx(0.015) and signal["last quarter"]["mean"] == pytest.approx(0.03)
     assert "sapo/gate_weight_mean" not in arms["grpo-s4"]["signals"] and "never-logged" not in arms["sapo-s4"]["signals"]
     table = markdown(report)
-    assert "steps to its baseline's final T=1 pass@1" in table
+    assert "steps (rollouts) to its baseline's final T=1 pass@1" in table
+    assert arms["sapo-s4"]["rollouts_to_baseline_final"] == next(
+        point["rollouts"] for point in arms["sapo-s4"]["curve"] if point["step"] == 2) > 0
+    assert f"| 2 ({arms['sapo-s4']['rollouts_to_baseline_final']:,.0f}) |" in table
     assert "| sapo-s4 | grpo-s4 | pass@1 T=1 | 2 | +0.100 ± " in table
     assert "| grpo-s4 | 0.015 ± " in table and "| not logged |" in table
     assert "never-logged" not in table
@@ -712,8 +722,13 @@ def test_study_arms_files_load(name):
     if name == "study_arms.yaml":
         methods = {arm.split("-")[0] for arm in spec["arms"]}
         assert {m: sum(arm.startswith(m) for arm in spec["arms"]) for m in methods} == {
-            "fixed": 3, "ead": 3, "portfolio": 3}
+            "fixed": 3, "ead": 3, "portfolio": 3, "adpo": 3}
         assert spec["evaluation"]["split"] == "validation"
+        # ADPO reuses each rollout batch: its optimizer steps per generation times the generations must sample as
+        # many rollouts as every other arm's.
+        for arm in (arm for arm in spec["arms"] if arm.startswith("adpo")):
+            settings = spec["arms"][arm]
+            assert settings["max_steps"] / settings["num_iterations"] == spec["overrides"]["max_steps"]
 
 
 def test_horizon_growth_makes_the_testbed_ead_arm_a_hot_fixed_temperature():

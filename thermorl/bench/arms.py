@@ -91,7 +91,7 @@ def load_arms(path: str | Path) -> dict[str, Any]:
     for name, arm in arms.items():
         values = {**read_recipe(spec["recipe"]), **overrides, **arm}
         try:
-            load_recipe(values)
+            training_args = load_recipe(values)[1]
         except ValueError as error:
             raise UserError(f"arms file {path}: arm {name!r}: {error}") from None
         if values.get("trainer", "grpo") != "grpo":
@@ -177,7 +177,7 @@ def check_arms_share_start(spec: dict[str, Any], extra: dict[str, Any]) -> None:
     for name in spec["arms"]:
         values = run_plan(spec, name, 0, extra, Path("."))["recipe"]
         try:
-            load_recipe(values)
+            training_args = load_recipe(values)[1]
         except ValueError as error:
             raise UserError(f"arm {name!r} with the command-line overrides: {error}") from None
         carved = validation_examples(spec["evaluation"])
@@ -189,13 +189,18 @@ def check_arms_share_start(spec: dict[str, Any], extra: dict[str, Any]) -> None:
             raise UserError(f"arm {name!r}: dataset_seed is unset, so each seed would draw its own prompts and warm-up "
                             "and the report's start would be one seed's; set dataset_seed (e.g. 0) in the arms file's "
                             "overrides")
-        shared = {key: values.get(key) for key in (*START_KEYS, *OPTIONAL_START_KEYS, "max_steps")}
+        shared = {key: values.get(key) for key in (*START_KEYS, *OPTIONAL_START_KEYS)}
+        # The training budget is the rollouts sampled: an arm that uses each rollout batch num_iterations times
+        # takes that many more optimizer steps for the same rollouts.
+        shared["rollouts sampled (max_steps x batch / num_iterations)"] = (
+            training_args.max_steps * training_args.per_device_train_batch_size
+            * training_args.gradient_accumulation_steps / training_args.num_iterations)
         if reference is None:
             reference = (name, shared)
         elif shared != reference[1]:
             differing = sorted(key for key in shared if shared[key] != reference[1][key])
             raise UserError(f"arms {reference[0]!r} and {name!r} differ in {differing}: every arm must start from "
-                            "the same policy, prompts and steps")
+                            "the same policy and prompts and sample as many rollouts")
 
 
 # The recipe fields that determine the starting policy and its held-out prompts.

@@ -103,8 +103,9 @@ def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float],
     for arm, reference in {**{base: base for base in compared.values()}, **compared}.items():
         if arm in arms and reference in arms:
             target = arms[reference]["final"]["pass@1 T=1"]["mean"]
-            reached = [p["step"] for p in arms[arm]["curve"] if p["pass@1 T=1"]["mean"] >= target]
-            arms[arm]["steps_to_baseline_final"] = reached[0] if reached else None
+            reached = [p for p in arms[arm]["curve"] if p["pass@1 T=1"]["mean"] >= target]
+            arms[arm]["steps_to_baseline_final"] = reached[0]["step"] if reached else None
+            arms[arm]["rollouts_to_baseline_final"] = reached[0]["rollouts"] if reached else None
     compare = compare or columns
     paired = {"baseline": baseline, "metrics": compare, "comparisons": compare_pairs(by_arm_seed, compared, compare)}
     start_metrics = run_metrics({"final": {m: start[m] for m in FINAL_METRICS if m in start},
@@ -141,15 +142,19 @@ def markdown(report: dict[str, Any]) -> str:
     scored = "validation" if report.get("split") == "validation" else "held-out"
     reference = "its baseline" if isinstance(report["baseline"], dict) else report["baseline"]
     lines = ["| arm | seeds | " + " | ".join(f"{scored} {n}" for n in names)
-             + f" | steps to {reference}'s final T=1 pass@1 | rollouts sampled |",
+             + f" | steps (rollouts) to {reference}'s final T=1 pass@1 | rollouts sampled |",
              "|---|---|" + "---|" * (len(names) + 2)]
     lines.append("| start (warmed-up policy) | | " + " | ".join(f"{report['start'][m]:.3f}" for m in FINAL_METRICS)
                  + " | | |")
     for arm, values in report["arms"].items():
         cells = [f"{values['final'][m]['mean']:.3f} ± {values['final'][m]['ci95']:.3f}" for m in FINAL_METRICS]
         reached = values.get("steps_to_baseline_final", "no baseline run" if arm in report["compared"] else "")
+        if reached is None:
+            reached = "not reached"
+        elif isinstance(reached, int):
+            reached = f"{reached} ({values['rollouts_to_baseline_final']:,.0f})"
         lines.append(f"| {arm} | {len(values['seeds'])} | " + " | ".join(cells)
-                     + f" | {'not reached' if reached is None else reached} | {values['curve'][-1]['rollouts']:,.0f} |")
+                     + f" | {reached} | {values['curve'][-1]['rollouts']:,.0f} |")
     lines.append("")
     lines.append("Mean ± half-width of the 95% Student-t interval over seeds (± 0.000 with one seed: no interval).")
     if report.get("split") == "validation":
