@@ -85,7 +85,7 @@ def test_compare_pairs_corrects_across_the_whole_table():
                 for seed, t1 in enumerate([0.2, 0.0, 0.1, 0.3])},
         "new": {7: {"pass@1 greedy": 0.9}},  # no seed shared with the baseline; no T=1 number at all
     }
-    table = compare_pairs(runs, {"hot": "base", "new": "base"}, ["pass@1 greedy", "pass@1 T=1"])
+    table = compare_pairs(runs, [("hot", "base"), ("new", "base")], ["pass@1 greedy", "pass@1 T=1"])
     assert [(row["arm"], row["metric"]) for row in table] == [
         ("hot", "pass@1 greedy"), ("hot", "pass@1 T=1"), ("new", "pass@1 greedy"), ("new", "pass@1 T=1")]
     greedy, hot_t1 = table[0]["comparison"], table[1]["comparison"]
@@ -104,7 +104,7 @@ def test_compare_pairs_gives_each_arm_its_own_baseline():
     own baseline, one Holm correction over the table, and a pair whose arm has no runs is left out."""
     runs = {"grpo-s4": {0: {"m": 0.5}, 1: {"m": 0.4}}, "sapo-s4": {0: {"m": 0.6}, 1: {"m": 0.6}},
             "grpo-s8": {0: {"m": 0.1}, 1: {"m": 0.3}}, "sapo-s8": {0: {"m": 0.2}, 1: {"m": 0.2}}}
-    table = compare_pairs(runs, {"sapo-s4": "grpo-s4", "sapo-s8": "grpo-s8", "sapo-s2": "grpo-s2"}, ["m"])
+    table = compare_pairs(runs, [("sapo-s4", "grpo-s4"), ("sapo-s8", "grpo-s8"), ("sapo-s2", "grpo-s2")], ["m"])
     assert [(row["arm"], row["baseline"]) for row in table] == [("sapo-s4", "grpo-s4"), ("sapo-s8", "grpo-s8")]
     s4, s8 = (row["comparison"] for row in table)
     assert s4["mean difference"] == pytest.approx(0.15) and s4["wins"] == 2

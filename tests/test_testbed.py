@@ -247,6 +247,9 @@ def _write_arms(path, **changes):
         ({"baseline": "fixed-2"}, r"baseline 'fixed-2' is not one of the arms"),
         ({"baseline": {"ead": "fixed-2"}}, r"baseline \{'ead': 'fixed-2'\}: 'fixed-2' is not one of the arms"),
         ({"baseline": {"ead": "ead"}}, r"an arm is not compared with itself"),
+        ({"baseline": {"ead": ["fixed-1.0", "fixed-2"]}}, r"'fixed-2' is not one of the arms"),
+        ({"baseline": {"ead": ["fixed-1.0", "ead"]}}, r"an arm is not compared with itself"),
+        ({"baseline": {"ead": []}}, r"baseline \{'ead': \[\]\}: name at least one baseline"),
         ({"signals": "entropy"}, r"'signals' must be a list of logged metric names"),
         ({"seeds": [0, 0]}, r"'seeds' lists a seed twice"),
         ({"evaluation": {"samples": 0}}, r"evaluation.samples must be an integer >= 1"),
@@ -504,12 +507,14 @@ def test_report_compares_arms_at_each_evaluation_temperature_and_pairs_them_by_s
 
 
 def test_report_pairs_each_arm_with_its_own_baseline_and_summarises_training_signals(tmp_path):
-    """baseline as a mapping: each arm against its own baseline (steps to that baseline's final too), arms outside
-    every pair are not compared; the named training signals are averaged over seeds, "not logged" where absent."""
+    """baseline as a mapping: each arm against its own baseline (steps to that baseline's final too), or against
+    several (a list: steps to the first one's final; the others are controls), arms outside every pair are not
+    compared; the named training signals are averaged over seeds, "not logged" where absent."""
     from thermorl.bench.report import aggregate, markdown
 
     finals = {"grpo-s4": [(0.30, 0.20), (0.40, 0.30)], "sapo-s4": [(0.35, 0.30), (0.45, 0.40)],
-              "grpo-s8": [(0.20, 0.10), (0.30, 0.20)], "sapo-s8": [(0.10, 0.10), (0.20, 0.10)], "other": [(0.5, 0.5)]}
+              "grpo-s8": [(0.20, 0.10), (0.30, 0.20)], "sapo-s8": [(0.10, 0.10), (0.20, 0.10)], "other": [(0.5, 0.5)],
+              "control": [(0.9, 0.9), (0.9, 0.9)]}
     for arm, by_seed in finals.items():
         for seed, (greedy, at_1) in enumerate(by_seed):
             _write_run(tmp_path, arm, seed, _final(greedy, at_1))
@@ -520,16 +525,19 @@ def test_report_pairs_each_arm_with_its_own_baseline_and_summarises_training_sig
                 run["training"]["sapo/gate_weight_mean"] = {"mean": 0.9, "last quarter": 0.8}
             run_path.write_text(json.dumps(run))
     spec = {"arms": {arm: {} for arm in finals}, "seeds": [0, 1], "evaluation": {"samples": 8, "temperatures": None},
-            "baseline": {"sapo-s4": "grpo-s4", "sapo-s8": "grpo-s8"},
+            "baseline": {"sapo-s4": ["grpo-s4", "control"], "sapo-s8": "grpo-s8"},
             "signals": ["ratio/abs_log_mean", "sapo/gate_weight_mean", "never-logged"]}
     report = aggregate(spec, tmp_path, _final(0.3, 0.1))
     rows = {(row["arm"], row["baseline"], row["metric"]): row["comparison"] for row in report["paired"]["comparisons"]}
-    assert set(rows) == {(arm, base, metric) for arm, base in spec["baseline"].items()
+    assert set(rows) == {(arm, base, metric) for arm, base in [("sapo-s4", "grpo-s4"), ("sapo-s4", "control"),
+                                                               ("sapo-s8", "grpo-s8")]
                          for metric in ("pass@1 greedy", "pass@1 T=1")}
+    assert report["compared"] == ["sapo-s4", "sapo-s8"]
+    assert rows[("sapo-s4", "control", "pass@1 T=1")]["mean difference"] == pytest.approx(-0.55)
     assert rows[("sapo-s4", "grpo-s4", "pass@1 T=1")]["mean difference"] == pytest.approx(0.1)
     assert rows[("sapo-s8", "grpo-s8", "pass@1 T=1")]["mean difference"] == pytest.approx(-0.05)
     arms = report["arms"]
-    assert arms["sapo-s4"]["steps_to_baseline_final"] == 2  # reaches grpo-s4's final 0.25 at its last point
+    assert arms["sapo-s4"]["steps_to_baseline_final"] == 2  # reaches grpo-s4's final 0.25 (not control's 0.9)
     assert arms["sapo-s8"]["steps_to_baseline_final"] is None  # 0.10 never reaches grpo-s8's 0.15
     assert "steps_to_baseline_final" not in arms["other"]
     signal = arms["grpo-s4"]["signals"]["ratio/abs_log_mean"]
@@ -541,6 +549,7 @@ def test_report_pairs_each_arm_with_its_own_baseline_and_summarises_training_sig
         point["rollouts"] for point in arms["sapo-s4"]["curve"] if point["step"] == 2) > 0
     assert f"| 2 ({arms['sapo-s4']['rollouts_to_baseline_final']:,.0f}) |" in table
     assert "| sapo-s4 | grpo-s4 | pass@1 T=1 | 2 | +0.100 ± " in table
+    assert "| sapo-s4 | control | pass@1 T=1 | 2 | -0.550 ± " in table
     assert "| grpo-s4 | 0.015 ± " in table and "| not logged |" in table
     assert "never-logged" not in table
 

@@ -55,13 +55,16 @@ def load_arms(path: str | Path) -> dict[str, Any]:
     if isinstance(baseline, dict):
         if not baseline:
             raise UserError(f"arms file {path}: 'baseline' must name an arm or map arms to their baselines")
-        for arm, its_baseline in baseline.items():
-            for name in (arm, its_baseline):
+        for arm, its_baselines in baseline.items():
+            named = its_baselines if isinstance(its_baselines, list) else [its_baselines]
+            if not named:
+                raise UserError(f"arms file {path}: baseline {{{arm!r}: []}}: name at least one baseline")
+            for name in (arm, *named):
                 if name not in arms:
-                    raise UserError(f"arms file {path}: baseline {{{arm!r}: {its_baseline!r}}}: {name!r} is not one "
+                    raise UserError(f"arms file {path}: baseline {{{arm!r}: {its_baselines!r}}}: {name!r} is not one "
                                     f"of the arms {list(arms)}")
-            if arm == its_baseline:
-                raise UserError(f"arms file {path}: baseline {{{arm!r}: {its_baseline!r}}}: an arm is not compared "
+            if arm in named:
+                raise UserError(f"arms file {path}: baseline {{{arm!r}: {its_baselines!r}}}: an arm is not compared "
                                 "with itself")
     elif baseline not in arms:
         raise UserError(f"arms file {path}: baseline {baseline!r} is not one of the arms {list(arms)}")
@@ -146,13 +149,16 @@ def validation_examples(evaluation: dict[str, Any]) -> int:
     return evaluation["validation_examples"] if evaluation.get("split") == "validation" else 0
 
 
-def pairs(spec: dict[str, Any]) -> dict[str, str]:
-    """{arm: its baseline} for every compared arm present in the spec: every other arm against the one baseline, or
-    the arms file's mapping."""
+def pairs(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(arm, baseline) for every comparison whose two arms are in the spec: every other arm against the one
+    baseline, or the arms file's mapping, where an arm may have several baselines (a list: the first is the one
+    whose final accuracy it is timed to reach, the others are controls, such as a loss against the same loss
+    settings without it)."""
     baseline, arms = spec["baseline"], spec["arms"]
     if isinstance(baseline, dict):
-        return {arm: base for arm, base in baseline.items() if arm in arms and base in arms}
-    return {arm: baseline for arm in arms if arm != baseline}
+        return [(arm, base) for arm, bases in baseline.items()
+                for base in (bases if isinstance(bases, list) else [bases]) if arm in arms and base in arms]
+    return [(arm, baseline) for arm in arms if arm != baseline]
 
 
 def run_plan(spec: dict[str, Any], arm: str, seed: int, extra: dict[str, Any], run_dir: Path) -> dict[str, Any]:

@@ -5,7 +5,8 @@ and how to evaluate:
 
     recipe: testbed                    # a built-in recipe name or a YAML path (relative to the arms file)
     overrides: {max_steps: 300}        # applied to every arm
-    baseline: fixed-1.0                # the arm whose final accuracy the others must reach
+    baseline: fixed-1.0                # the arm whose final accuracy the others must reach; or each arm's own:
+                                       # {ead: fixed-1.0, sapo: [grpo, grpo-reuse]} (after the first, controls)
     seeds: [0, 1, 2]
     evaluation: {samples: 8, every: 50, batch_size: 256, temperatures: [0.6, 1.0, 1.2]}
     arms:

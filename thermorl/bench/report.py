@@ -99,8 +99,10 @@ def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float],
             if all(run["grid"].get("equal budget curve") for run in runs):
                 grid["equal budget curve"] = equal_budget_curve([run["grid"]["equal budget curve"] for run in runs])
     baseline, compared = spec["baseline"], pairs(spec)
-    # Each arm's reference: its baseline's final accuracy (a baseline's own: it reaches it at its last point)
-    for arm, reference in {**{base: base for base in compared.values()}, **compared}.items():
+    # Each arm's reference: its (first) baseline's final accuracy (a baseline's own: it reaches it at its last point)
+    references = {base: base for _, base in compared}
+    references.update({arm: base for arm, base in reversed(compared)})
+    for arm, reference in references.items():
         if arm in arms and reference in arms:
             target = arms[reference]["final"]["pass@1 T=1"]["mean"]
             reached = [p for p in arms[arm]["curve"] if p["pass@1 T=1"]["mean"] >= target]
@@ -113,7 +115,8 @@ def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float],
     return {"baseline": baseline, "k": spec["evaluation"]["samples"], "temperatures": temperatures,
             "split": spec["evaluation"].get("split", "held_out"), "start": start,
             "start pass@1 by temperature": {column: start_metrics.get(column) for column in columns},
-            "arms": arms, "seeds": spec["seeds"], "paired": paired, "compared": list(compared),
+            "arms": arms, "seeds": spec["seeds"], "paired": paired,
+            "compared": list(dict.fromkeys(arm for arm, _ in compared)),
             "signals": signals}
 
 

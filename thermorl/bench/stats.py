@@ -85,9 +85,9 @@ def paired_comparison(arm: Mapping[int, float], baseline: Mapping[int, float]) -
     }
 
 
-def compare_pairs(runs: Mapping[str, Mapping[int, Mapping[str, float]]], pairs: Mapping[str, str],
+def compare_pairs(runs: Mapping[str, Mapping[int, Mapping[str, float]]], pairs: Sequence[tuple[str, str]],
                   metrics: Sequence[str]) -> list[dict]:
-    """Each arm against its baseline (`pairs[arm]`) on each metric, with Holm-adjusted p-values across the whole
+    """Each (arm, baseline) of `pairs` on each metric, with Holm-adjusted p-values across the whole
     table.
 
     `runs[arm][seed]` holds that run's metrics by name (a metric the run lacks is simply absent). A pair with no
@@ -98,7 +98,7 @@ def compare_pairs(runs: Mapping[str, Mapping[int, Mapping[str, float]]], pairs: 
 
     table = [{"arm": arm, "baseline": baseline, "metric": metric,
               "comparison": paired_comparison(by_seed(arm, metric), by_seed(baseline, metric))}
-             for arm, baseline in pairs.items() if arm in runs and baseline in runs for metric in metrics]
+             for arm, baseline in pairs if arm in runs and baseline in runs for metric in metrics]
     compared = [row["comparison"] for row in table if row["comparison"] is not None]
     for comparison, adjusted in zip(compared, holm([c["p"] for c in compared])):
         comparison["p holm"] = adjusted
