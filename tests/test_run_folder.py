@@ -191,16 +191,27 @@ def test_every_field_named_in_the_resume_rules_is_a_recipe_field():
 
 # Item 8: Ctrl-C ---------------------------------------------------------------------------------------------------
 
+def interruptible():
+    """For a child that Ctrl-C must reach: SIGINT at its default, as in a terminal. A test run started in the
+    background by a non-interactive shell (`pytest &`) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt: the run would train on, untouched by the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_names_the_newest_checkpoint_exits_130_and_the_checkpoint_resumes(recipe, tmp_path):
     folder = tmp_path / "interrupted"
     process = subprocess.Popen([sys.executable, "-m", "thermorl", "train", recipe, "--output_dir", folder,
                                 "--max_steps", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"})
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"},
+                               preexec_fn=interruptible)
     deadline = time.monotonic() + 300
     while not (folder / "checkpoint-2").is_dir() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()  # a run the signal did not stop must not train on after the test
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr and "Traceback" not in stdout
@@ -224,7 +235,7 @@ def test_ctrl_c_under_a_launch_is_one_line_from_one_worker(recipe, tmp_path):
                                 "--max_steps", "1000", "--accelerate_config", "cpu_zero2", "--main_process_port",
                                 str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"},
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=interruptible)
     deadline = time.monotonic() + 300
     while not (folder / "checkpoint-2").is_dir() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

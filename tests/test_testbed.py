@@ -740,6 +740,25 @@ def test_study_arms_files_load(name):
             assert settings["max_steps"] / settings["num_iterations"] == spec["overrides"]["max_steps"]
 
 
+def test_k64_arms_file_trains_as_the_ead_quickstart_arms_and_only_samples_more():
+    """benchmarks/ead_quickstart_k64_arms.yaml says its runs train with ead_quickstart_arms.yaml's settings and only
+    the evaluation draws 64 samples per temperature instead of 32: every run plan but the sample count agrees."""
+    from pathlib import Path
+
+    from thermorl.bench.arms import load_arms, run_plan
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    k32, k64 = load_arms(benchmarks / "ead_quickstart_arms.yaml"), load_arms(benchmarks / "ead_quickstart_k64_arms.yaml")
+    assert (k32["evaluation"]["samples"], k64["evaluation"]["samples"]) == (32, 64)
+    assert k64["seeds"] == k32["seeds"] and k64["baseline"] == k32["baseline"]
+    for arm in k64["arms"]:
+        for seed in k64["seeds"]:
+            plans = [run_plan(spec, arm, seed, {}, Path("run")) for spec in (k32, k64)]
+            for plan in plans:
+                plan["evaluation"] = {k: v for k, v in plan["evaluation"].items() if k != "samples"}
+            assert plans[0] == plans[1]
+
+
 def test_horizon_growth_makes_the_testbed_ead_arm_a_hot_fixed_temperature():
     """Why the testbed has an EAD arm without growth: sized to 20 tokens with the paper's growth, every position of a 22-token trace is
     above 1.0 by step 25 and the mean is ~1.19 at step 300; without growth step 300 is step 0 (1.2 down to 0.1)."""
