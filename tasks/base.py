@@ -60,7 +60,7 @@ class Task(ABC):
 
     def make_dataset(self, n: int, seed: int, exclude_prompts: Iterable[str] = ()) -> Dataset:
         """n rows with distinct prompts, none in `exclude_prompts`; the same seed gives the same rows."""
-        return Dataset.from_list(self._distinct_rows(n, random.Random(seed), set(exclude_prompts)))
+        return self.rows_dataset(self._distinct_rows(n, random.Random(seed), set(exclude_prompts)))
 
     def make_splits(self, n_train: int, n_eval: int, seed: int) -> tuple[Dataset, Dataset]:
         """Train rows and held-out rows whose prompts are disjoint, from the same distribution.
@@ -77,11 +77,15 @@ class Task(ABC):
         if self.uneven_prompts:
             rows = self._distinct_rows(n_train + n_eval, random.Random(seed), set())
             random.Random(f"{self.name}-split-{seed}").shuffle(rows)
-            return Dataset.from_list(rows[:n_train]), Dataset.from_list(rows[n_train:])
+            return self.rows_dataset(rows[:n_train]), self.rows_dataset(rows[n_train:])
         train_rows = self._distinct_rows(n_train, random.Random(seed), set())
         eval_rng = random.Random(f"{self.name}-eval-{seed}")
         eval_rows = self._distinct_rows(n_eval, eval_rng, {row["prompt"] for row in train_rows})
-        return Dataset.from_list(train_rows), Dataset.from_list(eval_rows)
+        return self.rows_dataset(train_rows), self.rows_dataset(eval_rows)
+
+    def rows_dataset(self, rows: list[dict[str, Any]]) -> Dataset:
+        """The dataset of generated rows, as a trainer reads them (a chat task makes each prompt a conversation)."""
+        return Dataset.from_list(rows)
 
     def carve_validation(self, train: Dataset, n_validation: int) -> tuple[Dataset, Dataset]:
         """(training rows left, validation rows): n_validation rows taken at random out of `train` (the same rows

@@ -30,7 +30,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, get_dataset_config_names, load_dataset
-from datasets.exceptions import DatasetGenerationError
+from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
 from datasets.features.features import require_decoding
 from pyarrow.lib import ArrowException
 
@@ -83,9 +83,37 @@ def _load_file(source: str, split: str) -> Dataset:
     try:
         return load_dataset(LOCAL_BUILDERS[path.suffix.lower()], data_files={split: str(path)}, split=split)
     except (DatasetGenerationError, ArrowException, ValueError) as error:
-        # datasets wraps the reader's own message (the row or byte that is wrong) in a generic one.
+        # datasets wraps the reader's own message (the row or byte that is wrong) in a generic one; for JSON the
+        # reader's message can name only a byte position, so the line is found here.
         cause = error.__cause__ or error
-        raise UserError(f"dataset file {source} cannot be read: {type(cause).__name__}: {cause}") from error
+        problem = _json_problem(path) if LOCAL_BUILDERS[path.suffix.lower()] == "json" else None
+        message = " ".join(str(cause).split())
+        raise UserError(f"dataset file {source} cannot be read: {problem or f'{type(cause).__name__}: {message}'}"
+                        ) from error
+
+
+def _json_problem(path: Path) -> str | None:
+    """Where a JSON or JSON Lines file is not valid: a JSON document (starting with '[' or '{' and spanning lines)
+    as a whole, else each line as one row; None when every line is a JSON object."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if text.lstrip().startswith("[") or path.suffix.lower() == ".json" and text.count("\n") <= 1:
+        try:
+            json.loads(text)
+        except ValueError as error:
+            return f"not valid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        return None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            return (f"line {number} is not valid JSON (column {error.colno}: {error.msg}); each line must be one JSON "
+                    "object")
+        if not isinstance(row, dict):
+            return (f"line {number} is a JSON {type(row).__name__}, not an object; each line must be one JSON object "
+                    "(a row)")
+    return None
 
 
 def local_folder_cache_dir(folder: Path) -> str:
@@ -120,9 +148,17 @@ def _load_hub(source: str, config: str | None, split: str) -> Dataset:
         raise
     except ConnectionError as error:
         raise UserError(
-            f"dataset {source!r}: {error}; offline, point dataset at a local copy (a data file, or the repo's folder "
-            "from `hf download --repo-type dataset`)"
+            f"dataset {source!r}: {_not_local(source)}{error}; offline, point dataset at a local copy (a data file, or "
+            "the repo's folder from `hf download --repo-type dataset`)"
         ) from None
+    except DatasetNotFoundError as error:
+        raise UserError(f"dataset {source!r}: {_not_local(source)}{' '.join(str(error).split())}") from None
+
+
+def _not_local(source: str) -> str:
+    """What a dataset name that reached the Hub is not, so that a typo of a task or file is seen as one."""
+    return (f"not a built-in task ({', '.join(sorted(TASKS))}), a data file ({', '.join(LOCAL_BUILDERS)}) or a local "
+            "folder; as a hub dataset: ")
 
 
 def is_conversational_prompt(prompt) -> bool:
@@ -243,6 +279,15 @@ def prompt_text(prompt: Any, tokenizer, chat_template_kwargs: dict[str, Any] | N
             prompt, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
         )
     raise UserError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}: {prompt!r:.80}")
+
+
+def prompt_token_ids(prompt: Any, tokenizer, chat_template_kwargs: dict[str, Any] | None = None) -> list[int]:
+    """The token ids TRL's GRPOTrainer generates from (GRPOTrainer._tokenize_prompts): a conversation through the
+    chat template, which writes any start token itself, tokenized without adding special tokens (as
+    apply_chat_template(tokenize=True) does); a string tokenized with the tokenizer's special tokens, as TRL's
+    processing_class(text=...) call does (a Llama-style tokenizer's BOS)."""
+    text = prompt_text(prompt, tokenizer, chat_template_kwargs)
+    return tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"]
 
 
 # Tokens a chat template or special token may add beyond the ones measured on row 1 (see check_prompt_lengths).

@@ -84,11 +84,17 @@ def resolve_reward_funcs(specs: list[str]) -> list[Callable[..., list[float]]]:
     return funcs
 
 
+class RewardModuleFailed(UserError, ImportError):
+    pass
+
+
 def _import_module(module_name: str, path: str):
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         raise RewardModuleNotFound(f"cannot import module {module_name!r} for {path!r}: {error}") from error
+    except Exception as error:  # the user's module fails as it is imported: a syntax error, or code that raises
+        raise RewardModuleFailed(_import_failure(f"reward module {module_name!r} (for {path!r})", error)) from error
 
 
 def _import_file(file_name: str):
@@ -97,5 +103,19 @@ def _import_file(file_name: str):
         raise UserError(f"reward file not found: {file_name}")
     spec = importlib.util.spec_from_file_location(file.stem, file)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # as in _import_module
+        raise RewardModuleFailed(_import_failure(f"reward file {file_name!r}", error)) from error
     return module
+
+
+def _import_failure(what: str, error: Exception) -> str:
+    """"reward file 'rewards.py' raised SyntaxError: invalid syntax (rewards.py, line 3) as it was imported": with
+    the line of the user's code it failed at (a SyntaxError names it in its message)."""
+    import traceback
+
+    frames = [] if isinstance(error, SyntaxError) else traceback.extract_tb(error.__traceback__)
+    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    message = " ".join(str(error).split())
+    return f"reward_funcs: {what} raised {type(error).__name__}: {message}{where} as it was imported"

@@ -117,3 +117,90 @@ def test_mean_interval_is_the_one_bench_uses():
 
     assert report.mean_interval is mean_interval
     assert mean_interval([0.7]) == {"mean": 0.7, "ci95": 0.0, "n": 1}
+
+
+def test_prompt_bootstrap_against_hand_cases_and_a_direct_computation():
+    import numpy as np
+
+    from thermorl.bench.stats import BOOTSTRAP_REPLICATES, BOOTSTRAP_SEED, prompt_bootstrap
+
+    # Two prompts whose seed-averaged differences are 0 and 1: a resample's mean is 0, 0.5 or 1 (with probabilities
+    # 1/4, 1/2, 1/4), so the 2.5% and 97.5% percentiles of 10 000 replicates are 0 and 1.
+    two = prompt_bootstrap({0: [1.0, 1.0], 1: [0.0, 1.0]}, {0: [1.0, 0.0], 1: [0.0, 0.0]}, [0, 1])
+    assert two["mean difference"] == pytest.approx(0.5) and two["ci95"] == [0.0, 1.0] and two["prompts"] == 2
+    # Every prompt differs by the same amount: every resample gives it.
+    assert prompt_bootstrap({3: [0.5] * 7}, {3: [0.25] * 7}, [3])["ci95"] == pytest.approx([0.25, 0.25])
+
+    # Direct computation: the per-prompt difference averaged over seeds, the same fixed-seed draws, each replicate's
+    # mean summed by hand, and numpy's percentile by hand (linear between the sorted replicates at q * (B - 1)).
+    rng = np.random.default_rng(7)
+    arm = {seed: rng.integers(0, 9, size=31) / 8 for seed in (0, 1, 2)}
+    baseline = {seed: rng.integers(0, 9, size=31) / 8 for seed in (0, 1, 2, 5)}  # seed 5: not in the comparison
+    result = prompt_bootstrap(arm, baseline, [0, 1, 2])
+    per_prompt = [sum(arm[s][p] - baseline[s][p] for s in (0, 1, 2)) / 3 for p in range(31)]
+    draws = np.random.default_rng(BOOTSTRAP_SEED).integers(0, 31, size=(BOOTSTRAP_REPLICATES, 31))
+    replicates = sorted(sum(per_prompt[i] for i in row) / 31 for row in draws.tolist())
+
+    def percentile(q):
+        position = q * (len(replicates) - 1)
+        below = int(position)
+        return replicates[below] + (position - below) * (replicates[below + 1] - replicates[below])
+
+    assert result["ci95"] == pytest.approx([percentile(0.025), percentile(0.975)], abs=1e-12)
+    assert result["ci95"][0] < result["mean difference"] < result["ci95"][1]
+    # Its point estimate is the seed-level mean difference: each seed's metric is its mean over the prompts.
+    seed_level = paired_comparison({s: float(np.mean(arm[s])) for s in arm}, {s: float(np.mean(baseline[s]))
+                                                                             for s in (0, 1, 2)})
+    assert result["mean difference"] == pytest.approx(seed_level["mean difference"], abs=1e-12)
+
+
+def _ten_seeds(differences):
+    """An arm and a baseline over seeds 0..9 whose per-seed differences are `differences`."""
+    return ({seed: {"m": 0.5 + d} for seed, d in enumerate(differences)},
+            {seed: {"m": 0.5} for seed in range(len(differences))})
+
+
+def test_holm_runs_over_the_declared_family_of_three_only():
+    """Three declared rows of 10 seeds with differences of equal size: k negative seeds of 10 give |sum| 10 - 2k, and
+    the patterns reaching it are counted by hand: all positive 2 / 1024; one negative (|sum| 8: 0, 1, 9 or 10
+    negatives) 22 / 1024; three negative (|sum| 4: <= 3 or >= 7 negatives) 2 (1 + 10 + 45 + 120) / 1024 = 352 / 1024.
+    Holm over the three: 3 x 2, 2 x 22, 1 x 352 (/ 1024). The undeclared row is exploratory, without a p-value."""
+    a, base_a = _ten_seeds([0.1] * 10)
+    b, base_b = _ten_seeds([0.1] * 9 + [-0.1])
+    c, base_c = _ten_seeds([0.1] * 7 + [-0.1] * 3)
+    runs = {"a": a, "base-a": base_a, "b": b, "base-b": base_b, "c": c, "base-c": base_c}
+    family = [{"metric": "m", "arm": "b", "baseline": "base-b"}, {"metric": "m", "arm": "a", "baseline": "base-a"},
+              {"metric": "m", "arm": "c", "baseline": "base-c"}]
+    table = compare_pairs(runs, [("a", "base-a"), ("a", "base-c")], ["m"], family)
+    assert [(row["arm"], row["baseline"], row["role"]) for row in table] == [
+        ("b", "base-b", "confirmatory"), ("a", "base-a", "confirmatory"), ("c", "base-c", "confirmatory"),
+        ("a", "base-c", "exploratory")]  # ("a", "base-a", "m") is declared: listed once, as confirmatory
+    b_row, a_row, c_row, exploratory = (row["comparison"] for row in table)
+    assert [a_row["p"], b_row["p"], c_row["p"]] == pytest.approx([2 / 1024, 22 / 1024, 352 / 1024])
+    assert [a_row["p holm"], b_row["p holm"], c_row["p holm"]] == pytest.approx([6 / 1024, 44 / 1024, 352 / 1024])
+    assert "p" not in exploratory and "p holm" not in exploratory
+    assert exploratory["mean difference"] == pytest.approx(0.1) and exploratory["wins"] == 10
+
+
+def test_a_declared_row_with_fewer_than_10_seeds_is_exploratory_and_still_counts_in_the_family():
+    a, base_a = _ten_seeds([0.1] * 10)
+    b, base_b = _ten_seeds([0.1] * 9 + [-0.1])
+    few = {seed: {"m": 0.9} for seed in range(3)}
+    runs = {"a": a, "base-a": base_a, "b": b, "base-b": base_b, "few": few}
+    family = [{"metric": "m", "arm": "a", "baseline": "base-a"}, {"metric": "m", "arm": "b", "baseline": "base-b"},
+              {"metric": "m", "arm": "few", "baseline": "base-a"}]
+    table = compare_pairs(runs, [], ["m"], family)
+    few_row = table[2]
+    assert few_row["role"] == "exploratory" and few_row["why"] == "declared confirmatory, but 3 seed(s) < 10"
+    assert "p" not in few_row["comparison"] and few_row["comparison"]["wins"] == 3
+    # Holm over a family of 3, the untested row counting as p = 1 (over the two tested alone: 4 and 22 / 1024).
+    assert [table[0]["comparison"]["p holm"], table[1]["comparison"]["p holm"]] == pytest.approx(
+        [6 / 1024, 44 / 1024])
+    # A declared row whose arm has no run at all: exploratory, no comparison, in the family's size as well.
+    table = compare_pairs(runs, [], ["m"], [*family[:2], {"metric": "m", "arm": "gone", "baseline": "base-a"}])
+    assert table[2]["comparison"] is None and table[2]["why"] == "declared confirmatory, but 0 seed(s) < 10"
+    assert table[0]["comparison"]["p holm"] == pytest.approx(6 / 1024)
+    # Without a declared family: the legacy table, every row a p-value, Holm across the table.
+    legacy = compare_pairs(runs, [("a", "base-a"), ("few", "base-a")], ["m"])
+    assert [row["role"] for row in legacy] == ["legacy", "legacy"]
+    assert [row["comparison"]["p holm"] for row in legacy] == pytest.approx(holm([2 / 1024, 1 / 4]))

@@ -27,13 +27,15 @@ def write_jsonl(path: Path, rows: list, bad_row: dict | None = None) -> Path:
 
 @pytest.fixture
 def setup(tmp_path, tiny_model_dir):
-    """A recipe training the random tiny model (256 positions) on a data file for 2 steps, and an output folder
-    holding an earlier file that a refused run must leave as it is."""
+    """A recipe training the random tiny model (256 positions) on a data file for 2 steps, and the output folder of
+    an earlier run stopped before its first checkpoint (its recipe), holding a file that a refused run must leave as
+    it is."""
     reward_file = tmp_path / "length_reward.py"
     reward_file.write_text("def length(completions, **_):\n    return [float(len(c)) for c in completions]\n")
     output_dir = tmp_path / "run"
     output_dir.mkdir()
     (output_dir / "notes.txt").write_text("kept")
+    (output_dir / "thermorl_recipe.yaml").write_text("model_name_or_path: thermorl:tiny\n")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(dict(
         model_name_or_path=str(tiny_model_dir), dataset=str(write_jsonl(tmp_path / "data.jsonl", GOOD_ROWS)),

@@ -7,6 +7,7 @@ import sys
 import pytest
 import yaml
 
+from thermorl.models.names import resolve_named_model
 from thermorl.recipe import builtin_recipe_path, list_builtin_recipes, load_recipe
 
 CPU = {"model_name_or_path": "m", "use_cpu": True, "bf16": False}
@@ -18,7 +19,8 @@ def test_every_builtin_recipe_parses_and_validates(name):
     # GPU recipes ask for bf16, which TrainingArguments refuses on a CPU-only machine; the rest is checked as is.
     overrides = {"bf16": False, "use_cpu": True} if values.get("bf16") else {}
     model_args, training_args, script_args = load_recipe(name, overrides)
-    assert model_args.model_name_or_path == values["model_name_or_path"]
+    # A built-in model name is resolved to its model folder (thermorl:smollm2-135m); others are kept as written.
+    assert model_args.model_name_or_path == resolve_named_model(values["model_name_or_path"])
     if "policy_loss" in values:
         assert training_args.policy_loss == values["policy_loss"]
     for key, value in values.get("policy_loss_kwargs", {}).items():

@@ -102,6 +102,21 @@ def test_model_in_a_checkpoint_of_the_output_dir_is_refused(run, recipe):
     assert snapshot(run) == before
 
 
+@pytest.mark.parametrize(
+    ("inside", "fragment"),
+    [("checkpoint-2/sub", "is inside {run}/checkpoint-2, a checkpoint folder, which checkpoint rotation deletes with "
+                          "all it holds: choose an output_dir outside it"),
+     ("checkpoint-2", "is a checkpoint of another run: choose another output_dir"),
+     ("nested", "is inside {run}, the output folder of another run, whose files and this run's would mix: choose")],
+)
+def test_output_dir_inside_another_run_or_its_checkpoint_is_refused(run, recipe, inside, fragment):
+    """A later resume of that run with save_total_limit would rotate the checkpoint away, and this run with it."""
+    before = snapshot(run)
+    assert_user_error(thermorl("train", recipe, "--output_dir", run / inside, "--overwrite_output_dir", "true"),
+                      f"output_dir '{run / inside}' {fragment.format(run=run)}")
+    assert snapshot(run) == before
+
+
 # Item 3: another run's checkpoints or final model are not replaced without overwrite_output_dir -------------------
 
 def test_new_run_over_a_finished_run_is_refused_and_overwrite_replaces_all_of_it(run, recipe):
@@ -256,6 +271,7 @@ def truncate(path):
     ("name", "damage", "fragment"),
     [("model.safetensors", truncate, "model.safetensors is "),
      ("optimizer.pt", truncate, "optimizer.pt is truncated"),
+     ("optimizer.pt", Path.unlink, "optimizer.pt is missing (its trainer wrote it there)"),
      ("trainer_state.json", lambda p: p.write_text('{"global_step": 2,'), "trainer_state.json is not valid JSON")],
 )
 def test_damaged_newest_checkpoint_names_the_file_and_the_complete_one_before_it(run, recipe, name, damage, fragment):
@@ -266,3 +282,46 @@ def test_damaged_newest_checkpoint_names_the_file_and_the_complete_one_before_it
                       f"resume_from_checkpoint '{run / 'checkpoint-2'}' is damaged: {fragment}",
                       f"resume with `resume_from_checkpoint: {run / 'checkpoint-1'}`")
     assert snapshot(run) == before
+
+
+# A final save that failed is redone ------------------------------------------------------------------------------
+
+def test_a_failed_final_save_changes_nothing_and_the_resume_redoes_it(run, recipe):
+    """A resumed run whose final save meets a full disk: the folder's model, model card and recipe stay those of
+    the step-2 model, `thermorl eval` refuses the folder (its final model is older than checkpoint-3), and resuming
+    again saves checkpoint-3's model as the final one instead of saying the run is complete."""
+    final_files = ("model.safetensors", "README.md", "thermorl_recipe.yaml", "trainer_state.json", "config.json")
+    before = {name: (run / name).read_bytes() for name in final_files}
+    fault = ("import errno, sys\n"
+             "from thermorl.cli import main\n"
+             "from thermorl.trainers import atomic_checkpoint\n"
+             "def full(folder):\n"
+             "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+             "save = atomic_checkpoint.AtomicCheckpoints.save_model\n"
+             "def save_model(self, write, output_dir, one_writer):\n"
+             "    return save(self, lambda folder: (write(folder), full(folder)), output_dir, one_writer)\n"
+             "atomic_checkpoint.AtomicCheckpoints.save_model = save_model\n"
+             "sys.exit(main())\n")
+    resume = ["train", recipe, "--output_dir", run, "--resume_from_checkpoint", "latest", "--max_steps", "3"]
+    failed = thermorl(*resume, launcher=("-c", fault))
+    assert_user_error(failed, "full: the final model could not be written (what was there is unchanged)",
+                      f"the newest complete checkpoint is {run / 'checkpoint-3'}")
+    assert {name: (run / name).read_bytes() for name in final_files} == before
+
+    assert_user_error(thermorl("eval", "--model", run, "--out", run.parent / "eval"),
+                      f"{run} holds an older final model than its newest checkpoint checkpoint-3",
+                      f"or evaluate --model {run / 'checkpoint-3'}")
+
+    redone = thermorl(*resume)
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    assert (f"The run had reached step 3, but its final save had not completed: the final model is saved now from "
+            f"{run / 'checkpoint-3'}") in redone.stdout
+    assert (run / "model.safetensors").read_bytes() == (run / "checkpoint-3" / "model.safetensors").read_bytes()
+    assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 3
+    assert yaml.safe_load((run / "thermorl_recipe.yaml").read_text())["max_steps"] == 3
+
+
+def test_eval_of_a_model_with_a_truncated_weights_file_is_one_line(run):
+    truncate(run / "model.safetensors")
+    assert_user_error(thermorl("eval", "--model", run, "--out", run.parent / "eval"),
+                      f"model {run}: model.safetensors is ", "the model folder is damaged")

@@ -55,6 +55,27 @@ def test_overwrite_removes_the_old_runs_checkpoints_and_resume_latest_finds_the_
     assert not list(tmp_path.glob("checkpoint-*")) and not (tmp_path / "model.safetensors").exists()
 
 
+def test_a_disk_full_when_the_run_starts_is_named_and_leaves_no_folder(tmp_path, monkeypatch):
+    """Writing the lock's record is the first write of a run (the benchmark user_error_battery.py fills a real
+    tmpfs); the folders the lock created go again."""
+    from pathlib import Path
+
+    from thermorl.run_dir import LOCK_FILE
+
+    write_text = Path.write_text
+
+    def full_disk(path, *args, **kwargs):
+        if path.name == LOCK_FILE:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(DiskFullError, match=r"The disk holding output_dir '.*new/run' is full: nothing was written; "
+                                            r"free space, then start the run"):
+        prepare_output_dir(run_args(tmp_path / "new" / "run"))
+    assert not (tmp_path / "new").exists()
+
+
 def test_interrupted_saves_are_cleaned_and_a_replaced_checkpoint_is_put_back(tmp_path):
     make_checkpoint(tmp_path, 1)
     staging = tmp_path / ".saving-checkpoint-2" / "checkpoint-2"
@@ -277,7 +298,7 @@ def test_a_warm_up_another_process_finished_first_is_kept(tmp_path, monkeypatch)
     """Two processes warming up the same tiny model (a bench's parallel runs of one seed): the second to finish
     finds the cache folder taken, keeps the first one's model and leaves no work folder behind; a failure to move
     the model for any other reason is raised."""
-    from thermorl.models import warmup
+    from thermorl.models import cache, warmup
 
     settings = warmup.WarmupSettings(task="arithmetic:digits=1", examples=16, epochs=1, model_size="small")
     real_replace = os.replace
@@ -287,7 +308,7 @@ def test_a_warm_up_another_process_finished_first_is_kept(tmp_path, monkeypatch)
         (destination / "config.json").write_text("{}")  # the other process's complete model
         real_replace(source, destination)  # a non-empty destination folder: OSError
 
-    monkeypatch.setattr(warmup.os, "replace", finished_elsewhere_first)
+    monkeypatch.setattr(cache.os, "replace", finished_elsewhere_first)
     path = warmup.warm_tiny_model(settings, cache_dir=tmp_path)
     assert (tmp_path / os.path.basename(path) / "config.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == [os.path.basename(path)]
@@ -295,7 +316,7 @@ def test_a_warm_up_another_process_finished_first_is_kept(tmp_path, monkeypatch)
     def disk_trouble(source, destination):
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(warmup.os, "replace", disk_trouble)
+    monkeypatch.setattr(cache.os, "replace", disk_trouble)
     with pytest.raises(OSError, match="I/O error"):
         warmup.warm_tiny_model(warmup.WarmupSettings(task="arithmetic:digits=1", examples=16, epochs=1,
                                                      model_size="small", seed=1), cache_dir=tmp_path)

@@ -5,6 +5,8 @@ import json
 import math
 import random
 import re
+import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -258,6 +260,22 @@ def _write_arms(path, **changes):
         ({"evaluation": {"vote_threshold": 0}}, r"evaluation.vote_threshold must be a number in \(0, 1\]"),
         ({"evaluation": {"temperatures": [0.6, 1.0], "samples": 1}}, r"evaluation.temperatures needs evaluation.samples >= 2"),
         ({"arm": {}}, r"unknown key\(s\) \['arm'\]"),
+        ({"evaluation": {"last_checkpoints": 0}}, r"evaluation.last_checkpoints must be an integer >= 1, got 0"),
+        ({"confirmatory": {"metric": "pass@1 greedy"}}, r"confirmatory must be a list of \{metric, arm, baseline\}"),
+        ({"confirmatory": [{"metric": "pass@1 greedy", "arm": "ead"}]},
+         r"confirmatory\[0\] must be a mapping with exactly the keys \['metric', 'arm', 'baseline'\]"),
+        ({"confirmatory": [{"metric": "pass@1 greedy", "arm": "ead", "baseline": "fixed-2"}]},
+         r"confirmatory\[0\].baseline 'fixed-2' is not one of the arms"),
+        ({"confirmatory": [{"metric": "pass@1 greedy", "arm": "ead", "baseline": "ead"}]},
+         r"confirmatory\[0\]: an arm is not compared with itself"),
+        ({"confirmatory": [{"metric": "pass@1 T=0.8", "arm": "ead", "baseline": "fixed-1.0"}]},
+         r"confirmatory\[0\].metric 'pass@1 T=0.8' is not a metric of this bench"),
+        # A mean over checkpoints is a metric only where the arms file scores them.
+        ({"confirmatory": [{"metric": "pass@1 greedy (mean of last 3)", "arm": "ead", "baseline": "fixed-1.0"}]},
+         r"metric 'pass@1 greedy \(mean of last 3\)' is not a metric of this bench"),
+        ({"confirmatory": [{"metric": "pass@1 greedy", "arm": "ead", "baseline": "fixed-1.0"},
+                           {"metric": "pass@1 greedy", "arm": "ead", "baseline": "fixed-1.0"}]},
+         r"confirmatory\[1\] declares .* twice"),
     ],
 )
 def test_arms_file_mistakes_are_one_line_errors(tmp_path, changes, message):
@@ -289,6 +307,11 @@ def test_arms_that_start_differently_are_refused(tmp_path, capsys):
     assert "arms 'a' and 'b' differ in ['warmup_dataset']" in capsys.readouterr().err
     assert main(["bench", str(arms), "--out", str(tmp_path / "out"), "--arms", "a", "c"]) == 2
     assert "--arms: ['c'] not in the arms file, whose arms are ['a', 'b']" in capsys.readouterr().err
+    # Two steps evaluated every step: two checkpoints to average, not three.
+    three = _write_arms(tmp_path / "three.yaml", evaluation={"samples": 2, "every": 1, "last_checkpoints": 3})
+    assert main(["bench", str(three), "--out", str(tmp_path / "out")]) == 2
+    assert ("evaluation.last_checkpoints 3: arm 'ead' evaluates only 2 checkpoint(s) (every 1 of its 2 steps, "
+            "and the last)") in capsys.readouterr().err
     assert not (tmp_path / "out" / "runs").exists()
 
 
@@ -296,12 +319,34 @@ def test_bench_smoke_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     """1 seed, 2 arms, 2 steps on tiny sizes: per-run JSON, aggregate report, PNG; a rerun does nothing new."""
     from thermorl.cli import main
 
+    import trl
+
     monkeypatch.setenv("THERMORL_CACHE", str(tmp_path / "cache"))
-    arms, out = _write_arms(tmp_path / "arms.yaml"), tmp_path / "out"
+    family = [{"metric": "pass@1 greedy (mean of last 2)", "arm": "ead", "baseline": "fixed-1.0"}]
+    arms = _write_arms(tmp_path / "arms.yaml", confirmatory=family, evaluation={
+        "samples": 2, "every": 1, "batch_size": 64, "temperatures": [0.7, 1.0], "last_checkpoints": 2})
+    out = tmp_path / "out"
     assert main(["bench", str(arms), "--out", str(out)]) == 0
     assert "2 run(s) to do, 0 already done" in capsys.readouterr().out
     run = json.loads((out / "runs" / "ead" / "seed0.json").read_text())
     assert [p["step"] for p in run["curve"]] == [1, 2]
+    # Issue 33: the run's environment, the weights it started from, per-prompt outcomes, its last 2 checkpoints
+    # scored in full, and the family declared when it ran.
+    environment = run["environment"]
+    assert (environment["torch"], environment["trl"], environment["torch_threads"]) == (torch.__version__,
+                                                                                       trl.__version__, 1)
+    assert environment["transformers"] and environment["thermorl"] and environment["cpu"]
+    weights = run["start_weights"]
+    assert weights["sha256"] == hashlib.sha256((Path(weights["path"]) / "model.safetensors").read_bytes()).hexdigest()
+    outcomes = run["prompt_outcomes"]
+    assert outcomes["samples"] == 2 and len(outcomes["correct"]["greedy"]) == run["held_out_prompts"] == 12
+    assert statistics.fmean(outcomes["correct"]["greedy"]) == pytest.approx(run["final"]["pass@1 greedy"])
+    assert sum(outcomes["correct"]["T=1"]) / 24 == pytest.approx(run["final"]["pass@1 T=1"])
+    assert sum(outcomes["correct"]["T=0.7"]) / 24 == pytest.approx(run["grid"]["per temperature pass@1"]["0.7"])
+    assert [checkpoint["step"] for checkpoint in run["checkpoints"]] == [1]
+    assert run["curve"][0]["pass@1 greedy"] == run["checkpoints"][0]["final"]["pass@1 greedy"]
+    assert run["checkpoints"][0]["prompt_outcomes"]["prompts_sha256"] == outcomes["prompts_sha256"]
+    assert run["confirmatory"] == family
     assert [step for step, _ in run["reward"]] == [1, 2]
     assert run["rollouts_per_step"] == 8
     assert run["recipe"]["temperature_schedule"]["type"] == "annealed_for_length"
@@ -331,8 +376,14 @@ def test_bench_smoke_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     assert set(report["arms"]["ead"]["grid"]) >= {"pass@all", "vote early exit", "best single T"}
     assert "grid" in report["start"]
     assert set(fixed["pass@1 by temperature"]) == {"pass@1 greedy", "pass@1 T=0.7", "pass@1 T=1"}
-    assert [row["arm"] for row in report["paired"]["comparisons"]] == ["ead"] * 3
+    assert [row["arm"] for row in report["paired"]["comparisons"]] == ["ead"] * 6  # 3 decodings, final and mean
+    confirmatory = report["paired"]["comparisons"][0]
+    assert (confirmatory["metric"], confirmatory["role"]) == ("pass@1 greedy (mean of last 2)", "exploratory")
+    assert confirmatory["why"] == "declared confirmatory, but 1 seed(s) < 10"
+    assert confirmatory["comparison"]["prompt bootstrap"]["prompts"] == 12
+    assert report["start weights"] == weights
     assert "| ead | fixed-1.0 | pass@1 T=0.7 | 1 |" in (out / "report.md").read_text()
+    assert f"Start model weights: SHA-256 {weights['sha256']}" in (out / "report.md").read_text()
     # Every numeric training metric, over the run and its last quarter; the report shows the default signals.
     zero_std = run["training"]["frac_reward_zero_std"]
     assert 0.0 <= zero_std["mean"] <= 1.0 and 0.0 <= zero_std["last quarter"] <= 1.0
@@ -769,3 +820,124 @@ def test_horizon_growth_makes_the_testbed_ead_arm_a_hot_fixed_temperature():
     assert growth.temperatures(positions, 300).mean() == pytest.approx(1.19, abs=0.01)
     no_growth = annealed_for_length(20, horizon_growth=0.0)
     assert torch.equal(no_growth.temperatures(positions, 300), no_growth.temperatures(positions, 0))
+
+
+# --- issue 33: robust numbers, recorded environment and start weights, pre-declared families ----------------------
+
+_PROMPTS = ["p0", "p1", "p2", "p3"]
+
+
+def _scored(greedy_hits, t06_counts, t1_counts, k=2):
+    """One scored checkpoint of 4 prompts, k samples at T=0.6 and T=1, made from per-prompt counts by hand:
+    prompt_outcomes on correct tables with that many right samples first, and the metrics worked out by hand."""
+    from thermorl.bench.run import prompt_outcomes
+
+    greedy = [[[bool(hit)]] for hit in greedy_hits]
+    correct = [[[i < c06 for i in range(k)], [i < c1 for i in range(k)]] for c06, c1 in zip(t06_counts, t1_counts)]
+    outcomes = prompt_outcomes(_PROMPTS, [0.6, 1.0], greedy, correct)
+    final = {"pass@1 greedy": sum(greedy_hits) / 4, "pass@1 T=1": sum(t1_counts) / (4 * k),
+             "pass@k T=1": sum(c > 0 for c in t1_counts) / 4, "worst@k T=1": sum(c == k for c in t1_counts) / 4}
+    grid = _grid({"0.6": sum(t06_counts) / (4 * k), "1": final["pass@1 T=1"]})
+    grid["pass@all"] = sum(a > 0 or b > 0 for a, b in zip(t06_counts, t1_counts)) / 4
+    return {"final": final, "grid": grid, "prompt_outcomes": outcomes}
+
+
+def test_per_prompt_outcomes_give_each_metric_and_the_mean_over_the_last_checkpoints():
+    from thermorl.bench.report import prompt_scores, run_metrics
+
+    last = _scored([1, 0, 1, 0], [2, 2, 0, 1], [2, 1, 0, 0])
+    assert last["prompt_outcomes"]["correct"] == {"greedy": [1, 0, 1, 0], "T=0.6": [2, 2, 0, 1], "T=1": [2, 1, 0, 0]}
+    assert last["prompt_outcomes"]["samples"] == 2
+    run = {**last, "checkpoints": [{"step": 250, **_scored([0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0])}]}
+    by_hand = {"pass@1 greedy": [1, 0, 1, 0], "pass@1 T=0.6": [1, 1, 0, 0.5], "pass@1 T=1": [1, 0.5, 0, 0],
+               "pass@k T=1": [1, 1, 0, 0], "worst@k T=1": [1, 0, 0, 0], "pass@all": [1, 1, 0, 1]}
+    metrics = run_metrics(run)
+    for metric, scores in by_hand.items():
+        assert prompt_scores(run, metric) == pytest.approx(scores), metric
+        assert metrics[metric] == pytest.approx(sum(scores) / 4), metric  # the stored number is their mean
+        # The earlier checkpoint scored 0 on every prompt: the mean over the last two is half of each score.
+        last_two = f"{metric} (mean of last 2)"
+        assert prompt_scores(run, last_two) == pytest.approx([s / 2 for s in scores]), metric
+        assert metrics[last_two] == pytest.approx(sum(scores) / 8), metric
+    # No per-prompt form: the best single temperature is chosen over all prompts.
+    assert prompt_scores(run, "best single T pass@k") is None
+    assert "pass@1 greedy (mean of last 2)" not in run_metrics(last)  # scored on its final checkpoint only
+    assert prompt_scores({"final": last["final"]}, "pass@1 greedy") is None  # a run from before outcomes were kept
+
+
+def test_report_header_records_weights_and_environment_and_labels_exploratory_rows(tmp_path):
+    """10 seeds of `hot` and `base`, 3 of `few`, and `late`, whose runs were made before the family named it: the
+    declared row with 10 seeds is confirmatory (a p-value, Holm over the family of 3), the others exploratory with the
+    reason, undeclared rows have no p-value; the prompt bootstrap's point is the seed-level mean; the header names
+    the start weights and the runs' environment, and the runs that recorded none."""
+    from thermorl.bench.report import aggregate, markdown
+
+    family = [{"metric": "pass@1 T=1 (mean of last 2)", "arm": "hot", "baseline": "base"},
+              {"metric": "pass@1 greedy", "arm": "few", "baseline": "base"},
+              {"metric": "pass@1 greedy", "arm": "late", "baseline": "base"}]
+    environment = {"torch": "2.13.0", "transformers": "5.19.0", "trl": "1.16.0", "thermorl": "0.1.0",
+                   "thermorl_commit": "0123456789abcdef", "python": "3.12.1", "cpu": "Test CPU", "cpu_count": 2,
+                   "torch_threads": 1, "cuda": None}
+    counts = {"base": ([1, 0, 0, 0], [1, 0, 0, 1], [1, 0, 0, 0]), "hot": ([1, 1, 0, 0], [2, 1, 0, 1], [2, 1, 1, 0])}
+    counts["few"] = counts["late"] = counts["hot"]
+    for arm, seeds in (("base", range(10)), ("hot", range(10)), ("few", range(3)), ("late", range(10))):
+        for seed in seeds:
+            greedy, t06, t1 = counts[arm]
+            # seed 0 of hot does worse on prompt 2, so that the seeds differ
+            scored = _scored(greedy, t06, [2, 1, 0, 0] if (arm, seed) == ("hot", 0) else t1)
+            _write_run(tmp_path, arm, seed, scored["final"], scored["grid"])
+            path = tmp_path / "runs" / arm / f"seed{seed}.json"
+            run = {**json.loads(path.read_text()), "prompt_outcomes": scored["prompt_outcomes"],
+                   "checkpoints": [{"step": 1, **_scored(*counts["base"])}],
+                   "start_weights": {"path": "/m", "sha256": "ab" * 32}}
+            if arm != "late":
+                run["confirmatory"] = family
+            if seed != 9:
+                run["environment"] = environment
+            path.write_text(json.dumps(run))
+    spec = {"arms": {arm: {} for arm in ("base", "hot", "few", "late")}, "seeds": list(range(10)),
+            "baseline": "base", "confirmatory": family,
+            "evaluation": {"samples": 2, "temperatures": [0.6, 1.0], "last_checkpoints": 2}}
+    report = aggregate(spec, tmp_path, _final(0.3, 0.1), None, {"path": "/m", "sha256": "ab" * 32})
+    rows = report["paired"]["comparisons"]
+    assert [(row["arm"], row["metric"], row["role"]) for row in rows[:3]] == [
+        ("hot", "pass@1 T=1 (mean of last 2)", "confirmatory"), ("few", "pass@1 greedy", "exploratory"),
+        ("late", "pass@1 greedy", "exploratory")]
+    assert rows[1]["why"] == "declared confirmatory, but 3 seed(s) < 10"
+    assert rows[2]["why"].startswith("declared after runs were made: 10 run(s) do not record it (late seed 0")
+    confirmed = rows[0]["comparison"]
+    # Differences of the mean over the last 2 checkpoints at T=1: (2+1+1)/8 - 1/8 = 3/8 on seeds 1-9, 2/8 on seed
+    # 0, halved: +0.1875 nine times and +0.125 once, all positive: p = 2 / 1024, Holm x 3 (the family's size).
+    assert confirmed["mean difference"] == pytest.approx((9 * 0.1875 + 0.125) / 10)
+    assert confirmed["p"] == pytest.approx(2 / 1024) and confirmed["p holm"] == pytest.approx(6 / 1024)
+    bootstrap = confirmed["prompt bootstrap"]
+    assert bootstrap["mean difference"] == pytest.approx(confirmed["mean difference"]) and bootstrap["prompts"] == 4
+    assert bootstrap["ci95"][0] <= confirmed["mean difference"] <= bootstrap["ci95"][1]
+    exploratory = [row for row in rows if row["role"] == "exploratory"]
+    assert len(exploratory) == len(rows) - 1 and all("p" not in row["comparison"] for row in exploratory)
+    # The undeclared rows: every arm against the baseline at each decoding, and each one's mean over checkpoints.
+    assert {row["metric"] for row in rows[3:]} == {"pass@1 greedy", "pass@1 T=0.6", "pass@1 T=1",
+                                                    "pass@1 greedy (mean of last 2)", "pass@1 T=0.6 (mean of last 2)",
+                                                    "pass@1 T=1 (mean of last 2)"}
+    assert report["arms"]["hot"]["mean of last 2 checkpoints"]["pass@1 T=1 (mean of last 2)"]["n"] == 10
+
+    table = markdown(report)
+    head = table.split("\n| arm |")[0]
+    assert f"Start model weights: SHA-256 {'ab' * 32} (/m)." in head
+    assert "33 run(s) record these start weights." in head
+    assert ("Environment of 30 run(s): torch 2.13.0, transformers 5.19.0, trl 1.16.0, thermorl 0.1.0 (commit "
+            "0123456789ab), Python 3.12.1, CPU Test CPU (2 logical), torch threads 1.") in head
+    assert "Environment: not recorded by 3 run(s)" in head and "different environments" in head
+    assert "Comparisons: 3 confirmatory, declared in the arms file before its runs" in head
+    assert "| hot, mean of last 2 checkpoints | 10 | " in table
+    assert "| 10 / 0 / 0 | 0.002 | 0.006 | [" in table and "| confirmatory |" in table
+    # Greedy differs on prompt 1 only: a resample of the 4 prompts draws it j times, j ~ Binomial(4, 1/4): never with
+    # probability 0.32, 3 or 4 times with 0.051, 4 times with 0.004: the 95% interval is [0, 0.75].
+    assert ("| few | base | pass@1 greedy | 3 | +0.250 ± 0.000 | 3 / 0 / 0 | — | — | [+0.000, +0.750] | "
+            "exploratory: declared confirmatory, but 3 seed(s) < 10 |") in table
+
+    # The same runs reported without a declared family: the legacy table, labelled so, with a p-value on every row.
+    legacy = markdown(aggregate({**{k: v for k, v in spec.items() if k != "confirmatory"}}, tmp_path,
+                                _final(0.3, 0.1)))
+    assert "Comparisons: legacy table." in legacy and "Start model weights: not recorded" in legacy
+    assert "| legacy |" in legacy and "| — | — |" not in legacy

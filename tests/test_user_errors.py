@@ -58,6 +58,8 @@ def tiny_recipe(tmp_path, tiny_model_dir):
         ("model_name_or_path: !!python/object/apply:os.system [echo hi]\n", ["not valid YAML", "line 1", "tags"]),
         ("learning_rate: 1e-5\ndataset: [arithmetic\n", ["not valid YAML", "line 2, column 10", "flow sequence"]),
         ("- a\n- b\n", ["must be a mapping"]),
+        ("learning_rate: 1e-3\nbeta: 0.0\nlearning_rate: 1e-2\n",
+         ["not valid YAML", "line 3, column 1", "'learning_rate' is written twice (first at line 1)"]),
     ],
 )
 def test_broken_recipe_file_is_one_line(tmp_path, text, fragments):
@@ -85,6 +87,15 @@ def test_debug_flag_and_environment_variable_show_the_traceback(tmp_path):
         (["--resume_from_checkpoint", "nowhere/checkpoint-3"], ["resume_from_checkpoint", "nowhere/checkpoint-3"]),
         (["--bf16", "true"], ["bf16", "CPU"]),
         (["--warmup_dataset", "arithmetic:digits=1"], ["warmup_dataset", "only model_name_or_path 'thermorl:tiny'"]),
+        # Refused by torch's optimizer and sampler with a traceback, or taken without a word (save_steps 0).
+        (["--learning_rate", "nan"], ["'learning_rate' must be a finite number, got nan"]),
+        (["--learning_rate", "-1e-4"], ["'learning_rate' must be at least 0, got -0.0001"]),
+        (["--per_device_train_batch_size", "0"], ["'per_device_train_batch_size' must be at least 1, got 0"]),
+        (["--gradient_accumulation_steps", "0"], ["'gradient_accumulation_steps' must be at least 1, got 0"]),
+        (["--beta", "nan"], ["'beta' must be a finite number, got nan"]),
+        (["--save_steps", "0"], ["'save_steps' must be more than 0"]),
+        (["--policy_loss", "sapo", "--policy_loss_kwargs", "{tau_pos: 1, tau_pos: 2}"],
+         ["--policy_loss_kwargs", "'tau_pos' is written twice"]),
     ],
 )
 def test_value_that_would_fail_later_is_refused_before_training(tiny_recipe, tmp_path, overrides, fragments):
@@ -102,6 +113,108 @@ def test_missing_reward_module_or_function_is_named(tiny_recipe, tmp_path):
                       "has no attribute 'lenght'")
     assert_user_error(thermorl("train", tiny_recipe, "--reward_funcs", f"{tmp_path / 'absent.py'}:f"),
                       "absent.py")
+
+
+def test_reward_module_that_fails_as_it_is_imported_is_named_with_its_line(tiny_recipe, tmp_path):
+    (tmp_path / "syntax_reward.py").write_text("def reward(completions, **_):\n    return [0.0 for c in completions\n")
+    (tmp_path / "importing_reward.py").write_text("import os\nraise ImportError('a dependency is missing')\n")
+    assert_user_error(thermorl("train", tiny_recipe, "--reward_funcs", f"{tmp_path / 'syntax_reward.py'}:reward"),
+                      "reward_funcs: reward file", "raised SyntaxError", "(syntax_reward.py, line 2)")
+    assert_user_error(thermorl("train", tiny_recipe, "--reward_funcs", "importing_reward:reward",
+                               env={"PYTHONPATH": str(tmp_path)}),
+                      "reward module 'importing_reward'", "ImportError: a dependency is missing", "line 2")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragments"),
+    [("rows.jsonl", '{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=" "answer": "4"}\n',
+      ["line 2 is not valid JSON (column 19: Expecting ',' delimiter)"]),
+     ("rows.jsonl", '{"prompt": "1+1=", "answer": "2"}\n[1, 2]\n', ["line 2 is a JSON list, not an object"]),
+     ("rows.parquet", "not parquet", ["rows.parquet cannot be read: ArrowInvalid: Parquet magic bytes"])],
+)
+def test_unreadable_data_file_is_one_line_naming_the_line(tiny_recipe, tmp_path, name, content, fragments):
+    """One line: the reader's own logged copy of the error (datasets' "Failed to read ...") is not printed first."""
+    (tmp_path / name).write_text(content)
+    assert_user_error(thermorl("check", tiny_recipe, "--dataset", tmp_path / name), f"dataset file {tmp_path / name}",
+                      *fragments)
+
+
+def test_model_folder_naming_its_own_code_is_refused_by_every_command(tiny_model_dir, tiny_recipe, tmp_path):
+    """model_type qwen2 is transformers' own: its class would load and the folder's code be ignored without a word."""
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "code.Model"}}))
+    (model / "code.py").write_text("raise SystemExit('the folder code ran')\n")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(model)}))
+    before = snapshot(tmp_path)
+    refused = f"model '{model}' ships its own Python code (auto_map in its config.json)"
+    assert_user_error(thermorl("train", tiny_recipe, "--model_name_or_path", model), refused,
+                      "set `trust_remote_code: true` in the recipe")
+    assert_user_error(thermorl("check", tiny_recipe, "--model_name_or_path", model), refused)
+    assert_user_error(thermorl("eval", "--model", model, "--task", "arithmetic", "--out", tmp_path / "eval"), refused,
+                      "pass --trust-remote-code")
+    assert_user_error(thermorl("export", "--checkpoint", adapter, "--out", tmp_path / "merged"), refused)
+    assert snapshot(tmp_path) == before
+
+
+def test_output_dir_in_the_model_cache_or_among_the_users_files_is_refused(tiny_model_dir, tiny_recipe, tmp_path):
+    """Not the resolved model folder only: no run writes into a cache, a model folder, or a folder of other files,
+    and overwrite_output_dir (which removes a run's files) is not offered as the fix."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_model_dir, cache / "tiny-arithmetic-0123")  # as thermorl:tiny's warm-up leaves it
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}')
+    (mine / "notes.txt").write_text("notes")
+    before = snapshot(tmp_path)
+    link = tmp_path / "link"
+    link.symlink_to(cache / "tiny-arithmetic-0123")
+    for output_dir in (cache / "tiny-arithmetic-0123", link, cache / "new-run"):
+        result = thermorl("train", tiny_recipe, "--output_dir", output_dir, "--overwrite_output_dir", "true",
+                          env={"THERMORL_CACHE": str(cache)})
+        assert_user_error(result, f"output_dir '{output_dir}' is inside thermorl's model cache", "outside it")
+    assert_user_error(thermorl("train", tiny_recipe, "--output_dir", mine, "--overwrite_output_dir", "true"),
+                      f"output_dir '{mine}' holds files that are not a thermorl run's (config.json, notes.txt)",
+                      "choose an empty or new output_dir")
+    assert_user_error(thermorl("train", tiny_recipe, "--output_dir", Path(tiny_model_dir) / "run"),
+                      f"is inside {tiny_model_dir}, a model folder")
+    link.unlink()
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [(["list", "--foo"], ["thermorl list: error: thermorl list takes no options, got --foo"]),
+     (["eval", "--task", "arithmetic"], ["the following arguments are required: --model"]),
+     (["eval", "--model", "{model}", "--samples", "0"], ["samples must be an integer >= 1, got 0"]),
+     (["eval", "--model", "{model}", "--task", "arithmetc"], ["dataset 'arithmetc': not a built-in task (arithmetic"])],
+)
+def test_command_line_mistakes_are_one_line_without_the_usage_or_the_wandb_notice(tiny_model_dir, args, fragments):
+    """Under WANDB_MODE=offline transformers prints "[INFO] Running in WANDB offline mode" as it is imported."""
+    result = thermorl(*(arg.format(model=tiny_model_dir) for arg in args),
+                      env={"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"})
+    assert_user_error(result, *fragments)
+    assert "usage:" not in result.stderr and "WANDB" not in result.stdout
+
+
+def test_check_of_a_recipe_leaving_bf16_unset_applies_the_cpu_defaults_and_names_the_loss(tiny_model_dir, tmp_path):
+    """TRL turns bf16 on by default, which a CPU cannot honour and a recipe that never set it should not undo."""
+    recipe = tmp_path / "model_only.yaml"
+    recipe.write_text(f"model_name_or_path: {tiny_model_dir}\nmax_completion_length: 16\n")  # 256 positions
+    result = thermorl("check", recipe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "device cpu, bf16 False" in result.stdout
+    assert "loss grpo (aggregation='batch_token_mean'" in result.stdout
+    assert "from TRL's loss_type 'dapo')" in result.stdout
 
 
 def test_new_run_over_another_runs_checkpoints_is_refused_and_touches_nothing(tiny_recipe, tmp_path):

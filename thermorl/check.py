@@ -89,7 +89,7 @@ def model_summary(model_args, tokenizer, trust_remote_code: bool) -> list[str]:
         layers = TINY_CONFIG["num_hidden_layers"]
         size = f"tiny character-level Qwen2 ({layers} layers), warmed up on the task at train time"
     else:
-        with refusing_remote_code(name, ALLOW_REMOTE_CODE):
+        with refusing_remote_code(name, ALLOW_REMOTE_CODE, trust_remote_code):
             config = AutoConfig.from_pretrained(name, revision=model_args.model_revision,
                                                 trust_remote_code=trust_remote_code)
         size = f"{config.model_type}, {_parameter_count(config)}, {getattr(config, 'num_hidden_layers', '?')} layers"
@@ -137,7 +137,7 @@ def launch_summary(training_args, world_size: int) -> list[str]:
         f"generations (per_device_train_batch_size {args.per_device_train_batch_size} x gradient_accumulation_steps "
         f"{args.gradient_accumulation_steps} x {world_size} processes); "
         f"steps_per_generation {args.steps_per_generation}",
-        f"  loss {args.policy_loss} {args.policy_loss_kwargs or {}}, learning_rate {args.learning_rate:g} ({scheduler}), "
+        f"  loss {_loss_description(args)}, learning_rate {args.learning_rate:g} ({scheduler}), "
         f"beta {args.beta}, max_completion_length {args.max_completion_length}, temperature {args.temperature}"
         + (f", temperature_schedule {args.temperature_schedule}" if args.temperature_schedule is not None else ""),
     ]
@@ -149,6 +149,14 @@ def launch_summary(training_args, world_size: int) -> list[str]:
         lines.append("  generation: transformers generate")
     lines.append(f"  output_dir {args.output_dir}, save every {args.save_steps} steps, report_to {args.report_to}")
     return lines
+
+
+def _loss_description(args) -> str:
+    """'sapo (tau_pos=1.0, ...)': the loss the trainer runs; with policy_loss unset, the one TRL's loss_type means."""
+    name, kwargs = args.resolved_policy_loss()
+    settings = ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
+    source = "" if args.policy_loss is not None else f", from TRL's loss_type '{args.loss_type}'"
+    return f"{name} ({settings or 'its defaults'}{source})"
 
 
 def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
@@ -180,6 +188,8 @@ def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
     check_prompts_fit(tokenizer, model_args, training_args, script_args, train)
 
     lines = [f"recipe: {recipe}", *model_summary(model_args, tokenizer, training_args.trust_remote_code)]
+    if values.get("model_name_or_path") != model_args.model_name_or_path:  # a built-in name, resolved to its folder
+        lines[1] = lines[1].replace("model: ", f"model: {values['model_name_or_path']} -> ", 1)
     source = script_args.dataset + (f" (config {script_args.dataset_config})" if script_args.dataset_config else "")
     kind = "conversational (chat template applies)" if is_conversational_prompt(train[0]["prompt"]) else "plain text"
     lines.append(f"dataset: {source}, split {script_args.dataset_split}: {len(train)} rows, columns "

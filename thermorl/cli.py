@@ -86,7 +86,13 @@ def _bench(argv: list[str]) -> int:
 
 
 def _list(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: thermorl list  (built-in recipes, losses, tasks and models)")
+        return 0
+    if argv:
+        raise UserError(f"thermorl list takes no options, got {' '.join(argv)}")
     from .losses import LOSSES, loss_parameters
+    from .models.names import BUILTIN_MODELS
     from .tasks import TASKS
     from .recipe import list_builtin_recipes
 
@@ -98,6 +104,9 @@ def _list(argv: list[str]) -> int:
         print(f"  {name}: " + ", ".join(f"{k}={v!r}" for k, v in settable.items()))
     print("  (every loss: the KL coefficient is the recipe field `beta`)")
     print("tasks: " + ", ".join(sorted(TASKS)))
+    print("models (model_name_or_path, --model):")
+    for name, what in BUILTIN_MODELS.items():
+        print(f"  {name}: {what}")
     return 0
 
 
@@ -135,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command = COMMANDS.get(argv[0])
     if command is None:
-        print(f"thermorl: unknown command '{argv[0]}'.\n\n{USAGE}", file=sys.stderr)
+        print(f"thermorl: unknown command '{argv[0]}': the commands are {', '.join(COMMANDS)} (thermorl --help)",
+              file=sys.stderr)
         return 2
     threads.enable()
+    _import_quietly_under_wandb_offline()
     verbose = "--verbose" in flags or os.environ.get("THERMORL_VERBOSE", "0") not in ("", "0")
     # Worker processes (thermorl train --accelerate_config) read the flags from the environment they inherit.
     os.environ.update({name: "1" for name, on in (("THERMORL_DEBUG", debug), ("THERMORL_VERBOSE", verbose)) if on})
@@ -146,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return command(argv[1:])
     except KeyboardInterrupt as interrupt:  # Ctrl-C: train() says where to resume from
         if debug:
-            raise
+            traceback.print_exc()
         if os.environ.get("RANK", "0") == "0":  # under a launch every worker is interrupted; one says so
             report_user_error(f"thermorl {argv[0]}: {str(interrupt) or 'interrupted.'}")
         return 130
@@ -157,6 +168,18 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if debug else " (--debug shows the traceback)"
         report_user_error(f"thermorl {argv[0]}: error: {' '.join(str(error).split())}{hint}")
         return 2
+
+
+def _import_quietly_under_wandb_offline() -> None:
+    """transformers prints "[INFO] Running in WANDB offline mode" when its W&B integration is imported under
+    WANDB_MODE=offline, which every command does: imported here first with that line dropped, it is not the first
+    line of every command's output (an error would be two lines). thermorl's own W&B note says what it does."""
+    import contextlib
+    import io
+
+    if os.environ.get("WANDB_MODE") == "offline" and "transformers.integrations.integration_utils" not in sys.modules:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import transformers.integrations.integration_utils  # noqa: F401
 
 
 def report_user_error(line: str) -> None:

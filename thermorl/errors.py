@@ -6,6 +6,7 @@ reports the mistake as a ValueError (TRL's config checks, datasets' file readers
 UserError at that boundary.
 """
 
+import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,17 +23,46 @@ class DiskFullError(UserError, OSError):
 
 
 @contextmanager
-def refusing_remote_code(model: str, how_to_allow: str) -> Iterator[None]:
+def refusing_remote_code(model: str, how_to_allow: str, trusted: bool) -> Iterator[None]:
     """transformers' refusal to run the Python code a model folder ships (its config's `auto_map`), asked with
     trust_remote_code=False, as one line saying how to allow it. (With trust_remote_code unset, transformers asks
-    "[y/N]" on a terminal instead, and `y` runs the code: every load passes it explicitly.)"""
+    "[y/N]" on a terminal instead, and `y` runs the code: every load passes it explicitly.) A local folder whose
+    config has an `auto_map` but a model_type transformers knows is refused here too, unless `trusted`:
+    transformers would load its own class for that type and ignore the folder's code without a word."""
+    refusal = (f"model {model!r} ships its own Python code (auto_map in its config.json), which is not run unless "
+               f"you trust it: {how_to_allow}.")
+    if not trusted and ships_code(model):
+        raise UserError(refusal)
     try:
         yield
     except ValueError as error:
         if isinstance(error, UserError) or "trust_remote_code=True" not in str(error):
             raise
-        raise UserError(f"model {model!r} ships its own Python code (auto_map in its config.json), which is not run "
-                        f"unless you trust it: {how_to_allow}.") from None
+        raise UserError(refusal) from None
+
+
+def ships_code(model: str) -> bool:
+    """Whether a local model folder's config.json or tokenizer_config.json names Python code (`auto_map`)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(model).expanduser()
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            config = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict) and config.get("auto_map"):
+            return True
+    return False
+
+
+class UserArgumentParser(argparse.ArgumentParser):
+    """argparse for a thermorl subcommand: a wrong or missing option is a UserError (one line from the `thermorl`
+    command, exit code 2), not the usage text followed by the message (`--help` shows the usage)."""
+
+    def error(self, message: str):
+        raise UserError(message)
 
 
 @contextmanager

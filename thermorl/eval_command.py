@@ -27,9 +27,11 @@ import argparse
 import json
 from pathlib import Path
 
-from .console import log_to_run_folder
-from .errors import UserError, refusing_remote_code
+from .console import log_to_run_folder, output_to_run_log
+from .errors import UserArgumentParser, UserError, refusing_remote_code
 from .evaluation.model_loading import check_model_path, load_policy
+from .models.names import resolve_named_model
+from .models.warmup import TINY_MODEL_NAME
 from .evaluation.pipeline import (
     DEFAULT_VOTE_ROUND_SIZE,
     RewardVerifier,
@@ -39,14 +41,14 @@ from .evaluation.pipeline import (
     evaluate,
     parse_temperatures,
 )
-from .evaluation.vllm_sampling import default_dtype, load_engine
+from .evaluation.vllm_sampling import default_dtype, engine_memory, load_engine
 from .tasks import TASKS, load_prompt_dataset, resolve_reward_funcs, task_from_spec
-from .tasks.data import check_prompt_lengths
+from .tasks.data import check_prompt_lengths, prompt_token_ids
 from .train import HELD_OUT_FILE, find_held_out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = UserArgumentParser(
         prog="thermorl eval",
         allow_abbrev=False,  # unknown --field options are recipe overrides, never abbreviations of eval's options
         description="Sample K completions per question at every temperature of a grid (one batched generate call "
@@ -69,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--temperatures", default="0.0:1.2:0.1", help="start:stop:step (stop included) or a,b,c")
     parser.add_argument("--samples", type=int, default=8, help="samples K per (question, temperature)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None,
+        help="completion length (default: the max_completion_length of --recipe, else of the training run --model "
+        "belongs to; else 256, or less if the longest prompt leaves less of the model's positions)",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="sequences per generate call (hf backend; default 64)"
     )
@@ -84,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--gpu-memory-utilization", type=float, default=None,
-        help="vllm backend: share of accelerator (on CPU: host) memory vLLM reserves (default 0.9)",
+        help="vllm backend: share of accelerator (on CPU: host) memory vLLM reserves (default: 0.9 on a GPU; on the "
+        "CPU a KV cache of 4 GiB, or half the free memory if less)",
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument(
@@ -254,6 +261,36 @@ def loaded_model_positions(model, backend: str) -> int | None:
     return getattr(model.config.get_text_config(), "max_position_embeddings", None)
 
 
+def default_max_new_tokens(recipe: dict | None, model: str, dataset, tokenizer, positions: int | None,
+                           chat_template_kwargs: dict) -> tuple[int, str]:
+    """(--max-new-tokens when it is not given, why): the max_completion_length of the recipe evaluated, else of the
+    training run `model` belongs to (its folder or a checkpoint in it); else TRL's default max_completion_length
+    (256), lowered to what the longest prompt leaves of the model's positions (a prompt that leaves none is refused
+    by check_prompt_lengths)."""
+    from trl import GRPOConfig
+
+    from thermorl.run_recipe import read_run_recipe
+
+    default = GRPOConfig.__dataclass_fields__["max_completion_length"].default
+    for values, whose in ((recipe, "the recipe's"), (read_run_recipe(model), "the training run's")):
+        if values is not None:
+            return int(values.get("max_completion_length", default)), f"{whose} max_completion_length"
+    if positions is not None:
+        longest = max(len(prompt_token_ids(prompt, tokenizer, chat_template_kwargs)) for prompt in dataset["prompt"])
+        if 0 < positions - longest < default:
+            return positions - longest, (f"what the longest prompt, {longest} tokens, leaves of the model's "
+                                         f"{positions} positions")
+    return default, "TRL's default max_completion_length"
+
+
+def open_run_log(out: str, parser: argparse.ArgumentParser) -> Path:
+    """The libraries' warnings and logs so far, and from here on, in OUT/thermorl.log (returned)."""
+    try:
+        return log_to_run_folder(out)
+    except OSError as error:
+        parser.error(f"--out {out}: cannot write there: {error.strerror or error}")
+
+
 def eval_command(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, overrides = parser.parse_known_args(argv)
@@ -264,14 +301,18 @@ def eval_command(argv: list[str] | None = None) -> int:
     if args.backend == "vllm" and args.batch_size is not None:
         parser.error("--batch-size applies to --backend hf only: vLLM schedules its own batches")
     args.batch_size = 64 if args.batch_size is None else args.batch_size
+    if args.model == TINY_MODEL_NAME:
+        raise UserError(f"--model {TINY_MODEL_NAME} is built and warmed up on a run's own task when it trains: "
+                        "evaluate that run's output folder (--model OUTPUT_DIR)")
+    args.model = resolve_named_model(args.model)  # thermorl:smollm2-135m -> its converted model folder
     try:
         temperatures = parse_temperatures(args.temperatures)
         check_settings(
             args.vote_threshold,
             samples=args.samples,
-            max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
             vote_round_size=args.vote_round_size,
+            **({} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}),
         )
         check_model_path(args.model)
         if args.num_questions is not None and args.num_questions < 1:
@@ -290,23 +331,38 @@ def eval_command(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError, ImportError, AttributeError, TypeError) as error:
             parser.error(str(error))
     dtype = (args.dtype or default_dtype()) if args.backend == "vllm" else None
+    if args.backend == "vllm":
+        memory = engine_memory(args.gpu_memory_utilization)
+        # Before the engine starts: vLLM's engine processes write their logs to OUT/thermorl.log from their start.
+        run_log = open_run_log(args.out, parser)
     try:
         # The recipe that trusted the model's code for training trusts it here too.
         trust_remote_code = args.trust_remote_code or bool(recipe and recipe.get("trust_remote_code"))
-        with refusing_remote_code(args.model, "pass --trust-remote-code, after reading that code"):
+        allow = "pass --trust-remote-code, after reading that code"
+        with refusing_remote_code(args.model, allow, trust_remote_code):
             if args.backend == "vllm":
-                model = load_engine(args.model, dtype, args.gpu_memory_utilization or 0.9, args.seed, trust_remote_code)
+                try:
+                    with output_to_run_log():
+                        model = load_engine(args.model, dtype, memory, args.seed, trust_remote_code)
+                except RuntimeError as error:  # "Engine core initialization failed. See root cause above."
+                    error.add_note(f"vLLM's engine processes wrote their output, the root cause too, to {run_log}")
+                    raise
                 tokenizer = model.get_tokenizer()
             else:
                 model, tokenizer = load_policy(args.model, trust_remote_code=trust_remote_code)
+    except UserError:
+        raise
     except (ValueError, OSError) as error:
         parser.error(f"cannot load model {args.model!r}: {error}")
-    check_prompt_lengths(dataset, args.task, tokenizer, loaded_model_positions(model, args.backend),
-                         args.max_new_tokens, "--max-new-tokens", chat_template_kwargs)
-    try:
-        log_to_run_folder(args.out)  # the libraries' warnings and logs so far, and from here on, in OUT/thermorl.log
-    except OSError as error:
-        parser.error(f"--out {args.out}: cannot write there: {error.strerror or error}")
+    positions = loaded_model_positions(model, args.backend)
+    if args.max_new_tokens is None:
+        args.max_new_tokens, why = default_max_new_tokens(recipe, args.model, dataset, tokenizer, positions,
+                                                          chat_template_kwargs)
+        print(f"--max-new-tokens {args.max_new_tokens} ({why})", flush=True)
+    check_prompt_lengths(dataset, args.task, tokenizer, positions, args.max_new_tokens, "--max-new-tokens",
+                         chat_template_kwargs)
+    if args.backend == "hf":
+        open_run_log(args.out, parser)
 
     report = evaluate(
         model,

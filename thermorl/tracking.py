@@ -3,7 +3,7 @@
 Without a key, transformers' W&B integration would stop the run at `wandb.init` with a login prompt (or an error
 on a cluster). thermorl sets WANDB_MODE=offline instead, before the Trainer initialises W&B, and says where the run
 is written and how to upload it (`wandb sync DIR`). WANDB_MODE set by the user is left alone. The recipe's
-`project` becomes WANDB_PROJECT unless that is set.
+`project` becomes WANDB_PROJECT, and its `output_dir` WANDB_DIR (W&B's wandb/ folder), unless those are set.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from transformers import TrainerCallback
 
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
+_wandb_dir_set: str | None = None  # the WANDB_DIR prepare_reporting set (a user's own is left alone)
 
 
 def reports_to_wandb(training_args) -> bool:
@@ -40,6 +41,10 @@ def prepare_reporting(training_args) -> list[TrainerCallback]:
         return []
     if training_args.project != "huggingface" and not os.environ.get("WANDB_PROJECT"):
         os.environ["WANDB_PROJECT"] = training_args.project
+    global _wandb_dir_set
+    if os.environ.get("WANDB_DIR", "") in ("", _wandb_dir_set):  # unset, or set by an earlier run of this process
+        # W&B's local files (an offline run, the logs of an online one) in the run's folder, not where the command ran.
+        _wandb_dir_set = os.environ["WANDB_DIR"] = os.path.abspath(training_args.output_dir)
     if "WANDB_MODE" in os.environ or wandb_api_key_available():
         return []
     os.environ["WANDB_MODE"] = "offline"

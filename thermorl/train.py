@@ -63,7 +63,9 @@ def check_warmup_settings(model_name_or_path: str, script_args) -> None:
 def check_tiny_model_fits(script_args) -> None:
     """`thermorl:tiny` is a character-level model with no chat template, warmed up from scratch on a built-in
     task's answers: it can learn nothing from a user's dataset, so such a recipe is refused before anything runs."""
+    from .models.smollm2 import SMOLLM2_MODEL_NAME
     from .tasks import TASKS, parse_task_spec, task_from_spec
+    from .tasks.chat import ChatTask
 
     if parse_task_spec(script_args.dataset)[0] not in TASKS:
         raise UserError(
@@ -71,6 +73,9 @@ def check_tiny_model_fits(script_args) -> None:
             f"not on dataset '{script_args.dataset}': set model_name_or_path to a hub model such as "
             "Qwen/Qwen3-0.6B or a local model folder"
         )
+    if issubclass(TASKS[parse_task_spec(script_args.dataset)[0]], ChatTask):
+        raise UserError(f"dataset '{script_args.dataset}' is a chat task, and model_name_or_path 'thermorl:tiny' has "
+                        f"no chat template: use model_name_or_path '{SMOLLM2_MODEL_NAME}' or another chat model")
     if script_args.warmup_dataset is not None:
         task_from_spec(script_args.warmup_dataset)  # a typo or a bad option is the user's one-line error
         warm, trained = parse_task_spec(script_args.warmup_dataset)[0], parse_task_spec(script_args.dataset)[0]
@@ -142,7 +147,7 @@ def load_tokenizer(model_args, trust_remote_code: bool = False):
     if model_args.model_name_or_path == TINY_MODEL_NAME:
         return build_char_tokenizer()
     try:
-        with refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
+        with refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE, trust_remote_code):
             return AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
                                                  trust_remote_code=trust_remote_code)
     except OSError as error:  # not a local folder, and not on the Hub (or the Hub cannot be reached)
@@ -187,7 +192,7 @@ def check_prompts_fit(tokenizer, model_args, training_args, script_args, train) 
 
     if model_args.model_name_or_path == TINY_MODEL_NAME:  # trains on built-in tasks only, whose prompts it fits
         return
-    with refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
+    with refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE, training_args.trust_remote_code):
         positions = model_max_positions(model_args.model_name_or_path, model_args.model_revision,
                                         training_args.trust_remote_code)
     check_prompt_lengths(
@@ -253,7 +258,8 @@ def build_trainer(model_args, training_args, script_args, callbacks: list | None
         check_chat_template(tokenizer, model_args.model_name_or_path, train)
         check_prompts_fit(tokenizer, model_args, training_args, script_args, train)
     # The trainers' own checks of the settings (TRL's, e.g. sync_ref_model with beta 0) are the recipe's.
-    with refused_by_library("recipe"), refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
+    with refused_by_library("recipe"), refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE,
+                                                               training_args.trust_remote_code):
         return ThermoGRPOTrainer(
             model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
             reward_funcs=reward_funcs,
@@ -278,7 +284,8 @@ def build_adpo_trainer(model_args, training_args, script_args, callbacks: list |
         train = preference_pairs_from_task(task, train, seed=training_args.seed)
     training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), **_model_init_kwargs(model_args)}
     # The trainers' own checks of the settings (TRL's, e.g. sync_ref_model with beta 0) are the recipe's.
-    with refused_by_library("recipe"), refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE):
+    with refused_by_library("recipe"), refusing_remote_code(model_args.model_name_or_path, ALLOW_REMOTE_CODE,
+                                                               training_args.trust_remote_code):
         return ThermoADPOTrainer(
             model=resolve_model_path(model_args.model_name_or_path, script_args, held_out),
             args=training_args,
@@ -318,7 +325,7 @@ def train(model_args, training_args, script_args, callbacks: list | None = None,
     from . import threads
     from .console import log_to_run_folder, quiet_trainer
     from .launch_checks import check_launch
-    from .run_dir import finished_at, interrupted_line, prepare_output_dir, remove_previous_run
+    from .run_dir import final_save_done, finished_at, interrupted_line, prepare_output_dir, remove_previous_run
     from .run_recipe import check_resume_settings, write_run_recipe
     from .tracking import prepare_reporting
 
@@ -331,15 +338,16 @@ def train(model_args, training_args, script_args, callbacks: list | None = None,
     # count for this model.
     resume_from, lock = prepare_output_dir(training_args, overwrite=script_args.overwrite_output_dir,
                                            model_name_or_path=model_args.model_name_or_path)
+    final_save_only = False  # the run reached its last step, but its final save did not complete
     try:
         if resume_from is not None:
             complete = finished_at(resume_from, training_args)
-            if complete is not None:
+            if complete is not None and final_save_done(training_args.output_dir, resume_from):
                 if lock is not None:
                     lock.release()
                     print(complete, flush=True)
                 return None
-            # Read before this run's recipe replaces the saved one.
+            final_save_only = complete is not None
             note = check_resume_settings(resume_from, recipe_values)
             if note is not None and training_args.process_index == 0:
                 print(note, flush=True)
@@ -363,15 +371,38 @@ def train(model_args, training_args, script_args, callbacks: list | None = None,
                 training_args.output_dir, script_args,
                 script_args.dataset_seed if script_args.dataset_seed is not None else training_args.seed,
             )
-            if recipe_values is not None:
+            # A resumed run's recipe describes its final model: written with it, so that a final save that fails
+            # leaves the folder's model, recipe and model card as they were.
+            if recipe_values is not None and resume_from is None:
                 write_run_recipe(training_args.output_dir, recipe_values)
-        try:
-            trainer.train(resume_from_checkpoint=resume_from)
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(interrupted_line(training_args, trainer.state.global_step)) from None
+        if final_save_only:
+            load_final_state(trainer, resume_from)
+        else:
+            try:
+                trainer.train(resume_from_checkpoint=resume_from)
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt(interrupted_line(training_args, trainer.state.global_step)) from None
         trainer.save_model(training_args.output_dir)
         trainer.save_state()
+        if trainer.accelerator.is_main_process and recipe_values is not None and resume_from is not None:
+            write_run_recipe(training_args.output_dir, recipe_values)
+        if final_save_only and lock is not None:
+            print(f"The run had reached step {trainer.state.global_step}, but its final save had not completed: the "
+                  f"final model is saved now from {resume_from}.", flush=True)
     finally:
         if lock is not None:
             lock.release()
     return trainer
+
+
+def load_final_state(trainer, checkpoint: str) -> None:
+    """The model and trainer state of a checkpoint at the run's last step, for the final save it is missing."""
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_callback import TrainerState
+
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:  # their weights load only inside train()
+        raise UserError(f"resume_from_checkpoint '{checkpoint}' is at the run's last step, but the run's final save "
+                        "did not complete, and under DeepSpeed or FSDP it cannot be redone from the checkpoint: raise "
+                        "max_steps by one to train on and save, or load the checkpoint folder itself")
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))

@@ -12,6 +12,7 @@ rename inside one filesystem is atomic, so `checkpoint-N` is either complete or 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -25,6 +26,9 @@ from ..errors import DiskFullError
 STAGING_PREFIX = ".saving-"
 REPLACED_PREFIX = ".replaced-"
 FINAL_MODEL = "model"  # the final save_model's staging folder is STAGING_PREFIX + FINAL_MODEL
+# In each checkpoint: every file the save wrote there, with its size. A resume refuses a checkpoint that has lost one
+# (thermorl.run_dir.damaged_file): without optimizer.pt, say, the Trainer would go on with a fresh optimizer state.
+CHECKPOINT_FILES = "thermorl_checkpoint_files.json"
 
 
 class AtomicCheckpoints:
@@ -71,6 +75,7 @@ class AtomicCheckpoints:
         if self.args.should_save:
             if best_is_this_step:
                 state.save_to_json(os.path.join(written, TRAINER_STATE_NAME))
+            list_files(written)
             publish(written, final)
             shutil.rmtree(staging_run_dir)
             # The Trainer rotated old checkpoints inside the staging folder, where there were none.
@@ -120,6 +125,17 @@ def final_save_has_one_writer(trainer) -> bool:
         zero = trainer.accelerator.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
         return zero.get("stage") != 3 or bool(zero.get("stage3_gather_16bit_weights_on_model_save"))
     return True
+
+
+def list_files(checkpoint: str) -> None:
+    """Write CHECKPOINT_FILES: each file under `checkpoint` (relative path) and its size."""
+    files = {}
+    for folder, _, names in os.walk(checkpoint):
+        for name in names:
+            path = os.path.join(folder, name)
+            files[os.path.relpath(path, checkpoint)] = os.path.getsize(path)
+    with open(os.path.join(checkpoint, CHECKPOINT_FILES), "w") as handle:
+        json.dump({"files": dict(sorted(files.items()))}, handle, indent=1)
 
 
 def publish(written: str, final: str) -> None:

@@ -175,6 +175,8 @@ class ThermoGRPOTrainer(GRPOTrainer):
             reward_funcs = guard_reward_funcs(reward_funcs if isinstance(reward_funcs, list) else [reward_funcs])
         prompts = VarianceAwarePrompts(args, accelerator=None)
         self._rollout: Rollout | None = None  # set only while a generate-and-score call runs
+        # Generate-and-score calls so far, and how many of them the last completions table covered (see `log`).
+        self._rollouts_generated = self._rollouts_in_last_table = 0
         with vllm_setup(args):
             super().__init__(
                 model=model,
@@ -242,6 +244,7 @@ class ThermoGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         prompt_indices, inputs = split_prompt_indices(inputs)
         training = self.model.training
+        self._rollouts_generated += 1
         if training and self.prompts.active:
             self.prompts.before_rollout(self.state.global_step, self._sample_and_reward)
         batch, rollout = self._captured(lambda: super(ThermoGRPOTrainer, self)._generate_and_score_completions(inputs))
@@ -440,6 +443,18 @@ class ThermoGRPOTrainer(GRPOTrainer):
         log_mean_metrics(self, "train" if training else "eval", {"entropy": entropy.item(), **metrics})
         return loss
 
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log, whose completions table (printed, saved, sent to W&B) shows only rollouts no table showed yet:
+        the Trainer's closing summary is logged at the last step again, which would repeat that step's table."""
+        log_completions = self.log_completions
+        self.log_completions = log_completions and self._rollouts_generated > self._rollouts_in_last_table
+        try:
+            super().log(logs, start_time)
+        finally:
+            if self.log_completions:
+                self._rollouts_in_last_table = self._rollouts_generated
+            self.log_completions = log_completions
+
     def _log(self, metrics: dict[str, float]) -> None:
         """Append already-reduced metrics (the same on every process) to TRL's buffer for the next log line."""
         buffer = metric_buffer(self, "train" if self.model.training else "eval")
@@ -476,3 +491,12 @@ class ThermoGRPOTrainer(GRPOTrainer):
         if _internal_call:  # a checkpoint's model: staged with the checkpoint
             return write(output_dir)
         self.checkpoints.save_model(write, output_dir, final_save_has_one_writer(self))
+        if os.path.abspath(output_dir or self.args.output_dir) == os.path.abspath(self.args.output_dir):
+            self.create_model_card(model_name=os.path.basename(os.path.normpath(self.args.output_dir)))
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """TRL writes the model card (output_dir/README.md) as it saves each checkpoint, before the final model
+        exists; it describes the final model, so it is written once that is saved (`save_model`), and a final save
+        that fails leaves the card of the model that is there."""
+        if self.checkpoints.staging_run_dir is None:
+            super().create_model_card(*args, **kwargs)

@@ -16,8 +16,9 @@ EVALUATION_DEFAULTS = {"samples": 8, "every": 50, "batch_size": 256, "seed": 0, 
 # so that runs made before they existed keep matching their plans (resume compares the settings).
 SPLITS = ("held_out", "validation")
 DEFAULT_VALIDATION_EXAMPLES = 256
-OPTIONAL_EVALUATION_KEYS = {"split", "validation_examples"}
-ARMS_KEYS = {"recipe", "overrides", "baseline", "seeds", "evaluation", "arms", "signals"}
+OPTIONAL_EVALUATION_KEYS = {"split", "validation_examples", "last_checkpoints"}
+ARMS_KEYS = {"recipe", "overrides", "baseline", "seeds", "evaluation", "arms", "signals", "confirmatory"}
+CONFIRMATORY_KEYS = ("metric", "arm", "baseline")
 # Training metrics the report shows by default (over the run and over its last quarter); every numeric metric the
 # trainer logs is kept in the run JSON, so `signals` in the arms file can name others afterwards.
 DEFAULT_SIGNALS = ("frac_reward_zero_std", "entropy")
@@ -79,7 +80,9 @@ def load_arms(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise UserError(f"arms file {path}: unknown evaluation key(s) {unknown}; "
                         f"valid: {sorted(set(EVALUATION_DEFAULTS) | OPTIONAL_EVALUATION_KEYS)}")
-    for key in ("samples", "every", "batch_size", "seed", "vote_round_size"):
+    for key in ("samples", "every", "batch_size", "seed", "vote_round_size", "last_checkpoints"):
+        if key not in evaluation:
+            continue
         value, minimum = evaluation[key], 0 if key == "seed" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise UserError(f"arms file {path}: evaluation.{key} must be an integer >= {minimum}, got {value!r}")
@@ -90,7 +93,12 @@ def load_arms(path: str | Path) -> dict[str, Any]:
     threshold = evaluation["vote_threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
         raise UserError(f"arms file {path}: evaluation.vote_threshold must be a number in (0, 1], got {threshold!r}")
+    if evaluation.get("last_checkpoints") == 1:  # the default: scored on the final checkpoint only
+        del evaluation["last_checkpoints"]
     spec["evaluation"] = with_split(evaluation, evaluation.get("split", "held_out"), f"arms file {path}: evaluation")
+    if "confirmatory" in spec:
+        spec["confirmatory"] = check_confirmatory(spec["confirmatory"], arms, spec["evaluation"],
+                                                  f"arms file {path}: confirmatory")
     for name, arm in arms.items():
         values = {**read_recipe(spec["recipe"]), **overrides, **arm}
         try:
@@ -100,6 +108,43 @@ def load_arms(path: str | Path) -> dict[str, Any]:
         if values.get("trainer", "grpo") != "grpo":
             raise UserError(f"arms file {path}: arm {name!r}: bench runs online RL arms only (trainer: grpo)")
     return spec
+
+
+def check_confirmatory(family, arms: dict[str, Any], evaluation: dict[str, Any], what: str) -> list[dict[str, str]]:
+    """The comparisons the arms file declares confirmatory before its runs: a list of {metric, arm, baseline}, each
+    a metric `--compare` accepts and two different arms, none twice. Holm's correction runs over these only."""
+    from .report import comparable_metrics
+
+    if not isinstance(family, list):
+        raise UserError(f"{what} must be a list of {{metric, arm, baseline}} mappings, got {family!r}")
+    seen = set()
+    for index, row in enumerate(family):
+        where = f"{what}[{index}]"
+        if not isinstance(row, dict) or set(row) != set(CONFIRMATORY_KEYS):
+            raise UserError(f"{where} must be a mapping with exactly the keys {list(CONFIRMATORY_KEYS)}, got {row!r}")
+        for key in ("arm", "baseline"):
+            if row[key] not in arms:
+                raise UserError(f"{where}.{key} {row[key]!r} is not one of the arms {list(arms)}")
+        if row["arm"] == row["baseline"]:
+            raise UserError(f"{where}: an arm is not compared with itself ({row['arm']!r})")
+        if row["metric"] not in comparable_metrics(evaluation):
+            raise UserError(f"{where}.metric {row['metric']!r} is not a metric of this bench; choose from "
+                            f"{comparable_metrics(evaluation)}")
+        key = tuple(row[k] for k in CONFIRMATORY_KEYS)
+        if key in seen:
+            raise UserError(f"{where} declares {row!r} twice")
+        seen.add(key)
+    return [{k: row[k] for k in CONFIRMATORY_KEYS} for row in family]
+
+
+def evaluated_steps(max_steps: int, every: int) -> list[int]:
+    """The steps at which a run is evaluated: every `every` steps, and the last."""
+    return [*range(every, max_steps, every), max_steps]
+
+
+def checkpoint_steps(max_steps: int, evaluation: dict[str, Any]) -> list[int]:
+    """The steps scored in full: the last `last_checkpoints` evaluated steps (default 1: the last step only)."""
+    return evaluated_steps(max_steps, evaluation["every"])[-evaluation.get("last_checkpoints", 1):]
 
 
 def check_seeds(seeds, what: str) -> list[int]:
@@ -171,7 +216,12 @@ def run_plan(spec: dict[str, Any], arm: str, seed: int, extra: dict[str, Any], r
     # settings compare equal on resume however they were given; enum values are stored as their strings.
     values = json.loads(json.dumps(validate(values, recipe_dataclasses(values.get("trainer", "grpo"))),
                                    default=lambda value: value.value))
-    return {"format": RESULT_FORMAT, "arm": arm, "seed": seed, "recipe": values, "evaluation": spec["evaluation"]}
+    plan = {"format": RESULT_FORMAT, "arm": arm, "seed": seed, "recipe": values, "evaluation": spec["evaluation"]}
+    # The family the arms file declared when the run started, so the report can tell a family declared before the
+    # runs from one written after them (not a setting: resume does not compare it).
+    if "confirmatory" in spec:
+        plan["confirmatory"] = spec["confirmatory"]
+    return plan
 
 
 def check_arms_share_start(spec: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -195,6 +245,12 @@ def check_arms_share_start(spec: dict[str, Any], extra: dict[str, Any]) -> None:
             raise UserError(f"arm {name!r}: dataset_seed is unset, so each seed would draw its own prompts and warm-up "
                             "and the report's start would be one seed's; set dataset_seed (e.g. 0) in the arms file's "
                             "overrides")
+        last = spec["evaluation"].get("last_checkpoints", 1)
+        evaluated = len(evaluated_steps(training_args.max_steps, spec["evaluation"]["every"]))
+        if last > evaluated:
+            raise UserError(f"evaluation.last_checkpoints {last}: arm {name!r} evaluates only {evaluated} "
+                            f"checkpoint(s) (every {spec['evaluation']['every']} of its {training_args.max_steps} "
+                            "steps, and the last)")
         shared = {key: values.get(key) for key in (*START_KEYS, *OPTIONAL_START_KEYS)}
         # The training budget is the rollouts sampled: an arm that uses each rollout batch num_iterations times
         # takes that many more optimizer steps for the same rollouts.

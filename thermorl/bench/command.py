@@ -8,7 +8,9 @@ and how to evaluate:
     baseline: fixed-1.0                # the arm whose final accuracy the others must reach; or each arm's own:
                                        # {ead: fixed-1.0, sapo: [grpo, grpo-reuse]} (after the first, controls)
     seeds: [0, 1, 2]
-    evaluation: {samples: 8, every: 50, batch_size: 256, temperatures: [0.6, 1.0, 1.2]}
+    evaluation: {samples: 8, every: 50, batch_size: 256, temperatures: [0.6, 1.0, 1.2], last_checkpoints: 3}
+    confirmatory:                      # declared before the runs: Holm runs over these rows only
+      - {metric: pass@1 greedy, arm: ead, baseline: fixed-1.0}
     arms:
       fixed-1.0: {temperature: 1.0}
       ead: {temperature_schedule: {type: annealed_for_length, response_tokens: 20}}
@@ -20,12 +22,18 @@ once) and writes OUT/runs/ARM/seedS.json: the training reward per step, held-out
 at each): the k samples spread over the temperatures vs the best single temperature's pass@k (at every budget up to
 k), Pass@All, and, where the task's answers are canonical (Task.canonical_answers), early-exit voting's accuracy and
 samples saved against voting on every sample (elsewhere these are "n/a", with the reason in the JSON). A run whose
-JSON exists is skipped, so an interrupted bench resumes; one whose JSON was made with other settings is refused. The
-aggregate (OUT/report.json, OUT/report.md, OUT/bench.png) gives each metric's mean and 95% interval over seeds,
-pass@1 by evaluation temperature (arms trained at different temperatures compared at the same decoding), paired
-per-seed differences against the baseline with sign-flip p-values, Holm-corrected (thermorl/bench/stats.py; `--compare`
-picks the metrics), the curves against steps and rollouts, and the steps each arm needs to reach the baseline's final
-T=1 pass@1. A number a run JSON lacks (one written before it existed) is reported as missing.
+JSON exists is skipped, so an interrupted bench resumes; one whose JSON was made with other settings is refused.
+Each run JSON also holds the per-prompt outcomes (right or not, per decoding), its environment (library versions,
+CPU, torch threads) and the SHA-256 of the start weights; with `last_checkpoints: N`, the last N evaluated
+checkpoints are scored in full and each metric also as their mean. The aggregate (OUT/report.json, OUT/report.md,
+OUT/bench.png) gives the start weights and environments in its header, each metric's mean and 95% interval over
+seeds, pass@1 by evaluation temperature (arms trained at different temperatures compared at the same decoding), and
+paired per-seed differences against the baseline with a prompt-level bootstrap interval: the `confirmatory` rows
+(declared before the runs; fewer than 10 seeds makes a row exploratory) get sign-flip p-values, Holm-corrected over
+them only, the other rows (`--compare` picks their metrics) none; a file without `confirmatory` keeps the legacy
+table (p-values on every row, Holm across the table, labelled so). Also the curves against steps and rollouts, and
+the steps each arm needs to reach the baseline's final T=1 pass@1. A number a run JSON lacks (one written before it
+existed) is reported as missing.
 Held-out prompts are the recipe's built-in task's held-out split: never in the SFT warm-up nor in RL. For choosing
 settings, `evaluation: {split: validation, validation_examples: N}` (or `--split validation`) scores instead N
 prompts carved out of the training ones, which RL then leaves out; the held-out prompts stay the same.
@@ -98,9 +106,9 @@ def bench_command(argv: list[str]) -> int:
     else:
         out.mkdir(parents=True, exist_ok=True)
         print(f"bench: warm-up and start evaluation (cached after the first run) -> {out}", flush=True)
-    start = start_scores(spec, extra, out, cached_only=args.report)
+    start, start_weights = start_scores(spec, extra, out, cached_only=args.report)
     failed = [] if args.report else run_bench(spec, out, extra, args.jobs)
-    report = aggregate(spec, out, start, args.compare)
+    report = aggregate(spec, out, start, args.compare, start_weights)
     report["held_out_prompts"] = (validation_examples(spec["evaluation"])
                                   or run_plan(spec, next(iter(spec["arms"])), 0, extra, out)["recipe"].get("num_eval_examples"))
     write_json(out / "report.json", report)

@@ -8,9 +8,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..evaluation.metrics import pass_at_k
 from .run import FINAL_METRICS, GRID_METRICS, VOTE_METRICS
 from .arms import DEFAULT_SIGNALS, pairs
-from .stats import compare_pairs, mean_interval
+from .stats import MIN_CONFIRMATORY_SEEDS, compare_pairs, mean_interval
 
 
 def extra_rollouts_at(run: dict[str, Any], step: int) -> float:
@@ -21,13 +22,65 @@ def extra_rollouts_at(run: dict[str, Any], step: int) -> float:
 
 def run_metrics(run: dict[str, Any]) -> dict[str, float]:
     """A run's final numbers by name: FINAL_METRICS, "pass@1 T=t" at each grid temperature, and the grid's
-    metrics. A number the run does not hold (a run written before it existed, a vote metric where not applicable)
-    is absent, so that it is reported as missing rather than failing the report."""
-    metrics = dict(run.get("final") or {})
-    grid = run.get("grid") or {}
+    metrics; where the run was scored at its last N checkpoints (evaluation.last_checkpoints), each of them also as
+    its mean over those checkpoints (last_checkpoints_metric). A number the run does not hold (a run written before
+    it existed, a vote metric where not applicable) is absent, so that it is reported as missing rather than failing
+    the report."""
+    metrics = _checkpoint_metrics(run)
+    records = [*map(_checkpoint_metrics, run.get("checkpoints") or []), metrics]
+    if len(records) > 1:
+        metrics.update({last_checkpoints_metric(metric, len(records)): statistics.fmean(r[metric] for r in records)
+                        for metric in list(metrics) if all(metric in r for r in records)})
+    return metrics
+
+
+def _checkpoint_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """One scored checkpoint's numbers by name (a run JSON's final one, or one of its "checkpoints")."""
+    metrics = dict(record.get("final") or {})
+    grid = record.get("grid") or {}
     metrics.update({f"pass@1 T={t}": value for t, value in (grid.get("per temperature pass@1") or {}).items()})
     metrics.update({metric: grid[metric] for metric in GRID_METRICS if grid.get(metric) is not None})
     return metrics
+
+
+def last_checkpoints_metric(metric: str, checkpoints: int) -> str:
+    """The name of `metric`'s mean over a run's last `checkpoints` scored checkpoints."""
+    return f"{metric} (mean of last {checkpoints})"
+
+
+def prompt_scores(run: dict[str, Any], metric: str) -> list[float] | None:
+    """The run's per-prompt scores whose mean over prompts is `metric` (from its stored prompt outcomes; for a mean
+    over checkpoints, the per-prompt mean over them), or None: a run written before outcomes were stored, or a
+    metric that is not a mean of per-prompt scores (the best single temperature is chosen over all prompts; votes
+    need the answers)."""
+    records = [*(run.get("checkpoints") or []), run]
+    suffix = last_checkpoints_metric("", len(records))
+    if len(records) > 1 and metric.endswith(suffix):
+        metric = metric.removesuffix(suffix)
+    else:
+        records = [run]
+    per_checkpoint = [_outcome_scores(record.get("prompt_outcomes"), metric) for record in records]
+    if any(scores is None for scores in per_checkpoint):
+        return None
+    return [statistics.fmean(scores) for scores in zip(*per_checkpoint)]
+
+
+def _outcome_scores(outcomes: dict[str, Any] | None, metric: str) -> list[float] | None:
+    if outcomes is None:
+        return None
+    counts, k = outcomes["correct"], outcomes["samples"]
+    if metric == "pass@1 greedy":
+        return [float(c) for c in counts["greedy"]]
+    if metric.startswith("pass@1 T=") and metric.removeprefix("pass@1 ") in counts:
+        return [pass_at_k(k, c, 1) for c in counts[metric.removeprefix("pass@1 ")]]
+    if metric == "pass@k T=1":
+        return [pass_at_k(k, c, k) for c in counts["T=1"]]
+    if metric == "worst@k T=1":
+        return [float(c == k) for c in counts["T=1"]]
+    if metric == "pass@all":
+        by_temperature = [value for key, value in counts.items() if key != "greedy"]
+        return [float(any(per_prompt)) for per_prompt in zip(*by_temperature)]
+    return None
 
 
 def temperature_columns(temperatures: list[float] | None) -> list[str]:
@@ -37,9 +90,12 @@ def temperature_columns(temperatures: list[float] | None) -> list[str]:
 
 
 def comparable_metrics(evaluation: dict[str, Any]) -> list[str]:
-    """Every metric `--compare` accepts."""
+    """Every metric `--compare` (and an arms file's `confirmatory`) accepts: the final ones and, with
+    evaluation.last_checkpoints N > 1, each one's mean over the last N checkpoints."""
     grid = [m for m in GRID_METRICS if evaluation["temperatures"]]
-    return list(dict.fromkeys([*temperature_columns(evaluation["temperatures"]), *FINAL_METRICS, *grid]))
+    final = list(dict.fromkeys([*temperature_columns(evaluation["temperatures"]), *FINAL_METRICS, *grid]))
+    last = evaluation.get("last_checkpoints", 1)
+    return final + ([last_checkpoints_metric(metric, last) for metric in final] if last > 1 else [])
 
 
 def over_seeds(by_seed: dict[int, dict[str, float]], metric: str) -> dict[str, Any] | None:
@@ -52,19 +108,24 @@ def over_seeds(by_seed: dict[int, dict[str, float]], metric: str) -> dict[str, A
     return {**summary, "missing seeds": missing} if missing else summary
 
 
-def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float],
-              compare: list[str] | None = None) -> dict[str, Any]:
+def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float], compare: list[str] | None = None,
+              start_weights: dict[str, Any] | None = None) -> dict[str, Any]:
     """report.json's content from the finished runs (arms with no finished run are left out). `compare`: the
-    metrics of the paired comparison against the baseline (default: temperature_columns)."""
+    metrics of the exploratory paired rows (default: temperature_columns, and their means over the last
+    checkpoints where scored); the arms file's `confirmatory` rows come first. `start_weights`: start.json's record
+    of the start model's weights (run.start_weights; None where not recorded)."""
     signals = spec.get("signals", list(DEFAULT_SIGNALS))
     temperatures = spec["evaluation"]["temperatures"]
     columns = temperature_columns(temperatures)
-    arms, by_arm_seed = {}, {}
+    last = spec["evaluation"].get("last_checkpoints", 1)
+    last_columns = [last_checkpoints_metric(column, last) for column in columns] if last > 1 else []
+    arms, by_arm_seed, loaded = {}, {}, {}
     for arm in spec["arms"]:
         runs = [json.loads(p.read_text()) for seed in spec["seeds"]
                 if (p := out / "runs" / arm / f"seed{seed}.json").is_file()]
         if not runs:
             continue
+        loaded[arm] = {run["seed"]: run for run in runs}
         by_seed = by_arm_seed[arm] = {run["seed"]: run_metrics(run) for run in runs}
         steps = [point["step"] for point in runs[0]["curve"]]
         curve = [{"step": 0, "rollouts": 0,
@@ -89,6 +150,10 @@ def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float],
             "pass@1 by temperature": {column: over_seeds(by_seed, column) for column in columns},
             "signals": signal_summaries(runs, signals),
         }
+        if last_columns:
+            arms[arm][f"mean of last {last} checkpoints"] = {
+                metric: over_seeds(by_seed, metric)
+                for metric in [*last_columns, *(last_checkpoints_metric(m, last) for m in FINAL_METRICS)]}
         if all(run.get("grid") for run in runs):
             grid = arms[arm]["grid"] = {m: over_seeds(by_seed, m) for m in GRID_METRICS}
             grid["best single T"] = [run["grid"]["best single T"] for run in runs]
@@ -108,16 +173,61 @@ def aggregate(spec: dict[str, Any], out: Path, start: dict[str, float],
             reached = [p for p in arms[arm]["curve"] if p["pass@1 T=1"]["mean"] >= target]
             arms[arm]["steps_to_baseline_final"] = reached[0]["step"] if reached else None
             arms[arm]["rollouts_to_baseline_final"] = reached[0]["rollouts"] if reached else None
-    compare = compare or columns
-    paired = {"baseline": baseline, "metrics": compare, "comparisons": compare_pairs(by_arm_seed, compared, compare)}
+    compare = compare or [*columns, *last_columns]
+    family = family_status(spec, loaded)
+    prompt_sets = sorted({run["prompt_outcomes"]["prompts_sha256"] for runs in loaded.values()
+                          for run in runs.values() if run.get("prompt_outcomes")})
+
+    def scores_of(arm: str, seed: int, metric: str) -> list[float] | None:
+        return prompt_scores(loaded[arm][seed], metric)
+
+    comparisons = compare_pairs(by_arm_seed, compared, compare, spec.get("confirmatory"),
+                                scores_of if len(prompt_sets) <= 1 else None, family["not pre-declared"])
+    paired = {"baseline": baseline, "metrics": compare, "comparisons": comparisons}
     start_metrics = run_metrics({"final": {m: start[m] for m in FINAL_METRICS if m in start},
                                  "grid": start.get("grid")})
     return {"baseline": baseline, "k": spec["evaluation"]["samples"], "temperatures": temperatures,
-            "split": spec["evaluation"].get("split", "held_out"), "start": start,
+            "split": spec["evaluation"].get("split", "held_out"), "last checkpoints": last, "start": start,
+            "start weights": start_weights, "runs' start weights": recorded_values(loaded, "start_weights", "sha256"),
+            "environments": recorded_values(loaded, "environment"),
+            "prompt sets": len(prompt_sets), "family": {k: v for k, v in family.items() if k != "not pre-declared"},
             "start pass@1 by temperature": {column: start_metrics.get(column) for column in columns},
             "arms": arms, "seeds": spec["seeds"], "paired": paired,
             "compared": list(dict.fromkeys(arm for arm, _ in compared)),
             "signals": signals}
+
+
+def family_status(spec: dict[str, Any], runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+    """The arms file's confirmatory family (None: a legacy file that declares none), and the declared rows that were
+    not declared when their runs started: each run JSON records the family of its plan, so a row added after some
+    of its runs were made (or taken from another bench's runs) is exploratory, with the runs named."""
+    declared = spec.get("confirmatory")
+    late = {}
+    for row in declared or []:
+        arm, baseline = row["arm"], row["baseline"]
+        shared = sorted(set(runs.get(arm, {})) & set(runs.get(baseline, {})))
+        unrecorded = [f"{name} seed {seed}" for name in (arm, baseline) for seed in shared
+                      if row not in (runs[name][seed].get("confirmatory") or [])]
+        if unrecorded:
+            late[arm, baseline, row["metric"]] = (
+                f"declared after runs were made: {len(unrecorded)} run(s) do not record it "
+                f"({', '.join(unrecorded[:3])}{', ...' if len(unrecorded) > 3 else ''})")
+    return {"declared": declared, "minimum seeds": MIN_CONFIRMATORY_SEEDS, "not pre-declared": late}
+
+
+def recorded_values(runs: dict[str, dict[int, dict[str, Any]]], field: str, part: str | None = None) -> list[dict]:
+    """The distinct values of a run JSON field (or of one part of it) over the runs, each with the runs that hold
+    it; runs written before the field existed are grouped under the value None."""
+    groups: list[dict[str, Any]] = []
+    for arm, by_seed in runs.items():
+        for seed, run in by_seed.items():
+            value = run.get(field)
+            value = value.get(part) if part is not None and value is not None else value
+            group = next((g for g in groups if g["value"] == value), None)
+            if group is None:
+                groups.append(group := {"value": value, "runs": []})
+            group["runs"].append(f"{arm} seed {seed}")
+    return groups
 
 
 def signal_summaries(runs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
@@ -144,7 +254,7 @@ def markdown(report: dict[str, Any]) -> str:
     names = [m.replace("@k", f"@{k}") for m in FINAL_METRICS]
     scored = "validation" if report.get("split") == "validation" else "held-out"
     reference = "its baseline" if isinstance(report["baseline"], dict) else report["baseline"]
-    lines = ["| arm | seeds | " + " | ".join(f"{scored} {n}" for n in names)
+    lines = [*header_markdown(report), "", "| arm | seeds | " + " | ".join(f"{scored} {n}" for n in names)
              + f" | steps (rollouts) to {reference}'s final T=1 pass@1 | rollouts sampled |",
              "|---|---|" + "---|" * (len(names) + 2)]
     lines.append("| start (warmed-up policy) | | " + " | ".join(f"{report['start'][m]:.3f}" for m in FINAL_METRICS)
@@ -179,6 +289,60 @@ def _cell(summary: dict[str, Any] | None, missing: str = "missing") -> str:
     return cell + (f" (seeds {summary['missing seeds']} missing)" if summary.get("missing seeds") else "")
 
 
+def header_markdown(report: dict[str, Any]) -> list[str]:
+    """What the numbers rest on: the start model's weights, the runs' environment, and which comparisons are
+    confirmatory. Reports from before a record existed say so instead of guessing."""
+    lines = []
+    weights = report.get("start weights")
+    if weights is None:
+        lines.append("Start model weights: not recorded (this bench's start.json was written before the bench "
+                     "recorded them).")
+    elif weights["sha256"] is None:
+        lines.append(f"Start model weights: no hash ({weights['why']}): {weights['path']}.")
+    else:
+        lines.append(f"Start model weights: SHA-256 {weights['sha256']} ({weights['path']}).")
+    for group in report.get("runs' start weights", []):
+        count = f"{len(group['runs'])} run(s)"
+        if group["value"] is None:
+            lines.append(f"{count} written before runs recorded their start weights.")
+        elif weights and group["value"] == weights["sha256"]:
+            lines.append(f"{count} record these start weights.")
+        else:
+            lines.append(f"**{count} started from other weights**, SHA-256 {group['value']}: "
+                         + ", ".join(group["runs"]) + ".")
+    for group in report.get("environments", []):
+        count = f"{len(group['runs'])} run(s)"
+        env = group["value"]
+        if env is None:
+            lines.append(f"Environment: not recorded by {count} (written before runs recorded it).")
+            continue
+        commit = f" (commit {env['thermorl_commit'][:12]})" if env.get("thermorl_commit") else ""
+        lines.append(f"Environment of {count}: torch {env['torch']}, transformers {env['transformers']}, trl "
+                     f"{env['trl']}, thermorl {env['thermorl']}{commit}, Python {env['python']}, CPU {env['cpu']} "
+                     f"({env['cpu_count']} logical), torch threads {env['torch_threads']}"
+                     + (f", GPU {env['cuda']}" if env.get("cuda") else "") + ".")
+    if len(report.get("environments", [])) > 1:
+        lines.append("The runs were made in different environments (above): their numbers may not be exchangeable.")
+    family = report.get("family") or {"declared": None}
+    if family["declared"] is None:
+        lines.append("Comparisons: legacy table. This arms file declares no confirmatory family, so every paired row "
+                     "has a p-value, Holm-adjusted across the whole table: a family chosen after the runs. Read every "
+                     "row as exploratory.")
+    else:
+        count = len(family["declared"])
+        lines.append(f"Comparisons: {count} confirmatory, declared in the arms file before its runs; Holm's correction "
+                     f"runs over those {count}. Every other row is exploratory and has no p-value. A declared row with "
+                     f"fewer than {family['minimum seeds']} seeds, or declared after its runs were made, is "
+                     "exploratory whatever the file says (the table says why) and counts in the family as p = 1.")
+    if report.get("last checkpoints", 1) > 1:
+        last = report["last checkpoints"]
+        lines.append(f"Each run is scored on its final checkpoint and as the mean over its last {last} evaluated "
+                     f"checkpoints (\"(mean of last {last})\" rows and metrics).")
+    if report.get("prompt sets", 0) > 1:
+        lines.append("The runs scored different prompt sets: no prompt-level bootstrap.")
+    return [f"- {line}" for line in lines]
+
+
 def signals_markdown(report: dict[str, Any]) -> str:
     """The training metrics the arms file names (`signals`): over the whole run / over its last quarter."""
     names = [name for name in report["signals"] if any(name in v.get("signals", {}) for v in report["arms"].values())]
@@ -204,32 +368,58 @@ def temperature_markdown(report: dict[str, Any]) -> str:
              "| start (warmed-up policy) | | " + " | ".join(
                  "missing" if (value := report["start pass@1 by temperature"][c]) is None else f"{value:.3f}"
                  for c in columns) + " |"]
+    last = report.get("last checkpoints", 1)
     for arm, values in report["arms"].items():
         by_temperature = values.get("pass@1 by temperature", {})
         lines.append(f"| {arm} | {len(values['seeds'])} | "
                      + " | ".join(_cell(by_temperature.get(c)) for c in columns) + " |")
+        if last > 1:
+            means = values[f"mean of last {last} checkpoints"]
+            lines.append(f"| {arm}, mean of last {last} checkpoints | {len(values['seeds'])} | "
+                         + " | ".join(_cell(means.get(last_checkpoints_metric(c, last))) for c in columns) + " |")
     return "\n".join(lines)
 
 
 def paired_markdown(report: dict[str, Any]) -> str:
-    """The paired comparison of every arm with its baseline, seed by seed."""
+    """The paired comparison of every arm with its baseline, seed by seed, and prompt by prompt."""
     paired = report["paired"]
-    lines = ["Paired differences, arm - its baseline, over the seeds both finished: mean ± 95% t-interval, "
-             "seeds won / lost / tied, p from the exact sign-flip permutation test (Monte-Carlo above 16 seeds), "
-             "Holm-adjusted across every row of this table:", "",
-             "| arm | baseline | metric | seeds | difference | won / lost / tied | p | p (Holm) |",
-             "|---|---|---|---|---|---|---|---|"]
+    legacy = (report.get("family") or {"declared": None})["declared"] is None
+    family = ("Holm-adjusted across every row of this table (legacy: no declared family)" if legacy else
+              "Holm-adjusted over the declared confirmatory rows only; exploratory rows have no p-value")
+    lines = ["Paired differences, arm - its baseline, over the seeds both finished: mean ± 95% t-interval over seeds, "
+             "seeds won / lost / tied, p from the exact sign-flip permutation test over seeds (Monte-Carlo above 16 "
+             f"seeds), {family}; and the 95% prompt-level paired bootstrap interval (the scored prompts resampled, "
+             "the same draw for both arms and every seed: how much the difference depends on the prompts drawn, for "
+             "these seeds):", "",
+             "| arm | baseline | metric | seeds | difference | won / lost / tied | p | p (Holm) | prompt bootstrap 95% "
+             "| role |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    reasons = {}  # why a row has no prompt bootstrap, each once
     for row in paired["comparisons"]:
         comparison = row["comparison"]
+        role = row.get("role", "legacy") + (f": {row['why']}" if row.get("why") else "")
         if comparison is None:
-            lines.append(f"| {row['arm']} | {row['baseline']} | {row['metric']} | none shared | missing | | | |")
+            lines.append(f"| {row['arm']} | {row['baseline']} | {row['metric']} | none shared | missing | | | | "
+                         f"| {role} |")
             continue
+        p_values = (f"{comparison['p']:.3f} | {comparison['p holm']:.3f}" if "p" in comparison else "— | —")
+        bootstrap = comparison.get("prompt bootstrap")
+        if bootstrap is not None:
+            interval = "[{:+.3f}, {:+.3f}]".format(*bootstrap["ci95"])
+        else:
+            interval = "n/a" if "prompt bootstrap n/a" in comparison else "missing"
+            if "prompt bootstrap n/a" in comparison:
+                reasons[comparison["prompt bootstrap n/a"].split(" at seed(s)")[0]] = None
         lines.append(f"| {row['arm']} | {row['baseline']} | {row['metric']} | {len(comparison['seeds'])} | "
                      f"{comparison['mean difference']:+.3f} ± {comparison['ci95']:.3f} | "
-                     f"{comparison['wins']} / {comparison['losses']} / {comparison['ties']} | "
-                     f"{comparison['p']:.3f} | {comparison['p holm']:.3f} |")
+                     f"{comparison['wins']} / {comparison['losses']} / {comparison['ties']} | {p_values} | "
+                     f"{interval} | {role} |")
     if not paired["comparisons"]:
-        lines.append("| (no arm and its baseline both have a finished run) | | | | | | | |")
+        lines.append("| (no arm and its baseline both have a finished run) | | | | | | | | | |")
+    if reasons:
+        lines += ["", "Prompt bootstrap n/a: " + "; ".join(reasons) + " (runs written before per-prompt outcomes were "
+                  "stored, or a metric that is not a mean over prompts: the best single temperature, the spread, "
+                  "votes)."]
     return "\n".join(lines)
 
 

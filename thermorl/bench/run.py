@@ -3,15 +3,18 @@ prompts; and the warmed-up policy's scores, the curves' step 0."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, refusing_remote_code
-from .arms import OPTIONAL_START_KEYS, START_KEYS, run_plan, validation_examples
+from .arms import OPTIONAL_START_KEYS, START_KEYS, checkpoint_steps, run_plan, validation_examples
 
 # Final metrics of a run, in the order the report shows them.
 FINAL_METRICS = ("pass@1 greedy", "pass@1 T=1", "pass@k T=1", "worst@k T=1")
@@ -39,9 +42,10 @@ def scored_rows(script_args, seed: int, evaluation: dict[str, Any]):
 
 
 def held_out_scores(model, tokenizer, rows, task, evaluation: dict[str, Any], samples: int, max_new_tokens: int):
-    """(scores, grid): greedy pass@1 (one completion per prompt: greedy decoding is deterministic) and pass@1 /
-    pass@k / worst@k from `samples` samples at T=1; with the evaluation's temperature grid (which includes 1.0) and
-    more than one sample, the T=1 samples are the grid's and `grid` is its test-time-scaling summary, else None."""
+    """(scores, grid, outcomes): greedy pass@1 (one completion per prompt: greedy decoding is deterministic) and
+    pass@1 / pass@k / worst@k from `samples` samples at T=1; with the evaluation's temperature grid (which includes
+    1.0) and more than one sample, the T=1 samples are the grid's and `grid` is its test-time-scaling summary, else
+    None; `outcomes` are the per-prompt counts behind them (prompt_outcomes)."""
     from ..evaluation.metrics import single_temperature_pass_at_k
     from ..evaluation.pipeline import as_verifier, score
     from ..evaluation.sampling import sample_completions
@@ -59,9 +63,22 @@ def held_out_scores(model, tokenizer, rows, task, evaluation: dict[str, Any], sa
         "pass@k T=1": single_temperature_pass_at_k(correct, at_1, samples),
         "worst@k T=1": statistics.mean(float(all(question[at_1])) for question in correct),
     }
+    outcomes = prompt_outcomes(prompts, temperatures, greedy, correct)
     if len(temperatures) == 1:
-        return scores, None
-    return scores, grid_summary(temperatures, answers, correct, evaluation, task.canonical_answers)
+        return scores, None, outcomes
+    return scores, grid_summary(temperatures, answers, correct, evaluation, task.canonical_answers), outcomes
+
+
+def prompt_outcomes(prompts: list[str], temperatures: list[float], greedy, correct) -> dict[str, Any]:
+    """Per prompt, in the scored order: whether the greedy completion is right (0 or 1) and how many of the
+    `samples` samples at each temperature are ("T=t"). Every pass@1, pass@k, worst@k and Pass@All number of a run is
+    a mean over prompts of a function of these counts (report.prompt_scores), so the report can resample prompts.
+    `prompts_sha256` names the prompt list, so that runs are paired prompt by prompt only on the same prompts."""
+    return {"prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+            "samples": len(correct[0][0]),
+            "correct": {"greedy": [int(question[0][0]) for question in greedy],
+                        **{f"T={t:g}": [sum(question[i]) for question in correct]
+                           for i, t in enumerate(temperatures)}}}
 
 
 def grid_summary(temperatures, answers, correct, evaluation: dict[str, Any], canonical_answers: bool) -> dict[str, Any]:
@@ -128,38 +145,49 @@ def run_one(plan_path: Path) -> None:
     from transformers.trainer_callback import PrinterCallback
 
     from ..recipe import load_recipe
-    from ..train import build_trainer
+    from ..train import build_trainer, resolve_model_path
 
     torch.set_num_threads(1)
     plan = json.loads(plan_path.read_text())
     evaluation = plan["evaluation"]
     model_args, training_args, script_args = load_recipe(plan["recipe"])
-    rows, _, task = scored_rows(script_args, training_args.seed, evaluation)
+    rows, held_out, task = scored_rows(script_args, training_args.seed, evaluation)
     new_tokens = training_args.max_completion_length
+    # The checkpoints before the last that are scored in full (evaluation.last_checkpoints; none by default).
+    earlier_checkpoints = checkpoint_steps(training_args.max_steps, evaluation)[:-1]
 
     class HeldOutCurve(TrainerCallback):
-        """Held-out pass@1 (greedy, and one sample at T=1) every `every` steps; the last step's point is the final
-        evaluation's (k samples at T=1), so the curve ends where the final metrics are."""
+        """Held-out pass@1 (greedy, and one sample at T=1) every `every` steps; at the checkpoints scored in full and
+        at the last step, the point is that evaluation's (k samples at each temperature), so the curve ends where
+        the final metrics are."""
 
         def __init__(self):
-            self.points = []
+            self.points, self.checkpoints = [], []
 
         def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
             if state.global_step % evaluation["every"] or state.global_step == state.max_steps:
                 return
-            scores, _ = held_out_scores(model, processing_class, rows, task, evaluation, 1, new_tokens)
+            if state.global_step in earlier_checkpoints:
+                scores, grid, outcomes = held_out_scores(model, processing_class, rows, task, evaluation,
+                                                         evaluation["samples"], new_tokens)
+                self.checkpoints.append({"step": state.global_step, "final": scores, "grid": grid,
+                                         "prompt_outcomes": outcomes})
+            else:
+                scores, _, _ = held_out_scores(model, processing_class, rows, task, evaluation, 1, new_tokens)
             self.points.append({"step": state.global_step, "pass@1 greedy": scores["pass@1 greedy"],
                                 "pass@1 T=1": scores["pass@1 T=1"]})
 
     curve = HeldOutCurve()
     started = time.perf_counter()
+    # The weights build_trainer starts from (the same call: a warmed-up tiny model is cached by then).
+    weights = start_weights(resolve_model_path(model_args.model_name_or_path, script_args, held_out))
     trainer = build_trainer(model_args, training_args, script_args, callbacks=[curve],
                             validation_examples=validation_examples(evaluation))
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     train_seconds = time.perf_counter() - started
-    final, grid = held_out_scores(trainer.model, trainer.processing_class, rows, task, evaluation,
-                                  evaluation["samples"], new_tokens)
+    final, grid, outcomes = held_out_scores(trainer.model, trainer.processing_class, rows, task, evaluation,
+                                            evaluation["samples"], new_tokens)
     curve.points.append({"step": trainer.state.global_step, "pass@1 greedy": final["pass@1 greedy"],
                          "pass@1 T=1": final["pass@1 T=1"]})
     history = trainer.state.log_history
@@ -177,22 +205,80 @@ def run_one(plan_path: Path) -> None:
         "training": training_signals(history),
         "final": final,
         "grid": grid,
+        "prompt_outcomes": outcomes,
+        # The earlier checkpoints scored in full, oldest first (the last one is "final").
+        "checkpoints": curve.checkpoints,
+        "start_weights": weights,
+        "environment": environment(),
         "train_seconds": round(train_seconds, 1),
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(plan_path.with_name(plan_path.name.removesuffix(".plan.json") + ".json"), result)
 
 
-def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path, cached_only: bool = False) -> dict[str, Any]:
-    """The warmed-up policy's held-out scores (the curves' step 0), computed once per bench and cached."""
+def environment() -> dict[str, Any]:
+    """What a run's numbers may depend on beyond its plan: library versions, the code's commit, the CPU, torch's
+    thread count and the accelerator, recorded in every run JSON (two machines' runs are not exchangeable)."""
+    import importlib.metadata
+
+    import torch
+
+    from .. import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:  # not Linux: platform's name
+        pass
+    return {"torch": torch.__version__, "transformers": importlib.metadata.version("transformers"),
+            "trl": importlib.metadata.version("trl"), "thermorl": __version__, "thermorl_commit": _commit(),
+            "python": platform.python_version(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _commit() -> str | None:
+    """The commit the thermorl source is at (uncommitted edits are not detected), None outside a git checkout."""
+    try:
+        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def start_weights(model_path: str) -> dict[str, Any]:
+    """The start model's weights: SHA-256 of its safetensors file (of the files' "name hash" lines, in name order,
+    when sharded), or why there is none, so that a report says which weights its runs started from."""
+    from ..models.smollm2 import sha256_of
+
+    folder = Path(model_path)
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return {"path": model_path, "sha256": None, "why": "not a local folder with safetensors weights"}
+    if len(files) == 1:
+        return {"path": model_path, "sha256": sha256_of(files[0])}
+    lines = "".join(f"{file.name} {sha256_of(file)}\n" for file in files)
+    return {"path": model_path, "sha256": hashlib.sha256(lines.encode()).hexdigest(), "files": len(files)}
+
+
+def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path,
+                 cached_only: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(scores, weights): the warmed-up policy's held-out scores (the curves' step 0), computed once per bench and
+    cached, and its start_weights (None in a cache written before they were recorded: not guessed from the model
+    there now, which may have been rebuilt since)."""
     path = out / "start.json"
     plan = run_plan(spec, next(iter(spec["arms"])), spec["seeds"][0], extra, out / "start")
-    key = {k: plan["recipe"].get(k) for k in START_KEYS} | {"evaluation": spec["evaluation"]}
+    # Which checkpoints the runs score does not change the start's scores.
+    evaluation = {key: value for key, value in spec["evaluation"].items() if key != "last_checkpoints"}
+    key = {k: plan["recipe"].get(k) for k in START_KEYS} | {"evaluation": evaluation}
     key |= {k: plan["recipe"][k] for k in OPTIONAL_START_KEYS if plan["recipe"].get(k) is not None}
     if path.is_file():
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
-            return stored["scores"]
+            return stored["scores"], stored.get("start_weights")
     if cached_only:
         raise UserError(f"{path} is missing or was made with other settings: run the bench (without --report) first")
     import torch
@@ -203,18 +289,18 @@ def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path, cached_
 
     torch.set_num_threads(1)
     model_args, training_args, script_args = load_recipe(plan["recipe"])
-    evaluation = spec["evaluation"]
     rows, held_out, task = scored_rows(script_args, training_args.seed, evaluation)
     model_path = resolve_model_path(model_args.model_name_or_path, script_args, held_out)
-    with refusing_remote_code(model_path, ALLOW_REMOTE_CODE):
+    with refusing_remote_code(model_path, ALLOW_REMOTE_CODE, training_args.trust_remote_code):
         model, tokenizer = load_policy(model_path, device="cpu", dtype="float32",
                                        trust_remote_code=training_args.trust_remote_code)
-    scores, grid = held_out_scores(model, tokenizer, rows, task, evaluation, evaluation["samples"],
-                                   training_args.max_completion_length)
+    scores, grid, _ = held_out_scores(model, tokenizer, rows, task, evaluation, evaluation["samples"],
+                                      training_args.max_completion_length)
     if grid is not None:
         scores["grid"] = grid
-    write_json(path, {"key": key, "model": model_path, "scores": scores})
-    return scores
+    weights = start_weights(model_path)
+    write_json(path, {"key": key, "model": model_path, "scores": scores, "start_weights": weights})
+    return scores, weights
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

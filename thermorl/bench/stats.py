@@ -4,15 +4,27 @@ Pure functions on plain numbers. Seeds pair two arms' runs: both start from the 
 order from the same seed, so the per-seed difference removes the variation they share. A comparison uses only the
 seeds both arms finished. Its p-value comes from the exact sign-flip permutation test of the mean difference (under
 "no difference" each difference is as likely negative as positive): all 2^n sign patterns for n <= 16 seeds, a
-fixed-seed Monte-Carlo sample of them above that. Holm's step-down correction then adjusts the p-values of every
-comparison in one table together.
+fixed-seed Monte-Carlo sample of them above that.
+
+Which rows get a p-value: an arms file declares its confirmatory comparisons (metric, arm, baseline) before it runs;
+Holm's step-down correction runs over that family only, and every other row is exploratory, reported without a
+p-value. A declared row with fewer than MIN_CONFIRMATORY_SEEDS seeds shared by its two arms is exploratory too: it
+still counts in the family's size (as p = 1, never rejected), so that the correction of the others does not get
+lighter because a row could not be tested. An arms file without a declared family keeps the legacy table: a p-value
+on every row, Holm-adjusted across the whole table (a family chosen after the runs: labelled as such).
+
+Beside the seed-level test, a prompt-level paired bootstrap: the held-out prompts are resampled with replacement (the
+same draw for both arms and every seed, so the pairing by prompt and by seed is kept) and the mean difference
+recomputed, BOOTSTRAP_REPLICATES times from BOOTSTRAP_SEED; its 2.5% and 97.5% percentiles are the interval. It says
+how much the difference depends on which prompts were drawn, for these seeds; the seed-level interval and test say
+how much it depends on the seeds.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -25,6 +37,10 @@ MONTE_CARLO_PATTERNS = 100_000
 MONTE_CARLO_SEED = 0
 # Sums of floats that are equal in exact arithmetic may differ in the last bits: such a tie counts as "as extreme".
 _TIE_TOLERANCE = 1e-9
+# A declared comparison with fewer seeds is reported as exploratory (issue 33: 3-seed rows read as findings).
+MIN_CONFIRMATORY_SEEDS = 10
+BOOTSTRAP_REPLICATES = 10_000
+BOOTSTRAP_SEED = 0
 
 
 def mean_interval(values: Sequence[float]) -> dict[str, float]:
@@ -85,21 +101,84 @@ def paired_comparison(arm: Mapping[int, float], baseline: Mapping[int, float]) -
     }
 
 
-def compare_pairs(runs: Mapping[str, Mapping[int, Mapping[str, float]]], pairs: Sequence[tuple[str, str]],
-                  metrics: Sequence[str]) -> list[dict]:
-    """Each (arm, baseline) of `pairs` on each metric, with Holm-adjusted p-values across the whole
-    table.
+def prompt_bootstrap(arm: Mapping[int, Sequence[float]], baseline: Mapping[int, Sequence[float]],
+                     seeds: Sequence[int]) -> dict:
+    """The prompt-level paired bootstrap of arm - baseline over `seeds` ({seed: per-prompt scores} each, the same
+    prompts in the same order): the mean difference (equal to the seed-level one) and the 95% percentile interval of
+    BOOTSTRAP_REPLICATES resamples of the prompts, drawn once (rng.integers, seed BOOTSTRAP_SEED) for every seed."""
+    differences = np.mean([np.asarray(arm[seed], dtype=float) - np.asarray(baseline[seed], dtype=float)
+                           for seed in seeds], axis=0)  # per prompt, over seeds
+    prompts = len(differences)
+    draws = np.random.default_rng(BOOTSTRAP_SEED).integers(0, prompts, size=(BOOTSTRAP_REPLICATES, prompts))
+    replicates = differences[draws].mean(axis=1)
+    low, high = np.percentile(replicates, [2.5, 97.5])
+    return {"mean difference": float(differences.mean()), "ci95": [float(low), float(high)], "prompts": prompts,
+            "replicates": BOOTSTRAP_REPLICATES, "seed": BOOTSTRAP_SEED}
 
-    `runs[arm][seed]` holds that run's metrics by name (a metric the run lacks is simply absent). A pair with no
-    shared seed holding the metric is listed with "comparison": None and takes no part in the correction."""
+
+def compare_pairs(runs: Mapping[str, Mapping[int, Mapping[str, float]]], pairs: Sequence[tuple[str, str]],
+                  metrics: Sequence[str], confirmatory: Sequence[Mapping[str, str]] | None = None,
+                  prompt_scores: Callable[[str, int, str], Sequence[float] | None] | None = None,
+                  not_pre_declared: Mapping[tuple[str, str, str], str] | None = None) -> list[dict]:
+    """The paired table: each declared confirmatory comparison (in its order), then each (arm, baseline) of `pairs`
+    on each metric not declared.
+
+    `runs[arm][seed]` holds that run's metrics by name (a metric the run lacks is simply absent). Each row's
+    "role": "confirmatory" (a p-value, Holm-adjusted over the declared family), "exploratory" (no p-value; "why"
+    says why when it was declared) or, with `confirmatory` None (no declared family), "legacy": every row a p-value,
+    Holm-adjusted across the table. A row with no shared seed holding the metric has "comparison": None.
+    `prompt_scores(arm, seed, metric)`: that run's per-prompt scores for the metric, None where it has none; with
+    it, each comparison gets "prompt bootstrap" (prompt_bootstrap), or None with "prompt bootstrap n/a" saying why.
+    `not_pre_declared`: declared rows (arm, baseline, metric) whose runs were made before the declaration, with the
+    reason: exploratory, counted in the family's size like a row with too few seeds."""
 
     def by_seed(arm: str, metric: str) -> dict[int, float]:
         return {seed: values[metric] for seed, values in runs.get(arm, {}).items() if metric in values}
 
-    table = [{"arm": arm, "baseline": baseline, "metric": metric,
-              "comparison": paired_comparison(by_seed(arm, metric), by_seed(baseline, metric))}
-             for arm, baseline in pairs if arm in runs and baseline in runs for metric in metrics]
-    compared = [row["comparison"] for row in table if row["comparison"] is not None]
-    for comparison, adjusted in zip(compared, holm([c["p"] for c in compared])):
+    declared = [(row["arm"], row["baseline"], row["metric"]) for row in confirmatory or []]
+    exploratory = [(arm, baseline, metric) for arm, baseline in pairs for metric in metrics
+                   if (arm, baseline, metric) not in declared]
+    table = []
+    for arm, baseline, metric in [*declared, *exploratory]:
+        if (arm, baseline, metric) not in declared and not (arm in runs and baseline in runs):
+            continue
+        comparison = paired_comparison(by_seed(arm, metric), by_seed(baseline, metric))
+        row = {"arm": arm, "baseline": baseline, "metric": metric, "comparison": comparison}
+        if confirmatory is None:
+            row["role"] = "legacy"
+        elif (arm, baseline, metric) not in declared:
+            row["role"] = "exploratory"
+        elif (arm, baseline, metric) in (not_pre_declared or {}):
+            row["role"], row["why"] = "exploratory", not_pre_declared[arm, baseline, metric]
+        elif comparison is None or len(comparison["seeds"]) < MIN_CONFIRMATORY_SEEDS:
+            row["role"] = "exploratory"
+            row["why"] = (f"declared confirmatory, but {len(comparison['seeds']) if comparison else 0} seed(s) "
+                          f"< {MIN_CONFIRMATORY_SEEDS}")
+        else:
+            row["role"] = "confirmatory"
+        if comparison is not None and row["role"] == "exploratory":
+            del comparison["p"]
+        if comparison is not None and prompt_scores is not None:
+            _add_prompt_bootstrap(comparison, {seed: prompt_scores(arm, seed, metric) for seed in comparison["seeds"]},
+                                  {seed: prompt_scores(baseline, seed, metric) for seed in comparison["seeds"]})
+        table.append(row)
+    tested = [row["comparison"] for row in table if row["role"] in ("legacy", "confirmatory") and row["comparison"]]
+    # A declared family's size is what was declared: the rows not tested count as p = 1.
+    untested = len(declared) - len(tested) if confirmatory is not None else 0
+    for comparison, adjusted in zip(tested, holm([c["p"] for c in tested] + [1.0] * untested)):
         comparison["p holm"] = adjusted
     return table
+
+
+def _add_prompt_bootstrap(comparison: dict, arm: Mapping[int, Sequence[float] | None],
+                          baseline: Mapping[int, Sequence[float] | None]) -> None:
+    missing = [seed for seed in comparison["seeds"] if arm[seed] is None or baseline[seed] is None]
+    lengths = {len(scores) for scores in (*arm.values(), *baseline.values()) if scores is not None}
+    if missing:
+        comparison["prompt bootstrap"] = None
+        comparison["prompt bootstrap n/a"] = f"no per-prompt scores for this metric at seed(s) {missing}"
+    elif len(lengths) != 1:
+        comparison["prompt bootstrap"] = None
+        comparison["prompt bootstrap n/a"] = f"the runs scored different numbers of prompts {sorted(lengths)}"
+    else:
+        comparison["prompt bootstrap"] = prompt_bootstrap(arm, baseline, comparison["seeds"])

@@ -1,0 +1,97 @@
+"""Chat tasks (tasks/chat.py): every generated answer checked by an independent reading of the question, prompts as
+one user message, scoring equal to the `math_verify` reward's."""
+
+import re
+
+import pytest
+
+from thermorl.errors import UserError
+from thermorl.tasks import math_verify_reward, task_from_spec
+
+
+def read_sum(question: str) -> int:
+    expression = re.fullmatch(r"What is ([\d +\-×]+)\? Put your final answer within \\boxed\{\}\.", question).group(1)
+    return eval(expression.replace("×", "*"))  # digits, spaces and + - * only (matched above)
+
+
+def read_story(question: str) -> tuple[int, int]:
+    """(count after every sentence, number of operations) of a word problem, sentence by sentence."""
+    sentences = re.findall(r"[^.?]+[.?]", question)
+    count = int(re.fullmatch(r"\w+ has (\d+) \w+\.", sentences[0].strip()).group(1))
+    operations = 0
+    for sentence in (s.strip() for s in sentences[1:]):
+        if sentence.startswith("How many") or sentence.startswith("Put your"):
+            continue
+        operations += 1
+        if match := re.fullmatch(r"(He|She) buys (\d+) packs of (\d+) \w+ each\.", sentence):
+            count += int(match.group(2)) * int(match.group(3))
+        elif match := re.fullmatch(r"(He|She) finds (\d+) more \w+\.", sentence):
+            count += int(match.group(2))
+        elif match := re.fullmatch(r"(He|She) gives (\d+) \w+ to a friend\.", sentence):
+            count -= int(match.group(2))
+        elif re.fullmatch(r"(He|She) gives away half of (his|her) \w+\.", sentence):
+            assert count % 2 == 0
+            count //= 2
+        elif re.fullmatch(r"(He|She) doubles the number of \w+ (he|she) has\.", sentence):
+            count *= 2
+        else:
+            raise AssertionError(f"unknown sentence {sentence!r}")
+        assert count > 0, question
+    return count, operations
+
+
+@pytest.mark.parametrize("spec", ["chat_arithmetic", "chat_arithmetic:digits=3,num_operands=3,ops=+-*"])
+def test_chat_arithmetic_answers_and_prompts(spec):
+    task = task_from_spec(spec)
+    digits = task.digits
+    train, held_out = task.make_splits(200, 50, seed=0)
+    assert not {row[0]["content"] for row in train["prompt"]} & {row[0]["content"] for row in held_out["prompt"]}
+    for row in [*train, *held_out]:
+        (message,) = row["prompt"]
+        assert message["role"] == "user"
+        assert int(row["answer"]) == read_sum(message["content"])
+        assert all(len(operand) == digits for operand in re.findall(r"\d+", message["content"]))
+
+
+@pytest.mark.parametrize("steps", [1, 3, 6])
+def test_word_problem_answers_follow_the_story(steps):
+    rows = task_from_spec(f"word_problems:steps={steps}").make_dataset(300, seed=steps)
+    kinds = set()
+    for row in rows:
+        content = row["prompt"][0]["content"]
+        count, operations = read_story(content)
+        assert (str(count), operations) == (row["answer"], steps)
+        kinds |= {word for word in ("buys", "finds", "gives", "half", "doubles") if word in content}
+    assert kinds == {"buys", "finds", "gives", "half", "doubles"}
+
+
+def test_word_problem_operations_option_limits_the_kinds():
+    rows = task_from_spec("word_problems:steps=4,operations=bf").make_dataset(100, seed=0)
+    assert not any("gives" in row["prompt"][0]["content"] or "doubles" in row["prompt"][0]["content"] for row in rows)
+
+
+@pytest.mark.parametrize("spec", ["chat_arithmetic", "word_problems"])
+def test_scoring_equals_the_math_verify_reward(spec):
+    task = task_from_spec(spec)
+    row = task.make_dataset(1, seed=0)[0]
+    answer = row["answer"]
+    completions = [
+        f"Let me work it out. The result is \\boxed{{{answer}}}.",
+        f"\\boxed{{{int(answer) + 1}}}",
+        f"First I thought \\boxed{{{int(answer) + 1}}}, but it is \\boxed{{{answer}}}",
+        f"<think>maybe {answer}</think> so \\boxed{{{int(answer) - 1}}}",
+        f"The answer is {answer}.",
+        "I do not know \\boxed{",
+        "",
+    ]
+    expected = [True, False, True, False, True, False, False]
+    assert [task.is_correct(c, row) for c in completions] == expected
+    assert math_verify_reward(completions, answer=[answer] * len(completions)) == [float(e) for e in expected]
+    assert task.reward_funcs[0](prompts=[row["prompt"]] * 2, completions=completions[:2],
+                                answer=[answer] * 2) == [1.0, 0.0]
+    assert task.extract_answer(f"so \\boxed{{{answer}.0}}") == answer
+
+
+def test_chat_tasks_have_no_warm_up_data():
+    with pytest.raises(UserError, match="chat task"):
+        task_from_spec("chat_arithmetic").make_sft_dataset(10, seed=0)
