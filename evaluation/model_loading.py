@@ -19,7 +19,6 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..errors import UserError
-from ..run_dir import checkpoints_in, final_save_done, weights_problem
 
 CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")
 
@@ -46,7 +45,6 @@ def check_model_path(path_or_name: str) -> None:
 def resolve_model_dir(path: Path) -> Path:
     """The directory to load from: `path` itself, or its latest checkpoint-N for a run output directory."""
     if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
-        check_final_model_is_newest(path)
         return path
     checkpoints = [child for child in path.iterdir() if child.is_dir() and CHECKPOINT_DIR.fullmatch(child.name)]
     if not checkpoints:
@@ -55,18 +53,6 @@ def resolve_model_dir(path: Path) -> Path:
             "subdirectory"
         )
     return max(checkpoints, key=lambda child: int(CHECKPOINT_DIR.fullmatch(child.name).group(1)))
-
-
-def check_final_model_is_newest(run_dir: Path) -> None:
-    """A run folder whose checkpoints went past its final model (a resumed run whose final save failed, or that was
-    stopped) holds an older model than its run trained: named, not evaluated in its place."""
-    checkpoints = checkpoints_in(run_dir)
-    if (run_dir / "trainer_state.json").is_file() and checkpoints and not final_save_done(run_dir, checkpoints[-1]):
-        raise UserError(
-            f"{run_dir} holds an older final model than its newest checkpoint {checkpoints[-1].name} (its final save "
-            f"did not complete, or the run was stopped): resume the run with `resume_from_checkpoint: latest` to "
-            f"save it, or evaluate --model {checkpoints[-1]}"
-        )
 
 
 def tokenizer_dir(model_dir: Path) -> Path | None:
@@ -101,9 +87,6 @@ def _load(path_or_name: str, dtype, trust_remote_code: bool):
     if not path.is_dir():
         raise UserError(f"model path must be a directory, got the file {path_or_name}")
     model_dir = resolve_model_dir(path)
-    problem = weights_problem(model_dir, files="*")
-    if problem is not None:  # from_pretrained would fail on it with safetensors' or torch's traceback
-        raise UserError(f"model {path_or_name}: {problem} (in {model_dir}); the model folder is damaged")
     adapter_config = model_dir / "adapter_config.json"
     if adapter_config.is_file():
         return _load_adapter(model_dir, json.loads(adapter_config.read_text()), dtype, trust_remote_code)

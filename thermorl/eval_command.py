@@ -31,6 +31,7 @@ from .console import log_to_run_folder, output_to_run_log
 from .errors import UserArgumentParser, UserError, refusing_remote_code
 from .evaluation.model_loading import check_model_path, load_policy
 from .models.names import resolve_named_model
+from .run_dir import check_model_to_evaluate
 from .models.warmup import TINY_MODEL_NAME
 from .evaluation.pipeline import (
     DEFAULT_VOTE_ROUND_SIZE,
@@ -315,6 +316,7 @@ def eval_command(argv: list[str] | None = None) -> int:
             **({} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}),
         )
         check_model_path(args.model)
+        check_model_to_evaluate(args.model)
         if args.num_questions is not None and args.num_questions < 1:
             raise UserError(f"--num-questions must be >= 1, got {args.num_questions}")
     except (ValueError, FileNotFoundError) as error:

@@ -444,3 +444,28 @@ def interrupted_line(training_args, step: int) -> str:
         return f"interrupted at step {step}, before any checkpoint was saved: nothing to resume; start the run again."
     return (f"interrupted at step {step}; the newest complete checkpoint is {checkpoint}: resume with "
             "`--resume_from_checkpoint latest` (same output_dir).")
+
+
+def check_model_to_evaluate(path_or_name: str) -> None:
+    """A local model folder `thermorl eval` is about to load: a run folder whose checkpoints went past its final model
+    (a resumed run whose final save failed, or that was stopped) holds an older model than its run trained, and is
+    named instead of evaluated in its place; damaged weights are named before from_pretrained fails on them with
+    safetensors' or torch's traceback."""
+    from .evaluation.model_loading import looks_local, resolve_model_dir
+
+    path = Path(path_or_name).expanduser()
+    if not looks_local(path_or_name) or not path.is_dir():
+        return
+    checkpoints = checkpoints_in(path)
+    if ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()) and (
+            (path / "trainer_state.json").is_file() and checkpoints
+            and not final_save_done(path, checkpoints[-1])):
+        raise UserError(
+            f"{path} holds an older final model than its newest checkpoint {checkpoints[-1].name} (its final save "
+            f"did not complete, or the run was stopped): resume the run with `resume_from_checkpoint: latest` to "
+            f"save it, or evaluate --model {checkpoints[-1]}"
+        )
+    model_dir = resolve_model_dir(path)
+    problem = weights_problem(model_dir, files="*")
+    if problem is not None:
+        raise UserError(f"model {path_or_name}: {problem} (in {model_dir}); the model folder is damaged")
