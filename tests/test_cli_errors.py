@@ -175,3 +175,11 @@ def test_malformed_data_file_is_one_line(recipe_for, tmp_path):
     data.write_text('prompt,answer\n"1+1=,2\n')
     result = thermorl("check", recipe_for(dataset=str(data), reward_funcs=["math_verify"]))
     assert_user_error(result, f"dataset file {data} cannot be read", "EOF inside string")
+
+
+@pytest.mark.parametrize(("args", "fragment"), [(["--jobs", "x"], "argument --jobs: invalid int value: 'x'"),
+                                                (["--split", "test"], "argument --split: invalid choice: 'test'")])
+def test_a_bench_option_mistake_is_one_line_without_the_usage_text(tmp_path, args, fragment):
+    result = thermorl("bench", tmp_path / "arms.yaml", *args)
+    assert_user_error(result, fragment)
+    assert "usage:" not in result.stderr

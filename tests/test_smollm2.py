@@ -186,6 +186,31 @@ def test_eval_by_name_gives_the_greedy_accuracy_of_the_gguf_loaded_directly(conv
     assert report["per_temperature"][0]["accuracy"] == pytest.approx(sum(reference) / len(reference))
 
 
+def test_the_bench_scores_chat_prompts_as_training_renders_them(converted, tmp_path):
+    """`thermorl bench` on a chat task: each prompt goes through the chat template (as a raw list of messages it
+    would not), and its greedy outcomes are the ones the evaluation pipeline gets on the same rows."""
+    import hashlib
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thermorl.bench.run import held_out_scores
+    from thermorl.evaluation.pipeline import evaluate
+
+    task = task_from_spec("chat_arithmetic")
+    rows = [dict(row) for row in task.make_dataset(4, seed=5)]
+    model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(converted)
+    evaluation = {"batch_size": 4, "seed": 0, "temperatures": None}
+    scores, _, outcomes = held_out_scores(model, tokenizer, rows, task, evaluation, 1, 24)
+    rendered = [prompt_text(row["prompt"], tokenizer) for row in rows]
+    assert outcomes["prompts_sha256"] == hashlib.sha256("\n".join(rendered).encode()).hexdigest()
+    evaluate(model, tokenizer, rows, task, temperatures=[0.0], samples=1, max_new_tokens=24, batch_size=4,
+             progress=False, out_dir=tmp_path)
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert outcomes["correct"]["greedy"] == [int(sample["correct"]) for sample in samples]
+    assert scores["pass@1 greedy"] == pytest.approx(sum(outcomes["correct"]["greedy"]) / len(rows))
+
+
 def test_two_training_steps_change_the_weights_and_the_run_evaluates(converted, tmp_path):
     run = tmp_path / "run"
     # One-digit sums, which the model answers right about half the time: groups whose rewards differ, so the

@@ -326,7 +326,7 @@ def test_bench_smoke_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     arms = _write_arms(tmp_path / "arms.yaml", confirmatory=family, evaluation={
         "samples": 2, "every": 1, "batch_size": 64, "temperatures": [0.7, 1.0], "last_checkpoints": 2})
     out = tmp_path / "out"
-    assert main(["bench", str(arms), "--out", str(out)]) == 0
+    assert main(["bench", str(arms), "--out", str(out), "--threads", "2"]) == 0
     assert "2 run(s) to do, 0 already done" in capsys.readouterr().out
     run = json.loads((out / "runs" / "ead" / "seed0.json").read_text())
     assert [p["step"] for p in run["curve"]] == [1, 2]
@@ -334,7 +334,7 @@ def test_bench_smoke_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
     # scored in full, and the family declared when it ran.
     environment = run["environment"]
     assert (environment["torch"], environment["trl"], environment["torch_threads"]) == (torch.__version__,
-                                                                                       trl.__version__, 1)
+                                                                                       trl.__version__, 2)
     assert environment["transformers"] and environment["thermorl"] and environment["cpu"]
     weights = run["start_weights"]
     assert weights["sha256"] == hashlib.sha256((Path(weights["path"]) / "model.safetensors").read_bytes()).hexdigest()

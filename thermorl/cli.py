@@ -27,7 +27,7 @@ commands:
 def _train(argv: list[str]) -> int:
     from .launch_checks import check_fits_cpu
     from .launcher import launch, split_launch_args
-    from .recipe import load_recipe, resolve_recipe
+    from .recipe import recipe_configs, resolve_recipe
     from .train import train
 
     if not argv or argv[0] in ("-h", "--help"):
@@ -45,7 +45,7 @@ def _train(argv: list[str]) -> int:
         return launch(argv, launch_options)
     values = resolve_recipe(argv[0], argv[1:])
     check_fits_cpu(values)  # before TrainingArguments, whose bf16 refusal on the CPU names neither fix nor vLLM
-    trainer = train(*load_recipe(values), recipe_values=values)
+    trainer = train(*recipe_configs(values), recipe_values=values)
     if trainer is not None and trainer.accelerator.is_main_process:  # None: the resumed run was complete
         print(f"Model and checkpoints written to {trainer.args.output_dir}")
     return 0
@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         if os.environ.get("RANK", "0") == "0":  # under a launch every worker is interrupted; one says so
             report_user_error(f"thermorl {argv[0]}: {str(interrupt) or 'interrupted.'}")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _leave_interrupted_worker(130)
         return 130
     except UserError as error:
         # Only the project's user-error type: any other exception is a bug and keeps its traceback and exit code 1.
@@ -168,6 +170,22 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if debug else " (--debug shows the traceback)"
         report_user_error(f"thermorl {argv[0]}: error: {' '.join(str(error).split())}{hint}")
         return 2
+
+
+def _leave_interrupted_worker(code: int) -> None:
+    """A launched worker stopped by Ctrl-C leaves without running C++ static destructors: the process group's gloo
+    threads may still be joinable then, and destroying one prints "terminate called without an active exception"
+    under the one line the interrupt gets (seen in CI). Whatever Python would finish at exit is finished first: the
+    checkpoints are complete and the run's lock was released in train()."""
+    import logging
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _import_quietly_under_wandb_offline() -> None:

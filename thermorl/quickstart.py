@@ -33,7 +33,7 @@ def held_out_accuracy(model_path: str, held_out, task, max_new_tokens: int, seed
 
 def quickstart(overrides: list[str] | dict | None = None) -> dict | None:
     from . import threads
-    from .recipe import load_recipe, parse_overrides, resolve_recipe
+    from .recipe import parse_overrides, recipe_configs, resolve_recipe
     from .run_dir import refuse_other_run
     from .train import build_datasets, resolve_model_path, train
 
@@ -42,7 +42,7 @@ def quickstart(overrides: list[str] | dict | None = None) -> dict | None:
     if not {"output_dir", "overwrite_output_dir"} & overrides.keys():
         overrides["overwrite_output_dir"] = True  # the demo's own folder: the previous demo run is replaced
     recipe_values = resolve_recipe("quickstart", overrides)
-    model_args, training_args, script_args = load_recipe(recipe_values)
+    model_args, training_args, script_args = recipe_configs(recipe_values)
     _, held_out, task = build_datasets(script_args, training_args.seed)
     if task is None:
         raise UserError("quickstart measures accuracy with a built-in task's verifier; set dataset to one.")

@@ -335,11 +335,15 @@ def resolve_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | d
 
 def load_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | dict[str, Any] | None = None):
     """Recipe file (or built-in name, or dict) plus overrides -> (ModelConfig, ThermoGRPOConfig, ThermoScriptArguments)."""
+    return recipe_configs(resolve_recipe(recipe, overrides))
+
+
+def recipe_configs(values: dict[str, Any]):
+    """Values `resolve_recipe` returned -> (ModelConfig, ThermoGRPOConfig or ThermoADPOConfig, ThermoScriptArguments)."""
     from transformers import HfArgumentParser
 
     from .launch_checks import cpu_defaults
 
-    values = resolve_recipe(recipe, overrides)
     values = {**cpu_defaults(values), **values}
     dataclass_types = recipe_dataclasses(values.get("trainer", "grpo"))
     # TRL's and transformers' own checks, e.g. generation_batch_size not divisible by num_generations.

@@ -41,7 +41,8 @@ def scored_rows(script_args, seed: int, evaluation: dict[str, Any]):
     return [dict(row) for row in rows], held_out, task
 
 
-def held_out_scores(model, tokenizer, rows, task, evaluation: dict[str, Any], samples: int, max_new_tokens: int):
+def held_out_scores(model, tokenizer, rows, task, evaluation: dict[str, Any], samples: int, max_new_tokens: int,
+                    chat_template_kwargs: dict[str, Any] | None = None):
     """(scores, grid, outcomes): greedy pass@1 (one completion per prompt: greedy decoding is deterministic) and
     pass@1 / pass@k / worst@k from `samples` samples at T=1; with the evaluation's temperature grid (which includes
     1.0) and more than one sample, the T=1 samples are the grid's and `grid` is its test-time-scaling summary, else
@@ -50,8 +51,13 @@ def held_out_scores(model, tokenizer, rows, task, evaluation: dict[str, Any], sa
     from ..evaluation.pipeline import as_verifier, score
     from ..evaluation.sampling import sample_completions
 
+    from ..tasks.data import prompt_text
+
     temperatures = evaluation["temperatures"] if evaluation["temperatures"] and samples > 1 else [1.0]
-    prompts, verifier = [row["prompt"] for row in rows], as_verifier(task, list(rows[0]))
+    # A chat task's prompts are rendered through the chat template as training renders them (the recipe's
+    # chat_template_kwargs); a text prompt is used as it is.
+    prompts = [prompt_text(row["prompt"], tokenizer, chat_template_kwargs) for row in rows]
+    verifier = as_verifier(task, list(rows[0]))
     settings = {"batch_size": evaluation["batch_size"], "seed": evaluation["seed"], "progress": False}
     _, greedy = score(verifier, rows, sample_completions(model, tokenizer, prompts, [0.0], 1, max_new_tokens, **settings))
     answers, correct = score(verifier, rows, sample_completions(model, tokenizer, prompts, temperatures, samples,
@@ -147,12 +153,13 @@ def run_one(plan_path: Path) -> None:
     from ..recipe import load_recipe
     from ..train import build_trainer, resolve_model_path
 
-    torch.set_num_threads(1)
+    # The scheduler's thread count for each run (bench --threads, default 1), set in this process's environment.
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     plan = json.loads(plan_path.read_text())
     evaluation = plan["evaluation"]
     model_args, training_args, script_args = load_recipe(plan["recipe"])
     rows, held_out, task = scored_rows(script_args, training_args.seed, evaluation)
-    new_tokens = training_args.max_completion_length
+    new_tokens, template = training_args.max_completion_length, training_args.chat_template_kwargs
     # The checkpoints before the last that are scored in full (evaluation.last_checkpoints; none by default).
     earlier_checkpoints = checkpoint_steps(training_args.max_steps, evaluation)[:-1]
 
@@ -169,11 +176,11 @@ def run_one(plan_path: Path) -> None:
                 return
             if state.global_step in earlier_checkpoints:
                 scores, grid, outcomes = held_out_scores(model, processing_class, rows, task, evaluation,
-                                                         evaluation["samples"], new_tokens)
+                                                         evaluation["samples"], new_tokens, template)
                 self.checkpoints.append({"step": state.global_step, "final": scores, "grid": grid,
                                          "prompt_outcomes": outcomes})
             else:
-                scores, _, _ = held_out_scores(model, processing_class, rows, task, evaluation, 1, new_tokens)
+                scores, _, _ = held_out_scores(model, processing_class, rows, task, evaluation, 1, new_tokens, template)
             self.points.append({"step": state.global_step, "pass@1 greedy": scores["pass@1 greedy"],
                                 "pass@1 T=1": scores["pass@1 T=1"]})
 
@@ -187,7 +194,7 @@ def run_one(plan_path: Path) -> None:
     trainer.train()
     train_seconds = time.perf_counter() - started
     final, grid, outcomes = held_out_scores(trainer.model, trainer.processing_class, rows, task, evaluation,
-                                            evaluation["samples"], new_tokens)
+                                            evaluation["samples"], new_tokens, template)
     curve.points.append({"step": trainer.state.global_step, "pass@1 greedy": final["pass@1 greedy"],
                          "pass@1 T=1": final["pass@1 T=1"]})
     history = trainer.state.log_history
@@ -265,7 +272,7 @@ def start_weights(model_path: str) -> dict[str, Any]:
 
 
 def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path,
-                 cached_only: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+                 cached_only: bool = False, threads: int = 1) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(scores, weights): the warmed-up policy's held-out scores (the curves' step 0), computed once per bench and
     cached, and its start_weights (None in a cache written before they were recorded: not guessed from the model
     there now, which may have been rebuilt since)."""
@@ -287,7 +294,7 @@ def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path,
     from ..recipe import load_recipe
     from ..train import ALLOW_REMOTE_CODE, resolve_model_path
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     model_args, training_args, script_args = load_recipe(plan["recipe"])
     rows, held_out, task = scored_rows(script_args, training_args.seed, evaluation)
     model_path = resolve_model_path(model_args.model_name_or_path, script_args, held_out)
@@ -295,7 +302,7 @@ def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path,
         model, tokenizer = load_policy(model_path, device="cpu", dtype="float32",
                                        trust_remote_code=training_args.trust_remote_code)
     scores, grid, _ = held_out_scores(model, tokenizer, rows, task, evaluation, evaluation["samples"],
-                                      training_args.max_completion_length)
+                                      training_args.max_completion_length, training_args.chat_template_kwargs)
     if grid is not None:
         scores["grid"] = grid
     weights = start_weights(model_path)

@@ -1,4 +1,5 @@
-"""Running a bench: the (arm, seed) runs not finished yet, each in its own one-core subprocess, `--jobs` at once."""
+"""Running a bench: the (arm, seed) runs not finished yet, each in its own subprocess (`--threads` CPU threads, one by
+default), `--jobs` at once."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def pending_runs(spec: dict[str, Any], out: Path, extra: dict[str, Any]) -> list
     return pending
 
 
-def run_bench(spec: dict[str, Any], out: Path, extra: dict[str, Any], jobs: int = 1) -> list[str]:
-    """Run every missing (arm, seed), `jobs` at a time; returns the runs that failed."""
+def run_bench(spec: dict[str, Any], out: Path, extra: dict[str, Any], jobs: int = 1, threads: int = 1) -> list[str]:
+    """Run every missing (arm, seed), `jobs` at a time, each on `threads` CPU threads; returns the runs that failed."""
     scored = "validation" if spec["evaluation"].get("split") == "validation" else "held-out"
     pending = []
     for arm, seed, plan, run_dir in pending_runs(spec, out, extra):
@@ -50,7 +51,8 @@ def run_bench(spec: dict[str, Any], out: Path, extra: dict[str, Any], jobs: int 
         pending.append((arm, seed, run_dir.with_name(f"seed{seed}.plan.json")))
     done = sum(len(spec["seeds"]) for _ in spec["arms"]) - len(pending)
     print(f"bench: {len(pending)} run(s) to do, {done} already done, {jobs} at a time", flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false"}
     running: list[tuple[str, int, Path, subprocess.Popen, float]] = []
     failed = []
     while pending or running:
