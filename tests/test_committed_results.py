@@ -27,7 +27,7 @@ def runs_of(folder: str) -> tuple[dict, dict]:
 
 
 def test_there_are_results_to_check():
-    assert {"study_tuning", "study_heldout", "regime_diversity", "regime_staleness",
+    assert {"study_tuning", "study_heldout", "study_annealing", "regime_diversity", "regime_staleness",
             "regime_staleness_tuning", "ead_quickstart_k64"} <= set(REPORTS)
 
 
