@@ -4,10 +4,10 @@ Same model, same prompts, same batch; every completion is forced to --max-new-to
 every arm decodes the same number of steps. Arms run in turn (order reversed every other repeat), --repeats times
 each; medians are compared in this one run. Three timings:
 
-- generate:  `_generate_single_turn`, the sampling call (processor, behaviour log-probs included);
+- generate:  TRL's `_generate_single_turn`, the sampling call (processor, behaviour log-probs included);
 - processor: the time spent inside the schedule's logits processor during that call (its share of the call is
              immune to the run-to-run noise of a shared machine, which the ratios are not);
-- rollout:   `_generate_and_score_completions`, also rewards and, for EAD with TIS, the extra forward pass that
+- rollout:   TRL's `_generate_and_score_completions`, also rewards and, for EAD with TIS, the extra forward pass that
              computes pi_old at temperature 1 (TRL skips it when one update follows each rollout).
 
     python benchmarks/rollout_overhead.py                          # tiny random model, 64 rows x 64 tokens
@@ -25,6 +25,7 @@ from datasets import Dataset
 from thermorl.models.tiny import build_tiny_model
 from thermorl.rollouts import ScheduledTemperatureProcessor
 from thermorl.trainers import ThermoGRPOConfig, ThermoGRPOTrainer
+from thermorl.trainers.trl_surface import generate_and_score, generate_completions
 
 from timing import seconds  # benchmarks/timing.py, beside this script
 
@@ -95,17 +96,17 @@ def main():
         inputs = [{"prompt": prompt} for prompt in prompts]
         timings = {name: {"generate": [], "processor": [], "rollout": []} for name in arms}
         for name, trainer in arms.items():  # warm-up, untimed
-            trainer._generate_single_turn(prompt_ids, None, {}, args.generations)
+            generate_completions(trainer, prompt_ids, args.generations)
         clock = ProcessorClock()
         for repeat in range(args.repeats):
             for name in list(arms)[:: 1 if repeat % 2 == 0 else -1]:
                 trainer = arms[name]
                 clock.total = 0.0
                 timings[name]["generate"].append(
-                    seconds(lambda t=trainer: t._generate_single_turn(prompt_ids, None, {}, args.generations))
+                    seconds(lambda t=trainer: generate_completions(t, prompt_ids, args.generations))
                 )
                 timings[name]["processor"].append(clock.total)
-                timings[name]["rollout"].append(seconds(lambda t=trainer: t._generate_and_score_completions(inputs)))
+                timings[name]["rollout"].append(seconds(lambda t=trainer: generate_and_score(t, inputs)))
 
     baseline = "fixed 1.2 (TRL temperature)"
     print(f"{args.rows} rows x {args.max_new_tokens} new tokens, {args.repeats} alternating repeats, "

@@ -3,8 +3,8 @@
 Same tiny model, data, batch and seed. Two measurements, both alternating the two trainers so machine drift hits
 both alike, both reported as medians and as a ratio (target <= 1.05):
   1. whole training steps (generation + scoring + loss + backward + optimizer), from TRL's `step_time` metric;
-  2. the loss hook alone (`_compute_loss` forward + backward) on one fixed generated batch: where thermorl's code
-     actually differs, so any overhead shows here undiluted by generation.
+  2. the loss hook alone (TRL's `compute_loss`, i.e. `_compute_loss`, forward + backward) on one fixed generated
+     batch: where thermorl's code actually differs, so any overhead shows here undiluted by generation.
 
     python benchmarks/step_overhead.py [--rounds 5] [--steps 6] [--loss-repeats 30] [--model DIR]
 """
@@ -23,6 +23,7 @@ from trl import GRPOConfig, GRPOTrainer
 from thermorl.models.tiny import build_tiny_model
 from thermorl.tasks import get_task
 from thermorl.trainers import ThermoGRPOConfig, ThermoGRPOTrainer
+from thermorl.trainers.trl_surface import generate_and_score, loss_outside_training
 
 
 def make_trainer(kind: str, model_dir: str, dataset: Dataset, out: str, steps: int, batch: int):
@@ -49,17 +50,15 @@ def loss_hook_times(trainers: dict, repeats: int) -> dict[str, list[float]]:
     thermo = trainers["thermorl"]
     thermo.model.train()
     rows = thermo.train_dataset.select(range(8))
-    batch = thermo._generate_and_score_completions([row for row in rows for _ in range(8)])
+    batch = generate_and_score(thermo, [row for row in rows for _ in range(8)])
     times = {kind: [] for kind in trainers}
-    for trainer in trainers.values():  # set by the Trainer's loop, which this measurement bypasses
-        trainer.current_gradient_accumulation_steps = 1
     for i in range(repeats):
         order = list(trainers) if i % 2 == 0 else list(reversed(trainers))
         for kind in order:
             trainer = trainers[kind]
             trainer.model.train()
             start = time.perf_counter()
-            trainer._compute_loss(trainer.model, batch).backward()
+            loss_outside_training(trainer, batch).backward()
             times[kind].append(time.perf_counter() - start)
             trainer.model.zero_grad()
     return times

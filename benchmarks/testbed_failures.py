@@ -20,7 +20,7 @@ import torch
 from thermorl.evaluation import load_policy
 from thermorl.evaluation.sampling import sample_completions
 from thermorl.recipe import load_recipe
-from thermorl.train import build_datasets, resolve_model_path
+from thermorl.recipe_inputs import build_datasets, resolve_model_path
 
 OUTCOMES = ("correct", "malformed", "dead end", "missed")
 

@@ -22,14 +22,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from thermorl.console import quiet_trainer
 from thermorl.recipe import load_recipe
-from thermorl.train import build_trainer
+from thermorl.trainer_factory import build_trainer
+from thermorl.trainers.trl_surface import timed_generation
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "testbed.yaml"
 CANDIDATES = {
@@ -46,17 +46,8 @@ def run(overrides: dict, steps: int) -> dict:
         values = {"max_steps": steps, "output_dir": tmp, "temperature": 0.8, "disable_tqdm": True, **overrides}
         trainer = build_trainer(*load_recipe(RECIPE, values))
         quiet_trainer(trainer, show_progress=False)  # the Trainer would print every step's metric dict
-        generation = []
-        generate = trainer._generate_single_turn
-
-        def timed_generate(*args, **kwargs):
-            start = time.perf_counter()
-            result = generate(*args, **kwargs)
-            generation.append(time.perf_counter() - start)
-            return result
-
-        trainer._generate_single_turn = timed_generate
-        trainer.train()
+        with timed_generation(trainer) as generation:
+            trainer.train()
         logs = [entry for entry in trainer.state.log_history if "step_time" in entry]
         return {"step": [entry["step_time"] for entry in logs][2:], "generation": generation[2:],
                 "trace": [(entry["reward"], entry["loss"]) for entry in logs],

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from thermorl.tasks import Task, math_verify_reward
-from thermorl.tasks.data import prompt_text, prompt_token_ids
+from thermorl.tasks.prompt_lengths import prompt_text, prompt_token_ids
 from thermorl.tasks.verify import final_answer, normalize_answer
 
 from ..errors import UserError

@@ -20,7 +20,7 @@ from transformers import GenerationConfig, LogitsProcessorList
 
 from thermorl.rollouts.schedules import ConstantTemperature
 from thermorl.rollouts.temperature_processor import ScheduledTemperatureProcessor, check_generation_config
-from thermorl.tasks.data import prompt_text
+from thermorl.tasks.prompt_lengths import prompt_text
 
 from ..errors import UserError
 

@@ -5,7 +5,7 @@ min_p 0, no penalties: temperature is the only change to the distribution, as on
 (temperature 0) is one request with n = 1, repeated for the other samples. Same result layout as
 `sampling.sample_completions`: result[question][temperature][sample].
 
-Prompts go in as token ids, the ids TRL's GRPOTrainer generates from (`tasks.data.prompt_token_ids`): vLLM would
+Prompts go in as token ids, the ids TRL's GRPOTrainer generates from (`tasks.prompt_lengths.prompt_token_ids`): vLLM would
 tokenize a text prompt with the tokenizer's special tokens, a second start token after the one a Llama-style chat
 template writes.
 

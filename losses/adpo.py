@@ -120,8 +120,6 @@ def adpo_loss(
     rewards: torch.Tensor | None = None,
     vocab_size: int | None = None,
 ) -> GroupPolicyTerms:
-    if tau_anc <= 0 or beta_r <= 0:
-        raise UserError(f"ADPO needs tau_anc > 0 and beta_r > 0, got tau_anc={tau_anc}, beta_r={beta_r}")
     mask = completion_mask.to(per_token_logps.dtype)
     order = _group_order(group_ids, per_token_logps.shape[0], group_size).to(per_token_logps.device)
 
@@ -150,8 +148,8 @@ def adpo_loss(
     with torch.no_grad():
         policy_probs = torch.softmax((seq_logps - anchor_seq_logps) / tau, dim=-1)
         metrics = {
-            "adpo/tau": tau.mean().item(),
-            "adpo/target_entropy": torch.special.entr(target_probs).sum(-1).mean().item(),
-            "adpo/policy_entropy": torch.special.entr(policy_probs).sum(-1).mean().item(),
+            "adpo/tau": tau.mean().detach(),
+            "adpo/target_entropy": torch.special.entr(target_probs).sum(-1).mean().detach(),
+            "adpo/policy_entropy": torch.special.entr(policy_probs).sum(-1).mean().detach(),
         }
     return GroupPolicyTerms(per_group_loss, metrics)

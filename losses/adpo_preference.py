@@ -30,9 +30,8 @@ def pairwise_target_probs(preference_probability: torch.Tensor) -> torch.Tensor:
 
 
 def score_target_probs(scores: torch.Tensor, beta_r: float) -> torch.Tensor:
-    """(G, P) candidate scores -> target q = softmax(scores / beta_r) per prompt."""
-    if beta_r <= 0:
-        raise UserError(f"beta_r must be > 0, got {beta_r}")
+    """(G, P) candidate scores -> target q = softmax(scores / beta_r) per prompt; beta_r > 0 (ThermoADPOConfig checks
+    it where it is set)."""
     if not torch.isfinite(scores).all():
         raise UserError(f"scores must be finite, got {scores.tolist()}")
     return torch.softmax(scores / beta_r, dim=-1)
@@ -43,10 +42,11 @@ def adpo_preference_loss(
     anchor_seq_logps: torch.Tensor,
     target_probs: torch.Tensor,
     tau_anc: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean over prompts of -sum_i q_i log softmax((l - l^anc) / tau_anc)_i; inputs (G, P) -> (loss, metrics).
 
     Metrics: the entropies of q and p, and win_mass, the mass p puts on q's best candidates (the paper's WinMass).
+    tau_anc > 0: ThermoADPOConfig checks it where it is set.
     """
     if seq_logps.dim() != 2 or seq_logps.size(-1) < 2:
         raise ValueError(f"seq_logps must be (prompts, candidates >= 2), got shape {tuple(seq_logps.shape)}")
@@ -55,16 +55,14 @@ def adpo_preference_loss(
             f"seq_logps {tuple(seq_logps.shape)}, anchor_seq_logps {tuple(anchor_seq_logps.shape)} and "
             f"target_probs {tuple(target_probs.shape)} must have the same shape"
         )
-    if tau_anc <= 0:
-        raise UserError(f"tau_anc must be > 0, got {tau_anc}")
     anchor_seq_logps, target_probs = anchor_seq_logps.detach(), target_probs.detach()
     loss = anchored_listwise_loss(seq_logps, anchor_seq_logps, target_probs, tau_anc).mean()
     with torch.no_grad():
         policy_probs = torch.softmax((seq_logps - anchor_seq_logps) / tau_anc, dim=-1)
         best = target_probs == target_probs.max(dim=-1, keepdim=True).values
         metrics = {
-            "adpo/target_entropy": torch.special.entr(target_probs).sum(-1).mean().item(),
-            "adpo/policy_entropy": torch.special.entr(policy_probs).sum(-1).mean().item(),
-            "adpo/win_mass": (policy_probs * best).sum(-1).mean().item(),
+            "adpo/target_entropy": torch.special.entr(target_probs).sum(-1).mean().detach(),
+            "adpo/policy_entropy": torch.special.entr(policy_probs).sum(-1).mean().detach(),
+            "adpo/win_mass": (policy_probs * best).sum(-1).mean().detach(),
         }
     return loss, metrics

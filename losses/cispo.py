@@ -28,7 +28,7 @@ def cispo_loss(
     token_adv = token_advantages(advantages)
     capped = ((ratio.detach() > ratio_cap) & (token_adv > 0)).float()
     metrics = {
-        "cispo/clip_ratio": masked_mean(capped, completion_mask).item(),
-        "ratio/mean": masked_mean(ratio.detach(), completion_mask).item(),
+        "cispo/clip_ratio": masked_mean(capped, completion_mask).detach(),
+        "ratio/mean": masked_mean(ratio.detach(), completion_mask).detach(),
     }
     return PolicyTerms(-ratio.clamp(max=ratio_cap).detach() * token_adv * per_token_logps, ratio, metrics)

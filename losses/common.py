@@ -28,7 +28,7 @@ class PolicyTerms:
 
     per_token_loss: torch.Tensor
     ratio: torch.Tensor
-    metrics: dict[str, float]
+    metrics: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -37,7 +37,7 @@ class GroupPolicyTerms:
     (G,), already weighted; `losses.policy_loss` takes its mean and adds the KL penalty."""
 
     per_group_loss: torch.Tensor
-    metrics: dict[str, float]
+    metrics: dict[str, torch.Tensor]
 
 
 AGGREGATIONS = (
@@ -137,7 +137,7 @@ def clip_metrics(
     eps_low: float,
     eps_high: float,
     per_sequence: bool = False,
-) -> dict[str, float]:
+) -> dict[str, torch.Tensor]:
     """Shares clipped (TRL's definitions): low = r < 1 - eps_low & A < 0, high = r > 1 + eps_high & A > 0.
 
     Shares of masked tokens, or with `per_sequence` of sequences that have tokens (each counted by the share of
@@ -148,9 +148,9 @@ def clip_metrics(
     high = ((ratio > 1 + eps_high) & (advantages > 0)).expand(mask.shape).float()
     flags = {"clip_ratio/low": low, "clip_ratio/high": high, "clip_ratio/region": low + high}
     if not per_sequence:
-        return {key: masked_mean(flag, mask).item() for key, flag in flags.items()}
+        return {key: masked_mean(flag, mask).detach() for key, flag in flags.items()}
     has_tokens = mask.sum(-1) > 0
-    return {key: masked_mean(masked_mean(flag, mask, dim=-1), has_tokens).item() for key, flag in flags.items()}
+    return {key: masked_mean(masked_mean(flag, mask, dim=-1), has_tokens).detach() for key, flag in flags.items()}
 
 
 def clipped_policy_terms(
@@ -170,7 +170,7 @@ def clipped_policy_terms(
     metrics = clip_metrics(capped, token_adv, completion_mask, eps_low, eps_high, per_sequence=per_sequence)
     detached = ratio.detach()
     if per_sequence:  # (B, 1): one ratio per sequence that has tokens
-        metrics["ratio/mean"] = masked_mean(detached[:, 0], completion_mask.sum(-1) > 0).item()
+        metrics["ratio/mean"] = masked_mean(detached[:, 0], completion_mask.sum(-1) > 0).detach()
     else:
-        metrics["ratio/mean"] = masked_mean(detached.expand(completion_mask.shape), completion_mask).item()
+        metrics["ratio/mean"] = masked_mean(detached.expand(completion_mask.shape), completion_mask).detach()
     return PolicyTerms(clipped_surrogate(ratio, token_adv, eps_low, eps_high, delta), ratio, metrics)

@@ -143,19 +143,25 @@ def loss_parameters(name: str) -> dict[str, object]:
     return {**before, **own, **after}
 
 
-def ratio_metrics(ratio: torch.Tensor, completion_mask: torch.Tensor) -> dict[str, float]:
+def ratio_metrics(ratio: torch.Tensor, completion_mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """How far the policy has moved from the one that sampled: mean |log r| over the completion tokens, and the
     batch's smallest and largest r ((B, 1) per-sequence ratios count once per sequence). All 0 / 1 / 1 on the first
-    update after a rollout; they grow with staleness (steps_per_generation, num_iterations)."""
+    update after a rollout; they grow with staleness (steps_per_generation, num_iterations). None for zero-width
+    completions; NaN when no token is masked in (the trainer's QueuedMetrics leaves NaN out). Masked reductions, not boolean indexing: this runs on every micro-batch, and indexing by a mask waits
+    for the device to learn its size."""
     ratio = ratio.detach()
     per_sequence = ratio.shape[-1] == 1 and completion_mask.shape[-1] != 1
     mask = (completion_mask.sum(-1, keepdim=True) > 0) if per_sequence else completion_mask.bool()
-    values = ratio.expand(mask.shape)[mask]
-    if values.numel() == 0:
+    if completion_mask.numel() == 0:  # zero-width completions: nothing to measure (known from the shape, no device wait)
         return {}
-    # one device-to-host copy for the three numbers (this runs on every micro-batch)
-    abs_log_mean, smallest, largest = torch.stack([values.log().abs().mean(), values.min(), values.max()]).tolist()
-    return {"ratio/abs_log_mean": abs_log_mean, "ratio/min": smallest, "ratio/max": largest}
+    ratio = ratio.expand(mask.shape)
+    nothing = torch.full((), float("nan"), dtype=ratio.dtype, device=ratio.device)
+    some = mask.any()
+    return {
+        "ratio/abs_log_mean": torch.where(some, masked_mean(ratio.log().abs(), mask), nothing),
+        "ratio/min": torch.where(some, ratio.masked_fill(~mask, float("inf")).min(), nothing),
+        "ratio/max": torch.where(some, ratio.masked_fill(~mask, float("-inf")).max(), nothing),
+    }
 
 
 def policy_loss(
@@ -171,7 +177,7 @@ def policy_loss(
     tokens_per_micro_batch: float | torch.Tensor | None = None,
     beta: float = 0.0,
     **kwargs,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss `name`'s scalar and metrics: its terms, weighted by `token_weights` (detached), plus beta times the k3
     KL to the reference (times the ratio with `kl_bias_correction`: DeepSeek-V3.2's bias-corrected KL, arXiv
     2512.02556, TRL's `use_bias_correction_kl`), aggregated over tokens by `aggregation`.
@@ -197,7 +203,7 @@ def policy_loss(
         per_token_kl = k3_kl(per_token_logps, ref_per_token_logps)
         if kl_bias_correction:
             per_token_kl = per_token_kl * terms.ratio
-    metrics = {} if per_token_kl is None else {"kl": masked_mean(per_token_kl.detach(), completion_mask).item()}
+    metrics = {} if per_token_kl is None else {"kl": masked_mean(per_token_kl.detach(), completion_mask).detach()}
     metrics.update(terms.metrics)
 
     if isinstance(terms, GroupPolicyTerms):

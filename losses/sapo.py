@@ -38,8 +38,8 @@ def sapo_loss(
     soft_ratio = torch.sigmoid(tau * (ratio - 1)) * 4 / tau
     gate_weight = sapo_gate_weight(ratio.detach(), tau)
     metrics = {
-        "sapo/gate_weight_mean": masked_mean(gate_weight, completion_mask).item(),
-        "sapo/gate_weight_below_half": masked_mean((gate_weight < 0.5).float(), completion_mask).item(),
-        "ratio/mean": masked_mean(ratio.detach(), completion_mask).item(),
+        "sapo/gate_weight_mean": masked_mean(gate_weight, completion_mask).detach(),
+        "sapo/gate_weight_below_half": masked_mean((gate_weight < 0.5).float(), completion_mask).detach(),
+        "ratio/mean": masked_mean(ratio.detach(), completion_mask).detach(),
     }
     return PolicyTerms(-soft_ratio * token_adv, ratio, metrics)

@@ -71,5 +71,5 @@ def vespo_loss(
     phi = gamma_weights(
         log_ratio, sequence_adv, mask, importance_sampling_ratio, k_pos, lambda_pos, k_neg, lambda_neg
     )
-    metrics = {"vespo/phi_seq_mean": phi.mean().item()}
+    metrics = {"vespo/phi_seq_mean": phi.mean().detach()}
     return PolicyTerms(-phi * token_adv * per_token_logps, torch.exp(log_ratio), metrics)

@@ -11,6 +11,7 @@ A request opts in through `SamplingParams.extra_args` (server: the request body'
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import torch
@@ -34,6 +35,13 @@ def schedule_extra_args(schedule: TemperatureSchedule, step: int) -> dict:
     return {SCHEDULE_KEY: json.dumps(schedule_spec(schedule), sort_keys=True), STEP_KEY: int(step)}
 
 
+@functools.lru_cache(maxsize=256)
+def parsed_schedule(spec: str) -> TemperatureSchedule:
+    """The schedule a request's spec JSON names, parsed once per distinct spec (every request of a training step
+    carries the same few); ValueError or json.JSONDecodeError for a malformed one."""
+    return build_schedule(json.loads(spec))
+
+
 def check_plain_sampling(settings: dict) -> None:
     """UserError naming every setting in `settings` (vLLM SamplingParams names) that is not neutral."""
     wrong = [f"{name}={value}" for name, value, _ in changed_sampling(settings)]
@@ -55,7 +63,7 @@ def requested_schedule(sampling_params) -> tuple[str, int] | None:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"{STEP_KEY} must be an int >= 0, got {step!r}")
     try:
-        build_schedule(json.loads(spec))
+        parsed_schedule(spec)
     except (ValueError, json.JSONDecodeError) as error:
         raise ValueError(f"{SCHEDULE_KEY}: {error}") from None
     check_plain_sampling({name: getattr(sampling_params, name, None) for name in VLLM_SETTINGS})
@@ -79,7 +87,7 @@ class TemperatureTables:
             keep = list(dict.fromkeys(keys))
             positions = torch.arange(self.max_len)
             self.values = torch.stack(
-                [build_schedule(json.loads(spec)).temperatures(positions, step) for spec, step in keep]
+                [parsed_schedule(spec).temperatures(positions, step) for spec, step in keep]
             ).to(self.device)
             self.index = {k: i for i, k in enumerate(keep)}
             self.any_greedy = bool((self.values == 0).any())

@@ -10,6 +10,10 @@ counts.
   whose answer needs lines of working: the task that methods shaping the sampling temperature along an answer
   (EAD) are compared on. SmolLM2-135M-Instruct works one step through in 20-160 tokens and solves 3 of 24
   greedily at the start; two steps it solves 0 of 24 (with or without halving and doubling).
+- `chat_countdown`: "Using the numbers 3, 5 and 7, each exactly once, ... write an expression equal to 22." The
+  boxed answer is an expression (×, ÷, \\times, \\cdot and a trailing "= 22" accepted), right when it uses each
+  number once and equals the target, as `countdown` checks it; answers are not canonical (3*5+7 and 7+5*3 vote apart).
+  Its start accuracy on SmolLM2-135M-Instruct is not measured yet.
 """
 
 import random
@@ -21,6 +25,7 @@ from datasets import Dataset
 
 from ..errors import UserError
 from .base import Task
+from .countdown import CountdownTask
 from .expressions import evaluate
 from .verify import final_answer, math_verify_equal, normalize_answer
 
@@ -140,3 +145,59 @@ class WordProblemsTask(ChatTask):
                 count *= 2
         question = f"How many {items} does {name} have now?"
         return {"prompt": " ".join([*sentences, question, BOXED_INSTRUCTION]), "answer": str(count)}
+
+
+# How chat models write the operators of an expression, and the plain ones `countdown` evaluates.
+_OPERATOR_SPELLINGS = (("\\times", "*"), ("\\cdot", "*"), ("×", "*"), ("·", "*"), ("\\div", "/"), ("÷", "/"),
+                       ("\\left(", "("), ("\\right)", ")"), ("$", ""))
+
+
+@dataclass(frozen=True)
+class ChatCountdownTask(ChatTask):
+    """Options: num_numbers, max_number (numbers drawn from 1..max_number), max_target (targets in 0..max_target),
+    division (allow ÷; the target stays an integer), as for `countdown`."""
+
+    num_numbers: int = 3
+    max_number: int = 9
+    max_target: int = 100
+    division: bool = False
+
+    name: ClassVar[str] = "chat_countdown"
+    checked_columns: ClassVar[tuple[str, ...]] = ("numbers", "target")
+    uneven_prompts: ClassVar[bool] = True
+    canonical_answers: ClassVar[bool] = False
+
+    @property
+    def countdown(self) -> CountdownTask:
+        return CountdownTask(self.num_numbers, self.max_number, self.max_target, self.division)
+
+    def __post_init__(self):
+        _check_integer("num_numbers", self.num_numbers, 2)
+        self.countdown  # noqa: B018  (the countdown options' own checks)
+
+    def sample_row(self, rng: random.Random) -> dict[str, Any]:
+        row = self.countdown.sample_row(rng)
+        numbers = [str(n) for n in row["numbers"]]
+        listed = ", ".join(numbers[:-1]) + f" and {numbers[-1]}"
+        operators = "+, -, × and ÷" if self.division else "+, - and ×"
+        prompt = (f"Using the numbers {listed}, each exactly once, with {operators} and parentheses, write an "
+                  f"expression equal to {row['target']}. {BOXED_INSTRUCTION}")
+        return {"prompt": prompt, "answer": row["answer"], "numbers": row["numbers"], "target": row["target"]}
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The boxed text in `countdown`'s notation: the operators as chat models write them mapped to plain ones,
+        spaces dropped."""
+        answer = final_answer(completion)
+        if answer is None:
+            return None
+        for spelling, plain in _OPERATOR_SPELLINGS:
+            answer = answer.replace(spelling, plain)
+        return "".join(answer.split()) or None
+
+    def is_correct(self, completion: str, row: Mapping[str, Any]) -> bool:
+        answer = self.extract_answer(completion)
+        if answer is None:
+            return False
+        # "expression = target", either way round, is the expression.
+        sides = [side for side in answer.split("=") if side != str(row["target"])] if "=" in answer else [answer]
+        return len(sides) == 1 and self.countdown.is_correct(sides[0], row)

@@ -9,13 +9,14 @@ import dataclasses
 from ..errors import UserError
 from .arithmetic import ArithmeticTask
 from .base import Task
-from .chat import ChatArithmeticTask, WordProblemsTask
+from .chat import ChatArithmeticTask, ChatCountdownTask, WordProblemsTask
 from .countdown import CountdownTask
 from .countdown_steps import CountdownStepsTask
 
 TASKS: dict[str, type[Task]] = {
     task.name: task
-    for task in (ArithmeticTask, CountdownTask, CountdownStepsTask, ChatArithmeticTask, WordProblemsTask)
+    for task in (ArithmeticTask, CountdownTask, CountdownStepsTask, ChatArithmeticTask, WordProblemsTask,
+                 ChatCountdownTask)
 }
 
 

@@ -95,3 +95,32 @@ def test_scoring_equals_the_math_verify_reward(spec):
 def test_chat_tasks_have_no_warm_up_data():
     with pytest.raises(UserError, match="chat task"):
         task_from_spec("chat_arithmetic").make_sft_dataset(10, seed=0)
+
+
+def test_chat_countdown_prompts_name_a_solvable_target():
+    task = task_from_spec("chat_countdown:num_numbers=4,max_number=20")
+    for row in task.make_dataset(100, seed=0):
+        (message,) = row["prompt"]
+        listed = re.fullmatch(r"Using the numbers ([\d, ]+) and (\d+), each exactly once, with \+, - and × and "
+                              r"parentheses, write an expression equal to (\d+)\. Put your final answer within "
+                              r"\\boxed\{\}\.", message["content"])
+        numbers = sorted([int(n) for n in listed.group(1).split(", ")] + [int(listed.group(2))])
+        assert numbers == row["numbers"] and len(numbers) == 4 and int(listed.group(3)) == row["target"]
+        # The generated solution, checked independently: each number once, the target's value.
+        assert sorted(int(n) for n in re.findall(r"\d+", row["answer"])) == numbers
+        assert eval(row["answer"]) == row["target"]  # digits, parentheses and + - * only
+        assert task.is_correct(f"\\boxed{{{row['answer']}}}", row)
+
+
+def test_chat_countdown_reads_expressions_as_chat_models_write_them():
+    task = task_from_spec("chat_countdown")
+    row = {"numbers": [3, 5, 7], "target": 22}
+    right = ["\\boxed{3*5+7}", "So \\boxed{3 \\times 5 + 7 = 22}.", "\\boxed{22 = 7 + 5 × 3}", "\\boxed{$3 \\cdot 5 + 7$}",
+             "\\boxed{(7 + 5 \\times 3)}"]
+    wrong = ["\\boxed{3*5+7+1}", "\\boxed{3*7+1}", "\\boxed{22}", "\\boxed{=}", "\\boxed{3*5+7 = 23}",
+             "3*5+7 without a box, then \\boxed{5*5-3}", "\\boxed{3*5+7"]
+    assert [task.is_correct(c, row) for c in right] == [True] * len(right)
+    assert [task.is_correct(c, row) for c in wrong] == [False] * len(wrong)
+    assert task.extract_answer("\\boxed{3 × 5 + 7}") == task.extract_answer("\\boxed{3*5+7}") == "3*5+7"
+    with pytest.raises(UserError, match="num_numbers"):
+        task_from_spec("chat_countdown:num_numbers=1")

@@ -140,7 +140,7 @@ def test_a_string_prompt_among_conversations_is_named(capsys, setup):
 
 def test_conversations_and_good_rows_pass():
     from thermorl.errors import UserError
-    from thermorl.tasks.data import check_rows
+    from thermorl.tasks.rows import check_rows
 
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1="}]
     check_rows(Dataset.from_dict({"prompt": [conversation] * 3, "answer": ["2"] * 3}), "chat.jsonl")

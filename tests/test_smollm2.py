@@ -21,7 +21,7 @@ from thermorl.models import smollm2
 from thermorl.models.cache import build_atomically
 from thermorl.models.names import resolve_named_model
 from thermorl.tasks import task_from_spec
-from thermorl.tasks.data import prompt_text
+from thermorl.tasks.prompt_lengths import prompt_text
 
 from tests.test_user_errors import assert_user_error, thermorl
 

@@ -28,8 +28,10 @@ GARBAGE = ["", "   ", "abc", "$$$", "}}}}", "\\frac{", "\\boxed{", "((((((((", "
 
 
 def test_registry_lists_builtin_tasks_and_rejects_unknown_names_and_options():
-    assert set(TASKS) == {"arithmetic", "countdown", "countdown_steps", "chat_arithmetic", "word_problems"}
-    with pytest.raises(ValueError, match=r"unknown task 'algebra'.*'arithmetic', 'chat_arithmetic', 'countdown'"):
+    assert set(TASKS) == {"arithmetic", "countdown", "countdown_steps", "chat_arithmetic", "word_problems",
+                          "chat_countdown"}
+    listed = r"unknown task 'algebra'.*'arithmetic', 'chat_arithmetic', 'chat_countdown', 'countdown'"
+    with pytest.raises(ValueError, match=listed):
         get_task("algebra")
     with pytest.raises(ValueError, match="unknown option 'digitz'"):
         get_task("arithmetic", digitz=3)

@@ -682,7 +682,7 @@ def test_split_and_compare_mistakes_are_one_line_errors(tmp_path, capsys, evalua
 def test_validation_rows_come_out_of_training_and_leave_held_out_unchanged():
     from types import SimpleNamespace
 
-    from thermorl.train import build_datasets
+    from thermorl.recipe_inputs import build_datasets
 
     args = SimpleNamespace(dataset="countdown_steps", dataset_seed=0, dataset_config=None, dataset_split="train",
                            prompt_column="prompt", prompt_template=None, system_prompt=None, answer_column=None,

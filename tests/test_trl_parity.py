@@ -1,16 +1,31 @@
 """ThermoGRPOTrainer with only TRL's fields set trains exactly as TRL's GRPOTrainer: every loss type, its parameters,
-the entropy bonus, the MoE auxiliary loss; TRL's constructor and its reward-source rule; the TRL hook check."""
+the entropy bonus, the MoE auxiliary loss; TRL's constructor and its reward-source rule; the TRL surface check, and
+a scan of thermorl's sources for TRL private names used outside trainers/trl_surface.py."""
 
+import ast
+import inspect
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
+import trl
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
 from thermorl.trainers import ThermoGRPOConfig, ThermoGRPOTrainer
-from thermorl.trainers.trl_surface import TRL_HOOKS, check_trl_attributes, check_trl_hooks, check_trl_source_facts
+from thermorl.trainers.trl_surface import (
+    TRL_CLASS_ATTRIBUTES,
+    TRL_HELPERS,
+    TRL_HOOKS,
+    check_trl_attributes,
+    check_trl_class_attributes,
+    check_trl_hooks,
+    check_trl_source_facts,
+    timed_generation,
+)
 
 PROMPTS = ["12+7=", "3-9=", "40+2=", "5+5="]
 
@@ -267,6 +282,22 @@ def test_a_moved_trl_attribute_or_module_fact_fails_naming_it():
         check_trl_source_facts((("trl.generation.vllm_generation", None, "self.llm = Engine(", "why"),))
     with pytest.raises(ImportError, match=r"trl.data_utils._gone contains"):
         check_trl_source_facts((("trl.data_utils", "_gone", "def _gone(", "why"),))
+    with pytest.raises(ImportError, match=r"whose trl.GRPOTrainer._gone is a list; in the installed TRL \S+ it is not"):
+        check_trl_class_attributes({"GRPOTrainer": ("_tag_names", "_gone")})
+
+
+def test_trl_helpers_are_checked_by_parameters_or_dataclass_fields():
+    """The deep imports the surface re-exports: a changed function or collator dataclass, or a vanished module."""
+    check_trl_hooks(TRL_HELPERS)
+    with pytest.raises(ImportError, match=r"trl.trainer.utils.pad takes \(tensors, padding_value\); .* it takes "
+                                          r"\(tensors, padding_value, padding_side, pad_to_multiple_of\)"):
+        check_trl_hooks({"trainer.utils.pad": "tensors, padding_value"})
+    with pytest.raises(ImportError, match=r"DataCollatorForPreference takes \(pad_token_id\); .* it takes "
+                                          r"\(pad_token_id, max_length, truncation_mode, pad_to_multiple_of, "
+                                          r"return_tensors\)"):
+        check_trl_hooks({"trainer.dpo_trainer.DataCollatorForPreference": "pad_token_id"})
+    with pytest.raises(ImportError, match=r"trl.gone_module._tokenize takes \(input\); .* it does not exist"):
+        check_trl_hooks({"gone_module._tokenize": "input"})
 
 
 def test_every_trainer_override_of_a_trl_method_is_in_the_hook_table():
@@ -296,3 +327,199 @@ def test_adaptive_entropy_state_survives_a_checkpoint(tiny_model_dir, varied_rew
     assert resumed.entropy_bonus.coef == pytest.approx(uninterrupted.entropy_bonus.coef)
     logged = [entry["entropy_coef"] for entry in resumed.state.log_history if "entropy_coef" in entry]
     assert logged[-1] == pytest.approx(0.025)
+
+
+def test_timed_generation_times_each_generate_call_then_takes_itself_off(tiny_model_dir, varied_reward,
+                                                                           fast_grpo_kwargs):
+    """The benchmarks' timer of TRL's generate call: one duration per rollout, the trainer's own method after."""
+    args = ThermoGRPOConfig(**fast_grpo_kwargs, policy_loss="sapo", max_steps=2)
+    trainer = ThermoGRPOTrainer(tiny_model_dir, varied_reward, args, prompt_dataset())
+    with timed_generation(trainer) as durations:
+        trainer.train()
+    assert len(durations) == 2 and all(d > 0 for d in durations)
+    assert "_generate_single_turn" not in vars(trainer)
+
+
+# ---------------------------------------------------------------- TRL's private names only in trl_surface.py
+
+ROOT = Path(__file__).resolve().parents[1]
+SURFACE = ROOT / "trainers" / "trl_surface.py"
+PROJECT_FOLDERS = (
+    "trainers", "rollouts", "losses", "thermorl", "evaluation", "benchmarks", "models", "tasks", "launch",
+)
+
+
+def trl_classes() -> tuple[type, ...]:
+    """The TRL classes whose instances thermorl holds or subclasses."""
+    from trl import DPOConfig, DPOTrainer
+    from trl.generation.vllm_client import VLLMClient
+    from trl.generation.vllm_generation import VLLMGeneration
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    return GRPOTrainer, DPOTrainer, GRPOConfig, DPOConfig, VLLMGeneration, VLLMClient, DataCollatorForPreference
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def trl_private_names() -> set[str]:
+    """Every private method, class attribute and instance attribute (`self._x =` in the source) of those classes and
+    the classes they inherit from (transformers' Trainer and TrainingArguments included)."""
+    names = set()
+    for klass in {k for root in trl_classes() for k in root.__mro__ if k is not object}:
+        names.update(name for name in vars(klass) if is_private(name))
+        names.update(re.findall(r"self\.(_\w+)\s*(?::[^=\n]+)?=[^=]", inspect.getsource(klass)))
+    return names
+
+
+def trainer_side_class_names() -> set[str]:
+    """TRL's classes above and thermorl's classes whose instances are instances of one of them (subclasses and the
+    mixins those inherit): in their methods `self` is a TRL object."""
+    names = set()
+    for root in trl_classes():
+        names.update(k.__name__ for k in root.__mro__)
+        subclasses = [*root.__subclasses__()]
+        while subclasses:
+            klass = subclasses.pop()
+            subclasses.extend(klass.__subclasses__())
+            if klass.__module__.startswith("thermorl."):
+                names.update(k.__name__ for k in klass.__mro__ if k.__module__.startswith("thermorl."))
+    return names - {"object"}
+
+
+class PrivateTRLUses(ast.NodeVisitor):
+    """Collects, as "line: code", each place a module uses TRL's private names: a private or deep (`trl.x.y`) import
+    of a name TRL does not export at its top level, and a private TRL attribute read, written, called or overridden.
+    In a trainer-side class, `self.NAME` / `super().NAME` and a class attribute `NAME = ...` may be a method of
+    `hooks` or a class attribute of `overrides` (what the surface lists and checks); on any other object no private
+    TRL name is allowed. `self._x` in a class that is not trainer-side is that class's own attribute."""
+
+    def __init__(self, private: set[str], trainer_side: set[str], allowed: set[str]):
+        self.private, self.trainer_side, self.allowed = private, trainer_side, allowed
+        self.classes: list[str] = []
+        self.found: list[str] = []
+
+    def report(self, node: ast.AST) -> None:
+        self.found.append(f"{node.lineno}: {ast.unparse(node)}")
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        bases = {base.id if isinstance(base, ast.Name) else getattr(base, "attr", None) for base in node.bases}
+        if node.name in self.trainer_side or bases & self.trainer_side:
+            self.trainer_side = self.trainer_side | {node.name}
+            for statement in node.body:
+                targets = statement.targets if isinstance(statement, ast.Assign) else []
+                if isinstance(statement, ast.AnnAssign):
+                    targets = [statement.target]
+                if any(isinstance(t, ast.Name) and t.id in self.private - self.allowed for t in targets):
+                    self.report(statement)
+        self.classes.append(node.name)
+        self.generic_visit(node)
+        self.classes.pop()
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        in_trainer = bool(self.classes) and self.classes[-1] in self.trainer_side
+        if in_trainer and node.name in self.private - self.allowed:
+            self.found.append(f"{node.lineno}: def {node.name}")
+        self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        if any(alias.name.startswith("trl.") for alias in node.names):
+            self.report(node)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        module = node.module or ""
+        if node.level == 0 and (module == "trl" or module.startswith("trl.")):
+            if any(is_private(alias.name) or not hasattr(trl, alias.name) for alias in node.names):
+                self.report(node)
+        self.generic_visit(node)
+
+    def receiver_allows(self, receiver: ast.expr, name: str) -> bool:
+        own_self = isinstance(receiver, ast.Name) and receiver.id == "self"
+        is_super = isinstance(receiver, ast.Call) and getattr(receiver.func, "id", None) == "super"
+        in_trainer = bool(self.classes) and self.classes[-1] in self.trainer_side
+        if own_self and not in_trainer:
+            return True  # thermorl's own object
+        return (own_self or is_super) and in_trainer and name in self.allowed
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr in self.private and not self.receiver_allows(node.value, node.attr):
+            self.report(node)
+        self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        by_name = getattr(node.func, "id", None) in ("getattr", "setattr", "hasattr", "delattr")
+        if by_name and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
+            name = node.args[1].value
+            if name in self.private and not self.receiver_allows(node.args[0], name):
+                self.report(node)
+        self.generic_visit(node)
+
+
+def private_trl_uses(source: str, allowed: set[str]) -> list[str]:
+    visitor = PrivateTRLUses(trl_private_names(), trainer_side_class_names(), allowed)
+    visitor.visit(ast.parse(source))
+    return visitor.found
+
+
+def surface_allowed_names() -> set[str]:
+    """The private names code outside the surface may use on its own trainer: the hooks it overrides or calls, the
+    class attributes it overrides."""
+    hooks = {qualified.rsplit(".", 1)[1] for qualified in TRL_HOOKS}
+    return hooks | {name for names in TRL_CLASS_ATTRIBUTES.values() for name in names}
+
+
+def test_private_trl_names_appear_only_in_the_surface():
+    allowed = surface_allowed_names()
+    found = {}
+    for folder in PROJECT_FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path != SURFACE:
+                uses = private_trl_uses(path.read_text(), allowed)
+                if uses:
+                    found[str(path.relative_to(ROOT))] = uses
+    assert found == {}, "go through trainers/trl_surface.py"
+
+
+def test_the_private_name_check_finds_each_kind_of_use():
+    """The scan above is not vacuous: each way of reaching into TRL is reported, thermorl's own names are not."""
+    offenders = '''
+from trl import GRPOTrainer, _private_helper
+from trl.data_utils import _tokenize
+from trl.data_utils import is_conversational
+from trl.trainer.utils import pad
+import trl.trainer.utils
+
+class Thermo(GRPOTrainer):
+    _tag_names = ["thermorl"]
+    _name = "Thermo"
+
+    def _compute_loss(self, model, inputs):
+        self._metrics["train"]["x"].append(1.0)
+        return super()._compute_loss(model, inputs)
+
+    def _prepare_inputs(self, inputs):
+        return inputs
+
+class Helper:
+    def __init__(self, trainer):
+        self._metrics = {}
+        trainer._generate_single_turn = None
+        setattr(trainer, "_signature_columns", [])
+        self.trainer = trainer
+
+    def run(self):
+        return self.trainer._generate_and_score_completions([]), self._metrics
+'''
+    assert private_trl_uses(offenders, surface_allowed_names()) == [
+        "2: from trl import GRPOTrainer, _private_helper",
+        "3: from trl.data_utils import _tokenize",
+        "5: from trl.trainer.utils import pad",
+        "6: import trl.trainer.utils",
+        "10: _name = 'Thermo'",
+        "13: self._metrics",
+        "16: def _prepare_inputs",
+        "22: trainer._generate_single_turn",
+        "23: setattr(trainer, '_signature_columns', [])",
+        "27: self.trainer._generate_and_score_completions",
+    ]

@@ -371,7 +371,7 @@ def test_launch_checks_keys_and_types_only_and_hands_accelerate_the_worker_comma
 def test_the_tiny_model_warms_up_on_warmup_dataset_and_refuses_another_task(monkeypatch):
     """warmup_dataset: the warm-up trains on it (held-out prompts of `dataset` still excluded); it must be the same
     built-in task as `dataset` (the warm-up teaches that task's answer format), and valid."""
-    from thermorl import train
+    from thermorl import recipe_inputs
     from thermorl.errors import UserError
     from thermorl.models import warmup
     from thermorl.recipe import ThermoScriptArguments
@@ -381,10 +381,15 @@ def test_the_tiny_model_warms_up_on_warmup_dataset_and_refuses_another_task(monk
         (settings.task, held_out_prompts)) or "warmed")
     script_args = ThermoScriptArguments(dataset="arithmetic:digits=1,num_operands=3,max_operands=4,ops=+",
                                         warmup_dataset="arithmetic:digits=1,num_operands=3,ops=+")
-    assert train.resolve_model_path("thermorl:tiny", script_args, {"prompt": ["1+2+3+4="]}) == "warmed"
+    assert recipe_inputs.resolve_model_path("thermorl:tiny", script_args, {"prompt": ["1+2+3+4="]}) == "warmed"
     assert calls == [("arithmetic:digits=1,num_operands=3,ops=+", ["1+2+3+4="])]
     for warmup_dataset, message in (("countdown", "must be the same built-in task as dataset ('arithmetic')"),
                                     ("arithmetic:digitz=1", "unknown option 'digitz'")):
         script_args.warmup_dataset = warmup_dataset
         with pytest.raises(UserError, match=re.escape(message)):
-            train.resolve_model_path("thermorl:tiny", script_args)
+            recipe_inputs.check_model_takes_task("thermorl:tiny", script_args)
+    # Checked where a recipe's values become configs, so every command (train, check, bench, quickstart) refuses it.
+    from thermorl.recipe import load_recipe
+
+    with pytest.raises(UserError, match=re.escape("must be the same built-in task as dataset ('countdown_steps')")):
+        load_recipe("testbed", {"warmup_dataset": "arithmetic"})

@@ -53,7 +53,7 @@ def sample_completions(row: dict[str, Any], task) -> list[str]:
 
 def call_rewards(reward_funcs, row: dict[str, Any], completions: list[str]) -> dict[str, list]:
     """Each reward function called as TRL's GRPOTrainer calls it, on one prompt and the sample completions."""
-    from .tasks.data import is_conversational_prompt
+    from .tasks.prompt_shaping import is_conversational_prompt
 
     n = len(completions)
     if is_conversational_prompt(row["prompt"]):
@@ -82,7 +82,7 @@ def model_summary(model_args, tokenizer, trust_remote_code: bool) -> list[str]:
 
     from .models.tiny import TINY_CONFIG
     from .models.warmup import TINY_MODEL_NAME
-    from .train import ALLOW_REMOTE_CODE
+    from .recipe_inputs import ALLOW_REMOTE_CODE
 
     name = model_args.model_name_or_path
     if name == TINY_MODEL_NAME:
@@ -118,7 +118,7 @@ def _parameter_count(config) -> str:
 
 def rendered_prompt(tokenizer, prompt, training_args) -> str:
     """The prompt text the model is given, with the recipe's chat_template_kwargs (eval renders prompts the same way)."""
-    from .tasks.data import prompt_text
+    from .tasks.prompt_lengths import prompt_text
 
     return prompt_text(prompt, tokenizer, training_args.chat_template_kwargs)
 
@@ -164,12 +164,11 @@ def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
     import os
 
     from .launch_checks import check_launch
-    from .models.warmup import TINY_MODEL_NAME
     from .recipe import load_recipe
-    from .tasks.data import is_conversational_prompt
-    from .train import (
-        build_datasets, check_chat_template, check_dataset_size, check_prompts_fit, check_tiny_model_fits,
-        check_warmup_settings, load_tokenizer, recipe_reward_funcs,
+    from .tasks.prompt_shaping import is_conversational_prompt
+    from .recipe_inputs import (
+        build_datasets, check_chat_template, check_dataset_size, check_prompts_fit, load_tokenizer,
+        recipe_reward_funcs,
     )
 
     values, notes = recipe_values_for_this_machine(recipe, argv or [])
@@ -177,9 +176,6 @@ def plan(recipe: str, argv: list[str] | None = None) -> list[str]:
     if model_args.model_name_or_path is None:
         raise UserError("The recipe needs model_name_or_path (a local folder, a hub name, or 'thermorl:tiny').")
     check_launch(model_args, training_args)
-    check_warmup_settings(model_args.model_name_or_path, script_args)
-    if model_args.model_name_or_path == TINY_MODEL_NAME:
-        check_tiny_model_fits(script_args)
     train, held_out, task = build_datasets(script_args, training_args.seed)
     check_dataset_size(train, training_args)
     reward_funcs = recipe_reward_funcs(script_args, task)

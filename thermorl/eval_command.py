@@ -7,7 +7,7 @@
 
 With a recipe (--recipe RECIPE [--field value ...], or the run's own OUTPUT_DIR/thermorl_recipe.yaml when --model is
 a run folder or one of its checkpoints and --task is not given), the prompts, chat template and reward are the
-training ones: the dataset (its --split) is loaded and shaped by the functions training uses (thermorl.train
+training ones: the dataset (its --split) is loaded and shaped by the functions training uses (thermorl.recipe_inputs
 build_datasets: dataset_config, prompt_column / prompt_template / system_prompt / answer_column), conversations are
 rendered with the recipe's chat_template_kwargs as TRL's GRPOTrainer renders them, and the recipe's reward function
 (else a built-in task's checker) scores the completions.
@@ -44,8 +44,8 @@ from .evaluation.pipeline import (
 )
 from .evaluation.vllm_sampling import default_dtype, engine_memory, load_engine
 from .tasks import TASKS, load_prompt_dataset, resolve_reward_funcs, task_from_spec
-from .tasks.data import check_prompt_lengths, prompt_token_ids
-from .train import HELD_OUT_FILE, find_held_out
+from .tasks.prompt_lengths import check_prompt_lengths, prompt_token_ids
+from .recipe_inputs import HELD_OUT_FILE, find_held_out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,11 +221,11 @@ def check_no_split_flags(args) -> None:
 
 def recipe_dataset_and_verifier(values: dict, args):
     """(dataset, verifier, chat_template_kwargs) from a training recipe: the rows of --split (a built-in task: the
-    rows the recipe holds out) shaped by thermorl.train.build_datasets, and the recipe's reward function (a
+    rows the recipe holds out) shaped by thermorl.recipe_inputs.build_datasets, and the recipe's reward function (a
     built-in task without reward_funcs: the task's checker; --reward-fn wins)."""
     from thermorl.launch_checks import cpu_overrides, runs_on_cpu
     from thermorl.recipe import load_recipe
-    from thermorl.train import build_datasets
+    from thermorl.recipe_inputs import build_datasets
 
     if runs_on_cpu(values):
         # Training-only settings (bf16, bfloat16 weights, vLLM for rollouts) that TrainingArguments refuses on the

@@ -27,7 +27,7 @@ def export_merged(checkpoint: str | Path, out: str | Path, base_model: str | Non
     from .models.names import resolve_named_model
     from .run_dir import check_not_the_model, saved_model_files
     from .run_recipe import find_run_recipe
-    from .train import find_held_out
+    from .recipe_inputs import find_held_out
 
     checkpoint, out = Path(checkpoint), Path(out)
     config_path = checkpoint / ADAPTER_CONFIG

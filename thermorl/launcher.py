@@ -82,7 +82,7 @@ def launch(recipe_argv: list[str], options: dict[str, str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from .recipe import parse_overrides, read_recipe, recipe_dataclasses, validate
-    from .train import warm_tiny_model_before_launch
+    from .recipe_inputs import warm_tiny_model_before_launch
 
     config = resolve_config(options[CONFIG_FLAG])
     check_config(config)

@@ -35,7 +35,8 @@ def quickstart(overrides: list[str] | dict | None = None) -> dict | None:
     from . import threads
     from .recipe import parse_overrides, recipe_configs, resolve_recipe
     from .run_dir import refuse_other_run
-    from .train import build_datasets, resolve_model_path, train
+    from .recipe_inputs import build_datasets, resolve_model_path
+    from .train import train
 
     started = time.perf_counter()
     overrides = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})

@@ -343,12 +343,14 @@ def recipe_configs(values: dict[str, Any]):
     from transformers import HfArgumentParser
 
     from .launch_checks import cpu_defaults
+    from .recipe_inputs import check_model_takes_task
 
     values = {**cpu_defaults(values), **values}
     dataclass_types = recipe_dataclasses(values.get("trainer", "grpo"))
     # TRL's and transformers' own checks, e.g. generation_batch_size not divisible by num_generations.
     with refused_by_library("recipe"):
         model_args, *configs = HfArgumentParser(dataclass_types).parse_dict(values, allow_extra_keys=False)
+    check_model_takes_task(model_args.model_name_or_path, configs[-1])
     # A built-in model name becomes its cached model folder here, so every later step (tokenizer, prompt-length and
     # output-folder checks, LoRA, vLLM) sees an ordinary folder; the run's saved recipe keeps the name.
     model_args.model_name_or_path = resolve_named_model(model_args.model_name_or_path)

@@ -50,7 +50,7 @@ from transformers.utils import (
 from .console import LOG_FILE_NAME
 from .errors import DiskFullError, UserError
 from .run_recipe import RUN_RECIPE_FILE
-from .train import HELD_OUT_FILE
+from .recipe_inputs import HELD_OUT_FILE
 from .trainers.atomic_checkpoint import (
     CHECKPOINT_FILES, REPLACED_PREFIX, STAGING_PREFIX, clean_interrupted_saves, is_disk_full,
 )

@@ -24,15 +24,20 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from trl import DPOConfig, DPOTrainer
-from trl.data_utils import _tokenize, common_prefix_length, is_conversational
-from trl.trainer.dpo_trainer import DataCollatorForPreference
-from trl.trainer.utils import pad
+from trl import DPOConfig, DPOTrainer, is_conversational
 
 from ..errors import UserError
 from ..losses.adpo_preference import adpo_preference_loss, pairwise_target_probs, score_target_probs
-from .metrics import log_mean_metrics
-from .trl_surface import add_signature_columns
+from .metrics import QueuedMetrics
+from .trl_surface import (
+    DataCollatorForPreference,
+    add_signature_columns,
+    common_prefix_length,
+    dpo_tokenizer,
+    is_vision_dataset,
+    pad,
+    trl_tokenize,
+)
 
 PREFERENCE_PROBABILITY = "preference_probability"
 COMPLETIONS = "completions"
@@ -165,14 +170,14 @@ def _tokenize_listwise(example: dict[str, Any], processing_class, eos_token: str
                         f"got {scores!r}")
     prompt = example["prompt"]
     if is_conversational(example):
-        prompt_ids = _tokenize(processing_class, prompt, add_generation_prompt=True)["input_ids"]
-        full_ids = [_tokenize(processing_class, prompt + c)["input_ids"] for c in completions]
+        prompt_ids = trl_tokenize(processing_class, prompt, add_generation_prompt=True)["input_ids"]
+        full_ids = [trl_tokenize(processing_class, prompt + c)["input_ids"] for c in completions]
     else:
         if not all(isinstance(c, str) for c in completions):
             raise UserError(f"'{COMPLETIONS}' of a text prompt must be strings, got {completions!r}")
-        prompt_ids = _tokenize(processing_class, prompt)["input_ids"]
+        prompt_ids = trl_tokenize(processing_class, prompt)["input_ids"]
         full_ids = [
-            _tokenize(processing_class, prompt + (c if c.endswith(eos_token) else c + eos_token))["input_ids"]
+            trl_tokenize(processing_class, prompt + (c if c.endswith(eos_token) else c + eos_token))["input_ids"]
             for c in completions
         ]
     # The completion starts where prompt and prompt + completion diverge (TRL's rule for chat templates).
@@ -195,6 +200,7 @@ class ThermoADPOTrainer(DPOTrainer):
         if not isinstance(args, ThermoADPOConfig):
             raise TypeError(f"ThermoADPOTrainer needs a ThermoADPOConfig, got {type(args).__name__}.")
         super().__init__(model, ref_model=ref_model, args=args, **kwargs)
+        self.queued_metrics = QueuedMetrics(self.accelerator)
         if type(self.data_collator) is DataCollatorForPreference:
             self.data_collator = DataCollatorForAnchoredPreference(**asdict(self.data_collator))
         self.tau_anc = args.tau_anc if args.tau_anc is not None else 1.0 / args.beta
@@ -228,7 +234,7 @@ class ThermoADPOTrainer(DPOTrainer):
             map_kwargs = {"num_proc": args.dataset_num_proc, "desc": f"Tokenizing {dataset_name} listwise dataset"}
         dataset = dataset.map(
             _tokenize_listwise,
-            fn_kwargs={"processing_class": processing_class, "eos_token": self._tokenizer.eos_token},
+            fn_kwargs={"processing_class": processing_class, "eos_token": dpo_tokenizer(self).eos_token},
             **map_kwargs,
         )
         if isinstance(dataset, Dataset):
@@ -239,7 +245,7 @@ class ThermoADPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if not self._is_vision_dataset:
+        if not is_vision_dataset(self):
             add_signature_columns(self, ["completion_ids", *_TARGET_KEYS])
 
     def _target_probs(self, inputs: dict[str, Any]) -> torch.Tensor:
@@ -283,14 +289,18 @@ class ThermoADPOTrainer(DPOTrainer):
         )
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
-            metrics["aux_loss"] = outputs.aux_loss.item()
-        log_mean_metrics(self, mode, metrics)
+            metrics["aux_loss"] = outputs.aux_loss
+        self.queued_metrics.add(mode, metrics)
 
         if return_outputs:  # TRL's deprecated path for compute_metrics: the fused head built no logits
             with torch.no_grad():
                 outputs = model(**model_kwargs)
             return loss, outputs
         return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self.queued_metrics.flush(self)  # the loss's metrics, kept on the device until this line
+        super().log(logs, start_time)
 
 
 def preference_pairs_from_task(task, rows: Dataset, seed: int = 0) -> Dataset:

@@ -31,6 +31,7 @@ from ..rollouts.plain_sampling import changed_sampling, needed_settings
 from ..rollouts.vllm_schedule import schedule_extra_args
 from .annealed_vllm import colocated_requests, served_requests
 from .json_fields import json_field
+from .loss_inputs import loss_mask
 from .trl_surface import replaced_method
 
 EAD_CORRECTIONS = ("tis", "none", "recompute_at_tau")
@@ -47,7 +48,8 @@ def _built(name: str, spec) -> TemperatureSchedule:
 
 @dataclass
 class AnnealedRolloutArguments:
-    """Config fields for annealed-temperature rollouts (EAD) and temperature portfolios."""
+    """Config fields for annealed-temperature rollouts (EAD) and temperature portfolios. After construction
+    `rollout_schedules` holds the parsed schedules ([schedule], the portfolio's, or None: TRL's temperature samples)."""
 
     temperature_schedule: dict[str, Any] | str | float | None = field(
         default=None,
@@ -99,13 +101,14 @@ class AnnealedRolloutArguments:
             )
         if self.temperature_schedule is not None and self.temperature_portfolio is not None:
             raise UserError("Set temperature_schedule or temperature_portfolio, not both.")
-        rollout_schedules(self)
+        # Parsed once, here: everything downstream (the trainer's tempering, vLLM set-up) reads these.
+        self.rollout_schedules = _parsed_schedules(self)
         if self.vllm_dtype is not None and not (self.use_vllm and self.vllm_mode == "colocate"):
             raise UserError(
                 "vllm_dtype sets the dtype of the colocated vLLM engine: it needs use_vllm=True and "
                 f"vllm_mode='colocate' (a server takes --dtype), got use_vllm={self.use_vllm}, vllm_mode={self.vllm_mode!r}"
             )
-        if self.temperature_schedule is not None or self.temperature_portfolio is not None:
+        if self.rollout_schedules is not None:
             self._check_sampling_settings()
 
     def _check_sampling_settings(self):
@@ -137,8 +140,9 @@ class AnnealedRolloutArguments:
             )
 
 
-def rollout_schedules(args) -> list[TemperatureSchedule] | None:
-    """The schedules a config samples with: [schedule], the portfolio's, or None when TRL's temperature is used."""
+def _parsed_schedules(args) -> list[TemperatureSchedule] | None:
+    """The schedules a config samples with (its `rollout_schedules`): [schedule], the portfolio's, or None when TRL's
+    temperature is used."""
     if args.temperature_schedule is not None:
         return [_built("temperature_schedule", args.temperature_schedule)]
     if args.temperature_portfolio is None:
@@ -209,7 +213,7 @@ class RolloutTempering:
     """
 
     def __init__(self, args, accelerator):
-        self.schedules = rollout_schedules(args)
+        self.schedules = args.rollout_schedules
         self.correction = args.ead_correction
         self.tis_cap = args.tis_cap
         self.accelerator = accelerator
@@ -281,7 +285,7 @@ class RolloutTempering:
         """(columns to add to TRL's batch, metrics): `behaviour_per_token_logps` and
         `behaviour_per_token_temperatures` (B, T), and for recompute_at_tau pi_old at tau_t as `old_per_token_logps`."""
         completion_ids = batch["completion_ids"]
-        mask = batch["completion_mask"] if "tool_mask" not in batch else batch["completion_mask"] * batch["tool_mask"]
+        mask = loss_mask(batch)
         width = completion_ids.size(1)
         if from_vllm:  # vLLM's processed log-probs of the very tokens in the batch
             behaviour_logps = batch.get("sampling_per_token_logps")
@@ -301,7 +305,7 @@ class RolloutTempering:
             columns["old_per_token_logps"] = behaviour_logps
         return columns, self._temperature_metrics(sampled.processor, temperatures, mask)
 
-    def _temperature_metrics(self, processor, temperatures, mask) -> dict[str, float]:
+    def _temperature_metrics(self, processor, temperatures, mask) -> dict[str, torch.Tensor]:
         """ead/temperature_mean and ead/share_at_tau_min (share of tokens at their schedule's tau_min) over tokens."""
         valid = mask.bool()
         floors = torch.tensor(
@@ -311,17 +315,13 @@ class RolloutTempering:
         stats = torch.stack([temperatures[valid].sum(), at_floor[valid].sum(), valid.sum()]).double()
         totals = self.accelerator.gather(stats[None]).sum(dim=0)
         count = totals[2].clamp(min=1.0)
-        return {"ead/temperature_mean": (totals[0] / count).item(), "ead/share_at_tau_min": (totals[1] / count).item()}
+        return {"ead/temperature_mean": totals[0] / count, "ead/share_at_tau_min": totals[1] / count}
 
-    def token_weights(self, inputs, per_token_logps, mask) -> tuple[torch.Tensor | None, dict[str, float]]:
+    def token_weights(self, old_logps, behaviour_logps, mask) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         """(per-token correction of the policy loss for the behaviour policy's temperatures, or None when off;
         its metrics)."""
-        if not self.active or self.correction != "tis":
+        if self.correction != "tis":
             return None, {}
-        # Without old log-probs in the batch TRL has made no update since the rollout: pi_theta is pi_old.
-        old_logps = inputs.get("old_per_token_logps")
-        old_logps = per_token_logps.detach() if old_logps is None else old_logps
-        behaviour_logps = inputs["behaviour_per_token_logps"]
         weights = truncated_importance_weights(old_logps, behaviour_logps, self.tis_cap)
         valid = mask.bool()
         truncated = (old_logps - behaviour_logps > math.log(self.tis_cap))[valid]
@@ -330,8 +330,8 @@ class RolloutTempering:
         gathered = self.accelerator.gather(stats[None])
         count = gathered[:, 1].sum().clamp(min=1.0)
         metrics = {
-            "ead/tis_weight_mean": (gathered[:, 0].sum() / count).item(),
-            "ead/tis_weight_max": gathered[:, 3].max().item(),
-            "ead/tis_truncated_share": (gathered[:, 2].sum() / count).item(),
+            "ead/tis_weight_mean": gathered[:, 0].sum() / count,
+            "ead/tis_weight_max": gathered[:, 3].max(),
+            "ead/tis_truncated_share": gathered[:, 2].sum() / count,
         }
         return weights, metrics

@@ -89,7 +89,7 @@ def vllm_setup(config):
     receives the processor (with a schedule on) and `dtype` (vllm_dtype)."""
     options = {}
     if config.use_vllm:
-        if config.temperature_schedule is not None or config.temperature_portfolio is not None:
+        if config.rollout_schedules is not None:
             check_vllm_settings(config)
             if config.vllm_mode == "colocate":
                 options["logits_processors"] = [processor_class()]

@@ -30,12 +30,13 @@ class EntropyBonus:
         self.last_world_entropy = float("inf")  # no measurement yet: no bonus in the first window
         self.window = None  # [entropy sum, token count] of the current accumulation window
 
-    def __call__(self, entropies: torch.Tensor, mask: torch.Tensor, training: bool) -> tuple[torch.Tensor, dict]:
-        """(coef * mean entropy over `mask`, metrics to log); the coefficient is the one set at the last step."""
-        mean_entropy = (entropies * mask).sum() / mask.sum().clamp(min=1.0)
+    def __call__(self, entropy_sums: torch.Tensor, training: bool) -> tuple[torch.Tensor, dict]:
+        """(coef * mean entropy, metrics to log), from [entropy sum, token count] over the tokens the policy loss acts
+        on (LossInputs.entropy_over_policy); the coefficient is the one set at the last step."""
+        mean_entropy = entropy_sums[0] / entropy_sums[1].clamp(min=1.0)
         coef = self.coef if not self.adaptive or self.last_world_entropy <= self.args.entropy_target else 0.0
         if self.adaptive and training:
-            self._observe(torch.stack([(entropies * mask).sum(), mask.sum()]).detach())
+            self._observe(entropy_sums.detach())
         step_ends = training and self.accelerator.sync_gradients
         return coef * mean_entropy, ({"entropy_coef": self.coef} if step_ends else {})
 

@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl import GRPOConfig, GRPOTrainer
-from trl.data_utils import is_conversational
+from trl import GRPOConfig, GRPOTrainer, is_conversational
 
 from ..errors import UserError
 from ..losses import get_loss, loss_inputs, validate_loss_kwargs
@@ -25,7 +24,8 @@ from .annealed_vllm import vllm_setup
 from .atomic_checkpoint import AtomicCheckpoints, final_save_has_one_writer
 from .entropy_bonus import EntropyBonus
 from .json_fields import json_field
-from .metrics import log_mean_metrics
+from .loss_inputs import LossInputs, loss_mask
+from .metrics import QueuedMetrics
 from .reward_guard import guard_reward_funcs
 from .trl_loss import check_no_trl_loss_fields, policy_loss_from_trl
 from .trl_surface import disown_adaptive_entropy, drop_pending_logs, keep_signature_column, metric_buffer
@@ -202,9 +202,10 @@ class ThermoGRPOTrainer(GRPOTrainer):
         self.entropy_bonus = EntropyBonus(args, self.accelerator)
         disown_adaptive_entropy(self)
         self.checkpoints = AtomicCheckpoints(args, self.accelerator)
+        self.queued_metrics = QueuedMetrics(self.accelerator)
         self.policy_loss_name, self.policy_loss_kwargs = args.resolved_policy_loss()
         self.policy_loss_fn = get_loss(self.policy_loss_name)
-        self._loss_inputs = set(loss_inputs(self.policy_loss_name))
+        self._declared_loss_inputs = set(loss_inputs(self.policy_loss_name))
 
     # ---- prompts ------------------------------------------------------------------------------------
 
@@ -341,7 +342,7 @@ class ThermoGRPOTrainer(GRPOTrainer):
             "tokens_per_micro_batch": self._tokens_per_micro_batch(inputs),
             "importance_sampling_ratio": inputs.get("importance_sampling_ratio") if self._vllm_is_correction else None,
         }
-        return {k: v for k, v in available.items() if k in self._loss_inputs}
+        return {k: v for k, v in available.items() if k in self._declared_loss_inputs}
 
     @property
     def _vllm_is_correction(self) -> bool:
@@ -357,26 +358,28 @@ class ThermoGRPOTrainer(GRPOTrainer):
         tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
         return tokens / self.args.steps_per_generation if self.model.training else tokens
 
-    def _token_weights(self, inputs, per_token_logps, entropies, mask) -> torch.Tensor | None:
+    def _token_weights(self, inputs, per_token_logps, old_per_token_logps, mask, entropy_mask) -> torch.Tensor | None:
         """Per-token multipliers on the policy loss: the rollout's own correction (e.g. EAD's truncated importance
         sampling) and TRL's options (entropy mask, vLLM IS, OPSM)."""
         weights = []
-        rollout_weights, metrics = self.tempering.token_weights(inputs, per_token_logps, mask)
-        self._log(metrics)
-        if rollout_weights is not None:
-            weights.append(rollout_weights)
-        if self.top_entropy_quantile < 1.0:
-            weights.append(self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile))
-        loss_takes_is_ratio = "importance_sampling_ratio" in self._loss_inputs  # vespo folds it into its weight
+        if self.tempering.active:
+            rollout_weights, metrics = self.tempering.token_weights(
+                old_per_token_logps, inputs["behaviour_per_token_logps"], mask
+            )
+            self._log(metrics)
+            if rollout_weights is not None:
+                weights.append(rollout_weights)
+        if entropy_mask is not None:
+            weights.append(entropy_mask)
+        loss_takes_is_ratio = "importance_sampling_ratio" in self._declared_loss_inputs  # vespo folds it into its weight
         if self._vllm_is_correction and "importance_sampling_ratio" in inputs and not loss_takes_is_ratio:
             weights.append(inputs["importance_sampling_ratio"])
         if self.off_policy_mask_threshold is not None:
-            old = inputs.get("old_per_token_logps", per_token_logps.detach())
             weights.append(
                 self.get_off_policy_mask(
                     advantages=inputs["advantages"].view(-1, 1) if inputs["advantages"].dim() == 1 else inputs["advantages"],
                     per_token_logps=per_token_logps,
-                    sampling_per_token_logps=inputs.get("sampling_per_token_logps", old),
+                    sampling_per_token_logps=inputs.get("sampling_per_token_logps", old_per_token_logps),
                     mask=mask,
                     off_policy_threshold=self.off_policy_mask_threshold,
                 )
@@ -388,34 +391,39 @@ class ThermoGRPOTrainer(GRPOTrainer):
             product = product * weight
         return product.detach()
 
-    def _compute_loss(self, model, inputs):
+    def _micro_batch(self, model, inputs) -> tuple[LossInputs, torch.Tensor | None]:
+        """(the micro-batch's LossInputs, the router's auxiliary loss): the policy's forward pass on TRL's batch, and
+        everything the loss reads built from it once."""
         prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
-
         per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model,
-            input_ids,
-            attention_mask,
+            torch.cat([prompt_ids, completion_ids], dim=1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
             completion_ids.size(1),
             compute_entropy=True,
             compute_aux_loss=self.aux_loss_enabled,
             **{key: inputs.get(key) for key in _FORWARD_KEYS},
         )
-        old_per_token_logps = inputs.get("old_per_token_logps")
-        if old_per_token_logps is None:  # one update per rollout: TRL skips computing pi_old
-            old_per_token_logps = per_token_logps.detach()
+        mask = loss_mask(inputs)
+        entropy_mask = None
+        if self.top_entropy_quantile < 1.0:
+            entropy_mask = self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+        return LossInputs.build(
+            inputs, mask, per_token_logps, entropies, entropy_mask,
+            lambda old: self._token_weights(inputs, per_token_logps, old, mask, entropy_mask),
+        ), aux_loss
 
+    def _compute_loss(self, model, inputs):
+        micro, aux_loss = self._micro_batch(model, inputs)
         loss, metrics = self.policy_loss_fn(
-            per_token_logps,
-            old_per_token_logps,
-            inputs["advantages"],
-            mask,
-            token_weights=self._token_weights(inputs, per_token_logps, entropies, mask),
+            micro.per_token_logps,
+            micro.old_per_token_logps,
+            micro.advantages,
+            micro.mask,
+            token_weights=micro.token_weights,
             ref_per_token_logps=inputs.get("ref_per_token_logps"),
             beta=self.beta,
-            **self._loss_context(inputs, entropies),
+            **self._loss_context(inputs, micro.entropies),
             **self.policy_loss_kwargs,
         )
         if not torch.isfinite(loss):
@@ -427,25 +435,22 @@ class ThermoGRPOTrainer(GRPOTrainer):
         training = self.model.training
         accumulation = self.current_gradient_accumulation_steps if training else 1.0
         if self.entropy_bonus.enabled:
-            metrics["policy_loss"] = loss.item()
-            bonus_mask = mask  # the bonus acts on the tokens the policy loss acts on
-            if self.top_entropy_quantile < 1.0:
-                bonus_mask = mask * self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
-            bonus, bonus_metrics = self.entropy_bonus(entropies, bonus_mask, training)
+            metrics["policy_loss"] = loss
+            bonus, bonus_metrics = self.entropy_bonus(micro.entropy_over_policy, training)
             loss = loss - bonus
             self._log(bonus_metrics)
         loss = loss / accumulation  # TRL turns off the Trainer's own gradient-accumulation scaling
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
-            metrics["aux_loss"] = aux_loss.item()
+            metrics["aux_loss"] = aux_loss
 
-        entropy = (entropies * mask).sum() / mask.sum().clamp(min=1.0)
-        log_mean_metrics(self, "train" if training else "eval", {"entropy": entropy.item(), **metrics})
+        self.queued_metrics.add("train" if training else "eval", {"entropy": micro.mean_entropy, **metrics})
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """TRL's log, whose completions table (printed, saved, sent to W&B) shows only rollouts no table showed yet:
         the Trainer's closing summary is logged at the last step again, which would repeat that step's table."""
+        self.queued_metrics.flush(self)
         log_completions = self.log_completions
         self.log_completions = log_completions and self._rollouts_generated > self._rollouts_in_last_table
         try:
@@ -455,11 +460,9 @@ class ThermoGRPOTrainer(GRPOTrainer):
                 self._rollouts_in_last_table = self._rollouts_generated
             self.log_completions = log_completions
 
-    def _log(self, metrics: dict[str, float]) -> None:
-        """Append already-reduced metrics (the same on every process) to TRL's buffer for the next log line."""
-        buffer = metric_buffer(self, "train" if self.model.training else "eval")
-        for name, value in metrics.items():
-            buffer[name].append(value)
+    def _log(self, metrics: dict[str, float | torch.Tensor]) -> None:
+        """Queue already-reduced metrics (the same on every process) for the next log line."""
+        self.queued_metrics.add("train" if self.model.training else "eval", metrics, average_over_processes=False)
 
     # ---- checkpoints --------------------------------------------------------------------------------
 

@@ -2,23 +2,30 @@
 
 TRL's private methods, attributes and module globals may change in any release. `pyproject.toml` bounds TRL to the
 tested versions, and `check_trl_surface` (run when `thermorl.trainers` is imported) stops with one line naming what
-moved if an installed TRL differs anyway. Three kinds of entry:
+moved if an installed TRL differs anyway. Five kinds of entry:
 
-- `TRL_HOOKS`: private methods thermorl overrides or calls, with their parameters in TRL 1.16;
+- `TRL_HOOKS`: private methods thermorl overrides or calls, and the methods it replaces on an instance, with their
+  parameters in TRL 1.16;
+- `TRL_CLASS_ATTRIBUTES`: private class attributes thermorl's trainers override, each a list on TRL's class;
 - `TRL_ATTRIBUTES`: private instance attributes thermorl reads or writes, each found assigned (`self.NAME =`) in its
   class's source;
+- `TRL_HELPERS`: functions and classes only TRL's submodules export, re-exported from this module, with their
+  parameters (a dataclass: its fields) in TRL 1.16;
 - `TRL_SOURCE_FACTS`: module-level facts the patches below rely on (a global that is looked up at call time, a
   keyword a model forward accepts), each found in the named function's or module's source.
 
-Code elsewhere in thermorl writes TRL's private state only through the functions at the bottom of this module; the
-few private attributes it only reads (ThermoADPOTrainer: `_is_vision_dataset`, `_tokenizer`) are listed and checked.
+Code elsewhere in thermorl imports from TRL's top level only, and reaches TRL's private state only through the
+functions at the bottom of this module; apart from that, a trainer names TRL's private hooks (`TRL_HOOKS`) and class
+attributes (`TRL_CLASS_ATTRIBUTES`) on itself only (tests/test_trl_parity.py scans the sources for any other use).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
+import time
 from collections import defaultdict
 from contextlib import contextmanager
 
@@ -48,10 +55,17 @@ TRL_HOOKS = {
     "GRPOTrainer.get_high_entropy_mask": "entropies, mask, threshold",
     "GRPOTrainer.get_off_policy_mask": "advantages, per_token_logps, sampling_per_token_logps, mask, "
     "off_policy_threshold",
+    "GRPOTrainer._load_from_checkpoint": "resume_from_checkpoint, model",
+    # replaced on the instance by `served_requests` (trainers/annealed_vllm.py), which passes these through
+    "generation.vllm_client.VLLMClient.generate": "prompts, features, n, repetition_penalty, temperature, top_p, "
+    "top_k, min_p, max_tokens, logprobs, structured_outputs_regex, generation_kwargs",
     "DPOTrainer._compute_loss": "model, inputs, return_outputs",
     "DPOTrainer._prepare_dataset": "dataset, processing_class, args, dataset_name",
     "DPOTrainer._set_signature_columns_if_needed": "",
 }
+
+# "Class": its private class attributes that thermorl's subclasses override (TRL's model card and hub tags read them).
+TRL_CLASS_ATTRIBUTES = {"GRPOTrainer": ("_tag_names",), "DPOTrainer": ("_tag_names",)}
 
 # "Class": private attributes (and the public ones thermorl writes) that its __init__ or methods assign.
 TRL_ATTRIBUTES = {
@@ -72,9 +86,22 @@ TRL_SOURCE_FACTS = (
      "TRL restores its adaptive-entropy state only when use_adaptive_entropy is set (`disown_adaptive_entropy`)"),
     ("trl.trainer.dpo_trainer", "DPOTrainer._compute_loss", "fused_lm_head=True",
      "TRL's DPO models take fused_lm_head=True and return per-token log_probs (ThermoADPOTrainer's forward)"),
-    ("trl.data_utils", "_tokenize", "def _tokenize(",
-     "ThermoADPOTrainer tokenises listwise rows as TRL tokenises preference pairs"),
+    ("trl.generation.vllm_generation", "VLLMGeneration.generate",
+     "self.llm.generate(vllm_prompts, sampling_params=sampling_params",
+     "TRL hands vLLM's LLM.generate one SamplingParams, which `colocated_requests` copies for each prompt"),
+    ("trl.trainer.grpo_trainer", "GRPOTrainer._compute_loss", "self.current_gradient_accumulation_steps",
+     "TRL's loss divides by the accumulation count the Trainer's loop sets (`loss_outside_training` sets it)"),
 )
+
+# "module.name" under trl: parameters (a dataclass: its fields) in TRL 1.16, re-exported after check_trl_surface.
+TRL_HELPERS = {
+    "data_utils._tokenize": "processing_class, input, apply_chat_template_kwargs",
+    "data_utils.common_prefix_length": "ids, other_ids",
+    "trainer.utils.pad": "tensors, padding_value, padding_side, pad_to_multiple_of",
+    # ThermoADPOTrainer rebuilds TRL's collator as its subclass from `asdict(collator)`
+    "trainer.dpo_trainer.DataCollatorForPreference": "pad_token_id, max_length, truncation_mode, pad_to_multiple_of, "
+    "return_tensors",
+}
 
 
 class TRLChanged(ImportError):
@@ -88,21 +115,35 @@ def _moved(what: str, now: str) -> TRLChanged:
     )
 
 
-def _parameters(method) -> str:
-    return ", ".join(name for name in inspect.signature(method).parameters if name != "self")
+def _parameters(value) -> str:
+    """A dataclass's field names, or a callable's parameter names (after self)."""
+    if dataclasses.is_dataclass(value):
+        return ", ".join(f.name for f in dataclasses.fields(value))
+    return ", ".join(name for name in inspect.signature(value).parameters if name != "self")
 
 
 def _resolve(dotted: str, root=trl):
+    """`root.<dotted>`, importing submodules on the way (trl imports most of them lazily); None where it is gone."""
     value = root
     for part in dotted.split("."):
-        value = getattr(value, part, None)
-        if value is None:
+        found = getattr(value, part, None)
+        if found is None and inspect.ismodule(value):
+            submodule = f"{value.__name__}.{part}"
+            try:
+                found = importlib.import_module(submodule)
+            except ModuleNotFoundError as error:
+                if error.name != submodule:  # the submodule exists, one of its own imports failed
+                    raise
+                return None
+        if found is None:
             return None
+        value = found
     return value
 
 
 def check_trl_hooks(hooks: dict[str, str] = TRL_HOOKS) -> None:
-    """TRLChanged naming the TRL version and the first hooked method whose parameters changed or vanished."""
+    """TRLChanged naming the TRL version and the first hooked method (or helper) whose parameters changed or
+    vanished."""
     for qualified, expected in hooks.items():
         method = _resolve(qualified)
         found = None if method is None else _parameters(method)
@@ -111,12 +152,16 @@ def check_trl_hooks(hooks: dict[str, str] = TRL_HOOKS) -> None:
             raise _moved(f"trl.{qualified} takes ({expected})", now)
 
 
+def check_trl_class_attributes(attributes: dict[str, tuple[str, ...]] = TRL_CLASS_ATTRIBUTES) -> None:
+    """TRLChanged naming the first overridden class attribute that is no longer a list on its TRL class."""
+    for class_name, names in attributes.items():
+        for name in names:
+            if not isinstance(getattr(_resolve(class_name), name, None), list):
+                raise _moved(f"trl.{class_name}.{name} is a list", "it is not")
+
+
 def _class_source(dotted: str) -> str | None:
-    if "." in dotted:  # a class outside trl's top level: import its module (trl imports it lazily)
-        module_name, class_name = dotted.rsplit(".", 1)
-        klass = getattr(importlib.import_module(f"trl.{module_name}"), class_name, None)
-    else:
-        klass = getattr(trl, dotted, None)
+    klass = _resolve(dotted)
     return None if klass is None else inspect.getsource(klass)
 
 
@@ -141,8 +186,18 @@ def check_trl_source_facts(facts=TRL_SOURCE_FACTS) -> None:
 
 def check_trl_surface() -> None:
     check_trl_hooks()
+    check_trl_hooks(TRL_HELPERS)
+    check_trl_class_attributes()
     check_trl_attributes()
     check_trl_source_facts()
+
+
+# ---- TRL_HELPERS, re-exported: None where TRL lacks one, which check_trl_surface reports before any use -----------
+
+trl_tokenize = _resolve("data_utils._tokenize")
+common_prefix_length = _resolve("data_utils.common_prefix_length")
+pad = _resolve("trainer.utils.pad")
+DataCollatorForPreference = _resolve("trainer.dpo_trainer.DataCollatorForPreference")
 
 
 # ---- the accessors: the only code in thermorl that reads or writes TRL's private state -------------------------
@@ -168,6 +223,38 @@ def keep_signature_column(trainer, column: str) -> None:
 
 def add_signature_columns(trainer, columns: list[str]) -> None:
     trainer._signature_columns = [*trainer._signature_columns, *columns]
+
+
+def dpo_tokenizer(trainer):
+    """DPOTrainer's tokenizer: its processing class, or the processor's tokenizer."""
+    return trainer._tokenizer
+
+
+def is_vision_dataset(trainer) -> bool:
+    """Whether DPOTrainer found images in its training data (it then collates them with its own vision path)."""
+    return trainer._is_vision_dataset
+
+
+def load_checkpoint_weights(trainer, checkpoint: str) -> None:
+    """The model weights of `checkpoint`, loaded as `train(resume_from_checkpoint=checkpoint)` loads them."""
+    trainer._load_from_checkpoint(checkpoint)
+
+
+def generate_completions(trainer, prompt_ids: list[list[int]], num_generations: int):
+    """TRL's single-turn generation for tokenised text prompts (no images), as a rollout calls it (benchmarks)."""
+    return trainer._generate_single_turn(prompt_ids, None, {}, num_generations)
+
+
+def generate_and_score(trainer, inputs: list[dict]) -> dict:
+    """The training batch TRL builds from dataset rows `inputs`: completions, rewards, advantages (benchmarks)."""
+    return trainer._generate_and_score_completions(inputs)
+
+
+def loss_outside_training(trainer, inputs: dict):
+    """The loss of a batch from `generate_and_score`, outside `train()` (benchmarks): the loss divides by the
+    gradient-accumulation count the Trainer's loop sets each step, here one step without accumulation."""
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer.compute_loss(trainer.model, inputs)
 
 
 def disown_adaptive_entropy(trainer) -> None:
@@ -202,3 +289,21 @@ def replaced_method(owner, name: str, replacement):
             del owner.__dict__[name]
         else:
             owner.__dict__[name] = own_attribute
+
+
+@contextmanager
+def timed_generation(trainer):
+    """Inside the block, the wall time of each of TRL's generate calls (`_generate_single_turn`) in seconds is appended
+    to the yielded list (benchmarks)."""
+    durations = []
+    generate = trainer._generate_single_turn
+
+    @functools.wraps(generate)
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        result = generate(*args, **kwargs)
+        durations.append(time.perf_counter() - start)
+        return result
+
+    with replaced_method(trainer, "_generate_single_turn", timed):
+        yield durations

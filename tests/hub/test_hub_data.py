@@ -216,7 +216,7 @@ def test_an_unreachable_hub_dataset_or_model_is_one_line_naming_the_field(monkey
     import huggingface_hub
 
     from thermorl.recipe import load_recipe
-    from thermorl.train import load_tokenizer
+    from thermorl.recipe_inputs import load_tokenizer
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

@@ -10,7 +10,8 @@ import yaml
 from thermorl.cli import main as thermorl_main
 from thermorl.recipe import builtin_recipe_path, list_builtin_recipes, load_recipe
 from thermorl.tasks import task_from_spec
-from thermorl.train import HELD_OUT_FILE, train
+from thermorl.recipe_inputs import HELD_OUT_FILE
+from thermorl.train import train
 
 GPU_RECIPES = [name for name in list_builtin_recipes() if name.startswith("qwen3-")]
 

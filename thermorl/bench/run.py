@@ -29,7 +29,7 @@ VOTE_NOT_APPLICABLE = ("the task's answers are not canonical (a problem has many
 def scored_rows(script_args, seed: int, evaluation: dict[str, Any]):
     """(rows scored, held-out rows, task): the held-out rows, or with split validation the validation rows carved
     out of the training rows (the training run leaves them out: run_one passes the same count to build_trainer)."""
-    from ..train import build_datasets
+    from ..recipe_inputs import build_datasets
 
     train, held_out, task = build_datasets(script_args, seed)
     if task is None:
@@ -51,7 +51,7 @@ def held_out_scores(model, tokenizer, rows, task, evaluation: dict[str, Any], sa
     from ..evaluation.pipeline import as_verifier, score
     from ..evaluation.sampling import sample_completions
 
-    from ..tasks.data import prompt_text
+    from ..tasks.prompt_lengths import prompt_text
 
     temperatures = evaluation["temperatures"] if evaluation["temperatures"] and samples > 1 else [1.0]
     # A chat task's prompts are rendered through the chat template as training renders them (the recipe's
@@ -151,7 +151,8 @@ def run_one(plan_path: Path) -> None:
     from transformers.trainer_callback import PrinterCallback
 
     from ..recipe import load_recipe
-    from ..train import build_trainer, resolve_model_path
+    from ..recipe_inputs import resolve_model_path
+    from ..trainer_factory import build_trainer
 
     # The scheduler's thread count for each run (bench --threads, default 1), set in this process's environment.
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -292,7 +293,7 @@ def start_scores(spec: dict[str, Any], extra: dict[str, Any], out: Path,
 
     from ..evaluation import load_policy
     from ..recipe import load_recipe
-    from ..train import ALLOW_REMOTE_CODE, resolve_model_path
+    from ..recipe_inputs import ALLOW_REMOTE_CODE, resolve_model_path
 
     torch.set_num_threads(threads)
     model_args, training_args, script_args = load_recipe(plan["recipe"])
