@@ -23,22 +23,19 @@ checkpoint then gets back the read-ahead batches exactly as the uninterrupted ru
 scores of that earlier moment. The sampler does no communication: the trainer
 all-gathers rollouts and passes the same, identically ordered, data to `update` / `rescore` on every rank.
 
-Scores: prompts never scored carry `prior_score` (default alpha/4 + beta, the largest VPS, so they get
-drawn). mode="online": `update` folds the training rollouts in. mode="rollout" (the paper): every
-`update_interval` steps the trainer generates `rollouts_per_prompt` responses for the
-prompts and passes them to `rescore`, which replaces their scores.
+The scores the weighted part is drawn by live in `sampler.scores`, a `PromptScores` (rollouts/vas_store.py).
 """
 
 import hashlib
 import math
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
 
 import torch
 from torch.utils.data import Sampler
 
 from ..errors import UserError
-from .vas_scores import DIVERSITY_MEASURES, Response, variance_promotion_score
+from .vas_scores import DIVERSITY_MEASURES, Response
+from .vas_store import PromptIndices, PromptScores, RescoreResults, Rewards
 
 MODES = ("online", "rollout")
 
@@ -92,12 +89,9 @@ class VarianceAwareSampler(Sampler[int]):
     weighted_fraction: lambda, share of each batch drawn by VPS (paper 0.5; 1.0 hurts).
     min_probability_floor: f, uniform mass mixed into the weighted draws; every prompt keeps
         probability >= f / n there; f = 0 leaves zero-VPS prompts to the uniform part only.
-    alpha, beta: VPS weights. diversity: a name in `DIVERSITY_MEASURES` or a callable(responses) -> [0, 1].
-    success_threshold: None reads rewards as success probabilities (they must lie in [0, 1]; binary
-        rewards give the pass rate, others their mean); a float counts reward > threshold as a success.
-    ema_decay (online mode): None keeps count-based means (pass rate over every rollout seen, TDS over
-        every group seen); d in [0, 1) blends each update in as x <- d x + (1 - d) x_new.
-    Unmeasured diversity (no responses given) counts as TDS = 0.
+    mode: "online" (the trainer folds its rollouts in with `update`) or "rollout" (`update` refused: every
+        `update_interval` steps the trainer re-rolls each prompt `rollouts_per_prompt` times and calls `rescore`).
+    prior_score, alpha, beta, diversity, success_threshold, ema_decay: the score store's (`PromptScores`).
     """
 
     def __init__(
@@ -132,9 +126,6 @@ class VarianceAwareSampler(Sampler[int]):
             beta=beta, diversity=diversity, update_interval=update_interval, rollouts_per_prompt=rollouts_per_prompt,
             success_threshold=success_threshold, ema_decay=ema_decay, prior_score=prior_score,
         )
-        if isinstance(diversity, str):
-            diversity = DIVERSITY_MEASURES[diversity]
-        prior_score = alpha / 4 + beta if prior_score is None else prior_score
 
         self.data_source = data_source
         self.mini_repeat_count = mini_repeat_count
@@ -146,23 +137,16 @@ class VarianceAwareSampler(Sampler[int]):
         self.weighted_fraction = weighted_fraction
         self.min_probability_floor = min_probability_floor
         self.mode = mode
-        self.prior_score = prior_score
-        self.alpha = alpha
-        self.beta = beta
-        self.diversity = diversity
-        self.success_threshold = success_threshold
-        self.ema_decay = ema_decay
         self.update_interval = update_interval
         self.rollouts_per_prompt = rollouts_per_prompt
         # The epsilon keeps e.g. 0.29 * 100 = 28.999... at 29.
         self.num_weighted = math.floor(weighted_fraction * batch_size + 1e-9)
         self.batches_per_epoch = self.num_samples // batch_size
 
-        # Score store (NaN = never scored / diversity never measured); change it through update / rescore.
-        self.pass_rate = torch.full((self.num_samples,), math.nan, dtype=torch.float64)
-        self.diversity_score = torch.full((self.num_samples,), math.nan, dtype=torch.float64)
-        self.rollouts_seen = torch.zeros(self.num_samples, dtype=torch.int64)
-        self.groups_scored = torch.zeros(self.num_samples, dtype=torch.int64)
+        self.scores = PromptScores(
+            self.num_samples, prior_score=prior_score, alpha=alpha, beta=beta, diversity=diversity,
+            success_threshold=success_threshold, ema_decay=ema_decay,
+        )
         self.weighted_draws = 0
         self.uniform_draws = 0
         self.epoch = 0
@@ -171,17 +155,9 @@ class VarianceAwareSampler(Sampler[int]):
 
     # ---- sampling -------------------------------------------------------------------------------
 
-    def vps(self) -> torch.Tensor:
-        """Current VPS of every prompt, (num_samples,) float64; `prior_score` where never scored."""
-        scored = ~torch.isnan(self.pass_rate)
-        scores = torch.full_like(self.pass_rate, self.prior_score)
-        tds = self.diversity_score[scored].nan_to_num(0.0)
-        scores[scored] = variance_promotion_score(self.pass_rate[scored], tds, self.alpha, self.beta)
-        return scores
-
     def probabilities(self) -> torch.Tensor:
         """Probabilities of the weighted draws: (1 - f) VPS / sum(VPS) + f / n."""
-        scores = self.vps()
+        scores = self.scores.vps()
         total = scores.sum()
         proportional = scores / total if total > 0 else torch.full_like(scores, 1 / self.num_samples)
         return (1 - self.min_probability_floor) * proportional + self.min_probability_floor / self.num_samples
@@ -232,116 +208,35 @@ class VarianceAwareSampler(Sampler[int]):
         self.uniform_draws += num_uniform
         return indices.tolist()
 
-    # ---- scores ---------------------------------------------------------------------------------
+    # ---- scores: the store's, reached through the sampler by the trainer ------------------------
+
+    @property
+    def beta(self) -> float:
+        """TDS weight in VPS: with 0, responses need not be passed to `update` / `rescore`."""
+        return self.scores.beta
+
+    def vps(self) -> torch.Tensor:
+        """`PromptScores.vps`: current VPS of every prompt."""
+        return self.scores.vps()
 
     def update(
-        self,
-        prompt_indices: Sequence[int] | torch.Tensor,
-        rewards: Sequence[float] | torch.Tensor,
-        responses: Sequence[Response] | None = None,
+        self, prompt_indices: PromptIndices, rewards: Rewards, responses: Sequence[Response] | None = None
     ) -> None:
-        """Fold training rollouts in (mode="online"): one prompt index, reward (and response) per rollout.
-
-        Rollouts are grouped by prompt index; each group updates that prompt's pass rate and, with
-        responses, its TDS (count-based means, or EMA with `ema_decay`). Pass every rank the same
-        all-gathered data in the same order.
-        """
+        """mode="online": `PromptScores.update`. Pass every rank the same all-gathered data in the same order."""
         if self.mode != "online":
             raise ValueError(f"update() needs mode='online', this sampler has mode={self.mode!r}: call rescore()")
-        successes = self._successes(rewards)
-        indices = self._checked_indices(prompt_indices, len(successes), responses)
-        positions_by_prompt = defaultdict(list)
-        for position, index in enumerate(indices):
-            positions_by_prompt[index].append(position)
-        for index, positions in positions_by_prompt.items():
-            weight = self._new_weight(int(self.rollouts_seen[index]), len(positions))
-            self._blend(self.pass_rate, index, float(successes[positions].mean()), weight)
-            self.rollouts_seen[index] += len(positions)
-            if responses is not None:
-                weight = self._new_weight(int(self.groups_scored[index]), 1)
-                self._blend(self.diversity_score, index, self.diversity([responses[p] for p in positions]), weight)
-                self.groups_scored[index] += 1
+        self.scores.update(prompt_indices, rewards, responses)
 
-    def rescore(
-        self, results: Mapping[int, tuple[Sequence[float] | torch.Tensor, Sequence[Response] | None]]
-    ) -> None:
-        """Replace the scores of the given prompts: {prompt index: (rewards, responses or None)} of fresh rollouts."""
-        fresh = {}
-        for index, (rewards, responses) in results.items():
-            successes = self._successes(rewards)
-            index = self._checked_index(index)
-            if responses is not None and len(responses) != len(successes):
-                raise ValueError(f"prompt {index}: {len(responses)} responses for {len(successes)} rewards")
-            tds = math.nan if responses is None else self.diversity(list(responses))
-            fresh[index] = (float(successes.mean()), len(successes), tds)
-        for index, (pass_rate, num_rollouts, tds) in fresh.items():
-            self.pass_rate[index] = pass_rate
-            self.rollouts_seen[index] = num_rollouts
-            self.diversity_score[index] = tds
-            self.groups_scored[index] = 0 if math.isnan(tds) else 1
-
-    def _successes(self, rewards: Sequence[float] | torch.Tensor) -> torch.Tensor:
-        rewards = torch.as_tensor(rewards, dtype=torch.float64)
-        if rewards.ndim != 1 or len(rewards) == 0:
-            raise ValueError(f"rewards must be a non-empty 1-D sequence, got shape {tuple(rewards.shape)}")
-        if not bool(torch.isfinite(rewards).all()):
-            raise UserError(f"rewards must be finite, got {rewards.tolist()}")
-        if self.success_threshold is not None:
-            return (rewards > self.success_threshold).double()
-        if not bool(((rewards >= 0) & (rewards <= 1)).all()):
-            raise UserError(
-                f"rewards must lie in [0, 1] when success_threshold is None, got {rewards.tolist()}; "
-                "set success_threshold (ThermoGRPOConfig: vas_success_threshold) to count reward > threshold "
-                "as a success"
-            )
-        return rewards
-
-    def _checked_indices(
-        self, prompt_indices: Sequence[int] | torch.Tensor, num_rewards: int, responses: Sequence[Response] | None
-    ) -> list[int]:
-        indices = list(prompt_indices)
-        if len(indices) != num_rewards:
-            raise ValueError(f"got {len(indices)} prompt_indices for {num_rewards} rewards")
-        if responses is not None and len(responses) != num_rewards:
-            raise ValueError(f"got {len(responses)} responses for {num_rewards} rewards")
-        return [self._checked_index(index) for index in indices]
-
-    def _checked_index(self, index: int) -> int:
-        index = int(index)
-        if not 0 <= index < self.num_samples:
-            raise ValueError(f"prompt index {index} is outside [0, {self.num_samples})")
-        return index
-
-    def _new_weight(self, seen: int, added: int) -> float:
-        if seen == 0:
-            return 1.0
-        if self.ema_decay is None:
-            return added / (seen + added)
-        return 1.0 - self.ema_decay
-
-    @staticmethod
-    def _blend(store: torch.Tensor, index: int, value: float, weight: float) -> None:
-        # weight 1 overwrites, so a NaN (never scored) entry does not poison the mean.
-        store[index] = value if weight == 1.0 else (1 - weight) * store[index] + weight * value
+    def rescore(self, results: RescoreResults) -> None:
+        """`PromptScores.rescore`: {prompt index: (rewards, responses or None)} of fresh rollouts."""
+        self.scores.rescore(results)
 
     # ---- logging and checkpoints ----------------------------------------------------------------
 
     def metrics(self) -> dict[str, float]:
-        """VPS quantiles over all prompts (prior included), scored prompts, weighted-draw share."""
-        quantiles = torch.quantile(self.vps(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
-        scored = ~torch.isnan(self.pass_rate)
-        scored_pass_rate = self.pass_rate[scored]
+        """The scores' metrics (`PromptScores.metrics`) and the share of draws made by VPS."""
         draws = self.weighted_draws + self.uniform_draws
-        return {
-            "vas/vps_p10": quantiles[0],
-            "vas/vps_p50": quantiles[1],
-            "vas/vps_p90": quantiles[2],
-            "vas/scored_prompts": float(scored.sum()),
-            "vas/zero_variance_share": float(((scored_pass_rate == 0) | (scored_pass_rate == 1)).double().mean())
-            if len(scored_pass_rate)
-            else 0.0,
-            "vas/weighted_draw_share": self.weighted_draws / draws if draws else 0.0,
-        }
+        return {**self.scores.metrics(), "vas/weighted_draw_share": self.weighted_draws / draws if draws else 0.0}
 
     def state_dict(self) -> dict:
         """Scores, counters, the stream position (epoch, batches drawn in it) and this epoch's draws; torch.save-able.
@@ -359,10 +254,7 @@ class VarianceAwareSampler(Sampler[int]):
             "epoch": self.epoch,
             "position": self.position,
             "drawn_batches": {position: list(batch) for position, batch in self.drawn_batches.items()},
-            "pass_rate": self.pass_rate.clone(),
-            "diversity_score": self.diversity_score.clone(),
-            "rollouts_seen": self.rollouts_seen.clone(),
-            "groups_scored": self.groups_scored.clone(),
+            **self.scores.state_dict(),
             "weighted_draws": self.weighted_draws,
             "uniform_draws": self.uniform_draws,
         }
@@ -374,9 +266,6 @@ class VarianceAwareSampler(Sampler[int]):
         self.epoch = state["epoch"]
         self.position = state["position"]
         self.drawn_batches = {int(position): list(batch) for position, batch in state["drawn_batches"].items()}
-        self.pass_rate = state["pass_rate"].clone()
-        self.diversity_score = state["diversity_score"].clone()
-        self.rollouts_seen = state["rollouts_seen"].clone()
-        self.groups_scored = state["groups_scored"].clone()
+        self.scores.load_state_dict(state)
         self.weighted_draws = state["weighted_draws"]
         self.uniform_draws = state["uniform_draws"]

@@ -232,15 +232,15 @@ def test_online_running_means():
     sampler = VarianceAwareSampler(range(3), 2, seed=0)
     sampler.update([0, 0], [0.0, 0.0])
     sampler.update([0, 0, 0, 0], [1.0, 1.0, 1.0, 0.0])
-    assert sampler.pass_rate[0] == pytest.approx(3 / 6)
-    assert int(sampler.rollouts_seen[0]) == 6
+    assert sampler.scores.pass_rate[0] == pytest.approx(3 / 6)
+    assert int(sampler.scores.rollouts_seen[0]) == 6
     ema = VarianceAwareSampler(range(3), 2, seed=0, ema_decay=0.9)
     ema.update([0, 0], [0.0, 0.0])
     ema.update([0, 0], [1.0, 1.0])
-    assert ema.pass_rate[0] == pytest.approx(0.1)
+    assert ema.scores.pass_rate[0] == pytest.approx(0.1)
     thresholded = VarianceAwareSampler(range(3), 2, seed=0, success_threshold=0.5)
     thresholded.update(torch.tensor([2, 2]), torch.tensor([2.0, -1.0]))
-    assert thresholded.pass_rate[2] == 0.5 and math.isnan(thresholded.pass_rate[0])
+    assert thresholded.scores.pass_rate[2] == 0.5 and math.isnan(thresholded.scores.pass_rate[0])
 
 
 def test_rollout_mode_rescore_replaces_scores():
@@ -250,7 +250,7 @@ def test_rollout_mode_rescore_replaces_scores():
     # distinct-2 of {ab}, {ab}, {cd}, {ef}: (4 * 3 - 4) / (4 * 3) = 2/3.
     assert sampler.vps()[1] == pytest.approx(0.8 * 0.25 + 0.2 * 2 / 3)
     sampler.rescore({1: ([1.0, 1.0], None)})
-    assert sampler.pass_rate[1] == 1.0 and math.isnan(sampler.diversity_score[1])
+    assert sampler.scores.pass_rate[1] == 1.0 and math.isnan(sampler.scores.diversity_score[1])
     with pytest.raises(ValueError, match="mode='online'"):
         sampler.update([1], [1.0])
 
@@ -301,7 +301,7 @@ def test_update_rejects_bad_input():
         sampler.update([0], [2.0])
     with pytest.raises(ValueError, match="finite"):
         sampler.update([0], [math.nan])
-    assert torch.isnan(sampler.pass_rate).all()
+    assert torch.isnan(sampler.scores.pass_rate).all()
 
 
 # ---- checkpoints and ranks ------------------------------------------------------------------------
@@ -336,6 +336,18 @@ def test_state_dict_round_trip_continues_the_same_stream(tmp_path):
     other = VarianceAwareSampler(range(12), 2, 4, 2, seed=18)
     with pytest.raises(ValueError, match="seed"):
         other.load_state_dict(first.state_dict())
+
+
+def test_state_dict_keeps_the_flat_checkpoint_layout():
+    # vas_sampler.pt files written before the scores moved to `sampler.scores` hold every key at the top level.
+    sampler = VarianceAwareSampler(range(4), 2, seed=0)
+    sampler.update([1, 1], [1.0, 0.0], ["a b", "c d"])
+    state = sampler.state_dict()
+    assert list(state) == [
+        "seed", "num_samples", "batch_size", "epoch", "position", "drawn_batches", "pass_rate", "diversity_score",
+        "rollouts_seen", "groups_scored", "weighted_draws", "uniform_draws",
+    ]
+    assert state["pass_rate"][1] == 0.5 and state["rollouts_seen"][1] == 2 and state["groups_scored"][1] == 1
 
 
 def test_loaded_state_replays_the_epochs_kept_draws():

@@ -79,14 +79,14 @@ def test_online_scores_follow_the_rewards_seen(tiny_model_dir, fast_grpo_kwargs)
         for prompt, group in ids_in_batch.items():
             diversity_by_prompt[prompt].append(distinct_n(group))
     seen = {PROMPTS.index(p) for p in rewards_by_prompt}
-    assert set(torch.nonzero(~torch.isnan(sampler.pass_rate)).flatten().tolist()) == seen
+    assert set(torch.nonzero(~torch.isnan(sampler.scores.pass_rate)).flatten().tolist()) == seen
     for prompt, rewards in rewards_by_prompt.items():
         index = PROMPTS.index(prompt)
-        assert sampler.rollouts_seen[index] == len(rewards)
-        assert sampler.pass_rate[index] == pytest.approx(sum(rewards) / len(rewards))
+        assert sampler.scores.rollouts_seen[index] == len(rewards)
+        assert sampler.scores.pass_rate[index] == pytest.approx(sum(rewards) / len(rewards))
         diversities = diversity_by_prompt[prompt]
-        assert sampler.diversity_score[index] == pytest.approx(sum(diversities) / len(diversities))
-        assert outcome_variance(sampler.pass_rate[index]) == pytest.approx(0.0 if prompt in STEADY else 0.25)
+        assert sampler.scores.diversity_score[index] == pytest.approx(sum(diversities) / len(diversities))
+        assert outcome_variance(sampler.scores.pass_rate[index]) == pytest.approx(0.0 if prompt in STEADY else 0.25)
     assert STEADY & set(rewards_by_prompt) and set(rewards_by_prompt) - STEADY
 
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -118,8 +118,8 @@ def test_rollout_mode_rerolls_every_prompt_at_the_interval(tiny_model_dir, fast_
         for prompt, value in zip(prompts, rewards, strict=True):
             latest[prompt].append(value)
     expected = torch.tensor([sum(latest[p]) / 3 for p in PROMPTS], dtype=torch.float64)
-    assert torch.allclose(sampler.pass_rate, expected)
-    assert (sampler.rollouts_seen == 3).all()
+    assert torch.allclose(sampler.scores.pass_rate, expected)
+    assert (sampler.scores.rollouts_seen == 3).all()
     last = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
     assert last["vas/scored_prompts"] == 8
     assert last["vas/rescore_completions"] == 2 * 8 * 3
@@ -150,7 +150,7 @@ def test_resume_continues_the_uninterrupted_prompt_order(tiny_model_dir, fast_gr
     resumed.train(resume_from_checkpoint=checkpoint)
     expected = training_prompts(uninterrupted_reward)[3:]
     assert training_prompts(resumed_reward) == expected
-    assert torch.equal(resumed.prompts.sampler.rollouts_seen, uninterrupted.prompts.sampler.rollouts_seen)
+    assert torch.equal(resumed.prompts.sampler.scores.rollouts_seen, uninterrupted.prompts.sampler.scores.rollouts_seen)
 
 
 @pytest.mark.parametrize(
