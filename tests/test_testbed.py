@@ -940,4 +940,6 @@ def test_report_header_records_weights_and_environment_and_labels_exploratory_ro
     legacy = markdown(aggregate({**{k: v for k, v in spec.items() if k != "confirmatory"}}, tmp_path,
                                 _final(0.3, 0.1)))
     assert "Comparisons: legacy table." in legacy and "Start model weights: not recorded" in legacy
+    # With no start record to compare with, the runs' own record is stated, not called "other weights".
+    assert f"33 run(s) started from weights SHA-256 {'ab' * 32}: " in legacy and "other weights" not in legacy
     assert "| legacy |" in legacy and "| — | — |" not in legacy

@@ -307,6 +307,8 @@ def header_markdown(report: dict[str, Any]) -> list[str]:
             lines.append(f"{count} written before runs recorded their start weights.")
         elif weights and group["value"] == weights["sha256"]:
             lines.append(f"{count} record these start weights.")
+        elif weights is None:  # nothing to compare with: say what they record, not that it differs
+            lines.append(f"{count} started from weights SHA-256 {group['value']}: " + ", ".join(group["runs"]) + ".")
         else:
             lines.append(f"**{count} started from other weights**, SHA-256 {group['value']}: "
                          + ", ".join(group["runs"]) + ".")
