@@ -782,13 +782,38 @@ def test_study_arms_files_load(name):
     if name == "study_arms.yaml":
         methods = {arm.split("-")[0] for arm in spec["arms"]}
         assert {m: sum(arm.startswith(m) for arm in spec["arms"]) for m in methods} == {
-            "fixed": 3, "ead": 3, "portfolio": 3, "adpo": 3}
+            "fixed": 3, "ead": 3, "portfolio": 3, "adpo": 3, "grpo": 3}
         assert spec["evaluation"]["split"] == "validation"
-        # ADPO reuses each rollout batch: its optimizer steps per generation times the generations must sample as
-        # many rollouts as every other arm's.
-        for arm in (arm for arm in spec["arms"] if arm.startswith("adpo")):
+        # ADPO and its control reuse each rollout batch: optimizer steps per generation times the generations must
+        # sample as many rollouts as every other arm's.
+        for arm in (arm for arm in spec["arms"] if arm.startswith(("adpo", "grpo-reuse"))):
             settings = spec["arms"][arm]
             assert settings["max_steps"] / settings["num_iterations"] == spec["overrides"]["max_steps"]
+
+
+def test_adpo_controls_arms_run_the_configurations_stage_1_tuned():
+    """benchmarks/regime_adpo_controls_arms.yaml says its ADPO and GRPO-reuse arms are the configurations chosen on
+    validation in study_arms.yaml, ADPO without reuse is ADPO's with one update per batch, and all four sample the same
+    rollouts: its run plans agree with study_arms.yaml's on everything but the split and evaluation."""
+    from pathlib import Path
+
+    from thermorl.bench.arms import load_arms, run_plan
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    controls, study = load_arms(benchmarks / "regime_adpo_controls_arms.yaml"), load_arms(benchmarks / "study_arms.yaml")
+
+    def recipe(spec, arm):
+        return {k: v for k, v in run_plan(spec, arm, 0, {}, Path("/r"))["recipe"].items() if k != "output_dir"}
+
+    for arm in ("adpo-soft-target", "grpo-reuse-clip-0.1", "fixed-0.8"):
+        assert recipe(controls, arm) == recipe(study, arm)
+    with_reuse, without = recipe(controls, "adpo-soft-target"), recipe(controls, "adpo-no-reuse")
+    assert (with_reuse["num_iterations"], with_reuse["max_steps"]) == (2, 600)
+    assert (without.get("num_iterations", 1), without["max_steps"]) == (1, 300)
+    assert {k: v for k, v in without.items() if k not in ("num_iterations", "max_steps")} == {
+        k: v for k, v in with_reuse.items() if k not in ("num_iterations", "max_steps")}
+    assert [row["baseline"] for row in controls["confirmatory"]] == [
+        "grpo-reuse-clip-0.1", "grpo-reuse-clip-0.1", "fixed-0.8", "fixed-0.8", "adpo-no-reuse"]
 
 
 def test_k64_arms_file_trains_as_the_ead_quickstart_arms_and_only_samples_more():
