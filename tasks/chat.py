@@ -9,7 +9,8 @@ counts.
 - `word_problems`: a story of `steps` operations on a count (buy packs, give away, find, give away half, double),
   whose answer needs lines of working: the task that methods shaping the sampling temperature along an answer
   (EAD) are compared on. SmolLM2-135M-Instruct works one step through in 20-160 tokens and solves 3 of 24
-  greedily at the start; two steps it solves 0 of 24 (with or without halving and doubling).
+  greedily at the start; two steps it solves 0 of 24 (with or without halving and doubling), until it is warmed up
+  on the task's worked solutions (`make_sft_dataset`, a line of arithmetic per operation; models/warmup.py).
 - `chat_countdown`: "Using the numbers 3, 5 and 7, each exactly once, ... write an expression equal to 22." The
   boxed answer is an expression (×, ÷, \\times, \\cdot and a trailing "= 22" accepted), right when it uses each
   number once and equals the target, as `countdown` checks it; answers are not canonical (3*5+7 and 7+5*3 vote apart).
@@ -49,6 +50,8 @@ class ChatTask(Task):
     """A task whose prompts are chat messages and whose answers are a number in \\boxed{}."""
 
     checked_columns: ClassVar[tuple[str, ...]] = ("answer",)
+    # Whether make_sft_dataset gives worked solutions to warm a chat model up on (`warmup_dataset`).
+    worked_solutions: ClassVar[bool] = False
 
     def rows_dataset(self, rows: list[dict[str, Any]]) -> Dataset:
         # Prompts are generated, deduplicated and split as strings; the trainer gets them as a user message, which
@@ -56,7 +59,8 @@ class ChatTask(Task):
         return Dataset.from_list([{**row, "prompt": [{"role": "user", "content": row["prompt"]}]} for row in rows])
 
     def make_sft_dataset(self, n, seed, exclude_prompts=()):
-        raise UserError(f"task '{self.name}' is a chat task for pretrained chat models: it has no warm-up data")
+        raise UserError(f"task '{self.name}' is a chat task for pretrained chat models: it has no worked solutions "
+                        "to warm up on")
 
     def is_correct(self, completion: str, row: Mapping[str, Any]) -> bool:
         answer = final_answer(completion)
@@ -109,6 +113,7 @@ class WordProblemsTask(ChatTask):
     operations: str = "bfghd"
 
     name: ClassVar[str] = "word_problems"
+    worked_solutions: ClassVar[bool] = True
 
     def __post_init__(self):
         _check_integer("steps", self.steps, 1, 8)
@@ -121,6 +126,7 @@ class WordProblemsTask(ChatTask):
         possessive = "her" if pronoun == "She" else "his"
         count = rng.randint(10, self.max_start)
         sentences = [f"{name} has {count} {items}."]
+        working = [f"{name} starts with {count} {items}."]  # the worked solution, one line per operation
         for _ in range(self.steps):
             # Each operation keeps the count a whole, positive number.
             allowed = {"b": True, "f": True, "g": count > 2, "h": count % 2 == 0, "d": count <= 60}
@@ -128,23 +134,44 @@ class WordProblemsTask(ChatTask):
             if operation == "b":
                 packs, size = rng.randint(2, 5), rng.randint(3, 12)
                 sentences.append(f"{pronoun} buys {packs} packs of {size} {items} each.")
+                working.append(f"{pronoun} buys {packs} packs of {size}, which is {packs} × {size} = {packs * size} "
+                               f"{items}, so {count} + {packs * size} = {count + packs * size}.")
                 count += packs * size
             elif operation == "f":
                 found = rng.randint(2, 30)
                 sentences.append(f"{pronoun} finds {found} more {items}.")
+                working.append(f"{pronoun} finds {found} more: {count} + {found} = {count + found}.")
                 count += found
             elif operation == "g":
                 given = rng.randint(1, count - 1)
                 sentences.append(f"{pronoun} gives {given} {items} to a friend.")
+                working.append(f"{pronoun} gives away {given}: {count} - {given} = {count - given}.")
                 count -= given
             elif operation == "h":
                 sentences.append(f"{pronoun} gives away half of {possessive} {items}.")
+                working.append(f"{pronoun} gives away half: {count} ÷ 2 = {count // 2}.")
                 count //= 2
             else:
                 sentences.append(f"{pronoun} doubles the number of {items} {pronoun.lower()} has.")
+                working.append(f"{pronoun} doubles them: {count} × 2 = {count * 2}.")
                 count *= 2
         question = f"How many {items} does {name} have now?"
-        return {"prompt": " ".join([*sentences, question, BOXED_INSTRUCTION]), "answer": str(count)}
+        working.append(f"{name} has \\boxed{{{count}}} {items} now.")
+        return {"prompt": " ".join([*sentences, question, BOXED_INSTRUCTION]), "answer": str(count),
+                "solution": "\n".join(working)}
+
+    def rows_dataset(self, rows: list[dict[str, Any]]) -> Dataset:
+        # The worked solution is warm-up data (make_sft_dataset), not a column the trainer or a reward sees.
+        return super().rows_dataset([{key: value for key, value in row.items() if key != "solution"} for row in rows])
+
+    def make_sft_dataset(self, n, seed, exclude_prompts=()):
+        """TRL conversational prompt-completion rows: the question as a user message, its worked solution (a line
+        per operation, the answer in \\boxed{}) as the assistant's. A short SFT on these teaches a chat model the
+        working this task needs (models/warmup.py, `warmup_dataset`)."""
+        rows = self._distinct_rows(n, random.Random(seed), set(exclude_prompts))
+        return Dataset.from_list([{"prompt": [{"role": "user", "content": row["prompt"]}],
+                                   "completion": [{"role": "assistant", "content": row["solution"]}]}
+                                  for row in rows])
 
 
 # How chat models write the operators of an expression, and the plain ones `countdown` evaluates.

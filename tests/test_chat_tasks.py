@@ -92,9 +92,56 @@ def test_scoring_equals_the_math_verify_reward(spec):
     assert task.extract_answer(f"so \\boxed{{{answer}.0}}") == answer
 
 
-def test_chat_tasks_have_no_warm_up_data():
-    with pytest.raises(UserError, match="chat task"):
-        task_from_spec("chat_arithmetic").make_sft_dataset(10, seed=0)
+def test_chat_tasks_without_worked_solutions_have_no_warm_up_data():
+    for spec in ("chat_arithmetic", "chat_countdown"):
+        assert not task_from_spec(spec).worked_solutions
+        with pytest.raises(UserError, match="no worked solutions"):
+            task_from_spec(spec).make_sft_dataset(10, seed=0)
+
+
+def check_worked_solution(solution: str, question: str) -> None:
+    """Each line's arithmetic is right, each continues from the last one's result, the lines follow the story's
+    operations and the last boxes the story's answer: read independently of the generator."""
+    lines = solution.split("\n")
+    count = int(re.fullmatch(r"\w+ starts with (\d+) \w+\.", lines[0]).group(1))
+    assert count == int(re.match(r"\w+ has (\d+)", question).group(1))
+    for line in lines[1:-1]:
+        if match := re.fullmatch(r"(He|She) buys (\d+) packs of (\d+), which is \2 × \3 = (\d+) \w+, "
+                                 r"so (\d+) \+ \4 = (\d+)\.", line):
+            packs, size, product, before, after = (int(n) for n in match.groups()[1:])
+            assert product == packs * size and after == before + product
+        elif match := re.fullmatch(r"(He|She) finds (\d+) more: (\d+) \+ \2 = (\d+)\.", line):
+            found, before, after = (int(n) for n in match.groups()[1:])
+            assert after == before + found
+        elif match := re.fullmatch(r"(He|She) gives away (\d+): (\d+) - \2 = (\d+)\.", line):
+            given, before, after = (int(n) for n in match.groups()[1:])
+            assert after == before - given
+        elif match := re.fullmatch(r"(He|She) gives away half: (\d+) ÷ 2 = (\d+)\.", line):
+            before, after = (int(n) for n in match.groups()[1:])
+            assert after * 2 == before
+        elif match := re.fullmatch(r"(He|She) doubles them: (\d+) × 2 = (\d+)\.", line):
+            before, after = (int(n) for n in match.groups()[1:])
+            assert after == before * 2
+        else:
+            raise AssertionError(f"unknown line {line!r}")
+        assert before == count, line
+        count = after
+    assert (count, len(lines) - 2) == read_story(question)
+    assert re.fullmatch(rf"\w+ has \\boxed\{{{count}\}} \w+ now\.", lines[-1])
+
+
+def test_word_problem_worked_solutions_are_right_and_skip_the_held_out_prompts():
+    task = task_from_spec("word_problems:steps=3")
+    assert task.worked_solutions
+    train, held_out = task.make_splits(100, 40, seed=0)
+    assert train.column_names == held_out.column_names == ["prompt", "answer"]  # the solution is not a column
+    excluded = [row[0]["content"] for row in held_out["prompt"]]
+    sft = task.make_sft_dataset(300, seed=1, exclude_prompts=excluded)
+    assert len(sft) == 300 and not {row[0]["content"] for row in sft["prompt"]} & set(excluded)
+    for row in sft:
+        (question,), (solution,) = row["prompt"], row["completion"]
+        assert (question["role"], solution["role"]) == ("user", "assistant")
+        check_worked_solution(solution["content"], question["content"])
 
 
 def test_chat_countdown_prompts_name_a_solvable_target():

@@ -7,6 +7,7 @@ on small stand-ins, never on the shared cache."""
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -248,6 +249,11 @@ def test_two_training_steps_change_the_weights_and_the_run_evaluates(converted, 
         (["train", "smollm2-ead", "--dataset", "word_problems:steps=9"], ["steps", "from 1 to 8", "9"]),
         (["train", "smollm2-sapo", "--dataset", "chat_arithmetic:ops=/"], ["ops", "'/'"]),
         (["eval", "--model", "thermorl:tiny", "--task", "arithmetic"], ["thermorl:tiny", "output folder"]),
+        # A warm-up with no worked solutions to train on, or of another task.
+        (["train", "smollm2-sapo", "--warmup_dataset", "chat_arithmetic"],
+         ["warmup_dataset 'chat_arithmetic'", "worked solutions", "only word_problems"]),
+        (["train", "smollm2-ead", "--warmup_dataset", "chat_arithmetic"],
+         ["warmup_dataset 'chat_arithmetic'", "same built-in task as dataset ('word_problems')"]),
     ],
 )
 def test_a_mistake_around_the_builtin_models_and_chat_tasks_is_one_line(args, fragments, tmp_path):
@@ -266,3 +272,52 @@ def test_vllm_server_mode_on_the_cpu_is_refused_naming_the_weight_sync(monkeypat
     assert "vllm_mode: server" in why and "CUDA" in why and cpu_value is False
     with pytest.raises(UserError, match="vllm_mode: server"):
         launch_checks.check_fits_cpu({"use_vllm": True, "vllm_mode": "server", "use_cpu": True})
+
+
+def test_warmup_dataset_warms_smollm2_up_without_the_held_out_prompts(monkeypatch, converted):
+    """With warmup_dataset, the converted SmolLM2 becomes the model warmed up on that task (models/warmup.py), which
+    never sees the recipe's held-out prompts: passed as the text its rows are generated as."""
+    from thermorl import recipe_inputs
+    from thermorl.models import warmup
+    from thermorl.recipe import ThermoScriptArguments
+
+    calls = []
+    monkeypatch.setattr(warmup, "warm_chat_model", lambda settings, held_out_prompts, show_logs: calls.append(
+        (settings, held_out_prompts)) or "warmed")
+    script_args = ThermoScriptArguments(dataset="word_problems:steps=2", warmup_dataset="word_problems:steps=2",
+                                        warmup_examples=64)
+    held_out = {"prompt": [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Mia has 3."}]]}
+    assert recipe_inputs.resolve_model_path(str(converted), script_args, held_out) == "warmed"
+    (settings, prompts), = calls
+    assert (settings.task, settings.examples, settings.epochs) == ("word_problems:steps=2", 64, 1.0)
+    assert prompts == ["Mia has 3."]
+    script_args.warmup_dataset = None  # no warm-up asked for: the model as it is
+    assert recipe_inputs.resolve_model_path(str(converted), script_args, held_out) == str(converted)
+
+
+def test_the_warmed_start_is_trained_once_cached_and_what_eval_of_the_recipe_loads(converted, tmp_path):
+    """`thermorl eval --model thermorl:smollm2-135m --recipe R` with R warming it up evaluates the warmed model, built
+    by a real SFT (its weights differ from the converted ones) into the cache, once. 24 examples: 3 steps, the first
+    at learning rate 0 (the warm-up's linear ramp)."""
+    recipe = ["--recipe", "smollm2-word-problems", "--dataset", "word_problems:steps=2", "--warmup_dataset",
+              "word_problems:steps=2", "--warmup_examples", "24", "--num_train_examples", "40", "--num_eval_examples",
+              "8", "--dataset_seed", str(os.getpid())]  # held-out prompts, so a cache key, of this test's own
+    run = ["eval", "--model", NAME, *recipe, "--temperatures", "0", "--samples", "1", "--max-new-tokens", "8"]
+    result = thermorl(*run, "--out", tmp_path / "eval")
+    warmed = None
+    try:
+        assert result.returncode == 0, result.stderr[-3000:]
+        warmed = Path(re.search(r"warmed up on word_problems:steps=2 \((.+)\)", result.stdout).group(1))
+        assert warmed.parent == converted.parent and "Warming SmolLM2-135M-Instruct up on 24" in result.stdout
+        with safe_open(converted / smollm2.WEIGHTS_FILE, "pt") as before, \
+                safe_open(warmed / "model.safetensors", "pt") as after:
+            key = "model.layers.29.mlp.down_proj.weight"
+            assert not torch.equal(before.get_tensor(key), after.get_tensor(key))
+        assert json.loads((tmp_path / "eval" / "report.json").read_text())["num_questions"] == 8
+        modified = (warmed / "model.safetensors").stat().st_mtime_ns
+        again = thermorl(*run, "--out", tmp_path / "eval-again")
+        assert again.returncode == 0 and "Warming" not in again.stdout and str(warmed) in again.stdout
+        assert (warmed / "model.safetensors").stat().st_mtime_ns == modified
+    finally:
+        if warmed is not None:
+            shutil.rmtree(warmed, ignore_errors=True)

@@ -219,13 +219,16 @@ def check_no_split_flags(args) -> None:
                         "--num_train_examples 700 --dataset_seed 0")
 
 
-def recipe_dataset_and_verifier(values: dict, args):
+def recipe_dataset_and_verifier(values: dict, args, named_model: str):
     """(dataset, verifier, chat_template_kwargs) from a training recipe: the rows of --split (a built-in task: the
     rows the recipe holds out) shaped by thermorl.recipe_inputs.build_datasets, and the recipe's reward function (a
-    built-in task without reward_funcs: the task's checker; --reward-fn wins)."""
+    built-in task without reward_funcs: the task's checker; --reward-fn wins). When --model names the recipe's own
+    SmolLM2 (`named_model`) and the recipe warms it up (`warmup_dataset`), args.model becomes that warmed model
+    (built on first use, as training builds it): the start the recipe's runs begin from."""
     from thermorl.launch_checks import cpu_overrides, runs_on_cpu
+    from thermorl.models.smollm2 import SMOLLM2_MODEL_NAME
     from thermorl.recipe import load_recipe
-    from thermorl.recipe_inputs import build_datasets
+    from thermorl.recipe_inputs import build_datasets, resolve_model_path
 
     if runs_on_cpu(values):
         # Training-only settings (bf16, bfloat16 weights, vLLM for rollouts) that TrainingArguments refuses on the
@@ -252,6 +255,10 @@ def recipe_dataset_and_verifier(values: dict, args):
         raise UserError(f"reward_funcs: the recipe's dataset '{script_args.dataset}' is not a built-in task and the "
                         "recipe names no reward_funcs: add them, or pass --reward-fn")
     args.task = script_args.dataset
+    if named_model == SMOLLM2_MODEL_NAME == values.get("model_name_or_path") and script_args.warmup_dataset:
+        args.model = resolve_model_path(args.model, script_args, held_out)
+        print(f"--model {named_model}: the recipe's start, warmed up on {script_args.warmup_dataset} ({args.model})",
+              flush=True)
     return dataset, as_verifier(verifier, dataset.column_names), dict(training_args.chat_template_kwargs or {})
 
 
@@ -305,6 +312,7 @@ def eval_command(argv: list[str] | None = None) -> int:
     if args.model == TINY_MODEL_NAME:
         raise UserError(f"--model {TINY_MODEL_NAME} is built and warmed up on a run's own task when it trains: "
                         "evaluate that run's output folder (--model OUTPUT_DIR)")
+    named_model = args.model
     args.model = resolve_named_model(args.model)  # thermorl:smollm2-135m -> its converted model folder
     try:
         temperatures = parse_temperatures(args.temperatures)
@@ -326,7 +334,7 @@ def eval_command(argv: list[str] | None = None) -> int:
     chat_template_kwargs = {}
     if recipe is not None:
         check_no_split_flags(args)
-        dataset, verifier, chat_template_kwargs = recipe_dataset_and_verifier(recipe, args)
+        dataset, verifier, chat_template_kwargs = recipe_dataset_and_verifier(recipe, args, named_model)
     else:
         try:
             dataset, verifier = load_dataset_and_verifier(args)

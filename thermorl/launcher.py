@@ -82,7 +82,7 @@ def launch(recipe_argv: list[str], options: dict[str, str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from .recipe import parse_overrides, read_recipe, recipe_dataclasses, validate
-    from .recipe_inputs import warm_tiny_model_before_launch
+    from .recipe_inputs import warm_up_before_launch
 
     config = resolve_config(options[CONFIG_FLAG])
     check_config(config)
@@ -90,7 +90,7 @@ def launch(recipe_argv: list[str], options: dict[str, str]) -> int:
     # (1, not the workers') and touch the GPU from a process that trains nothing. The workers check the rest.
     values = {**read_recipe(recipe_argv[0]), **parse_overrides(recipe_argv[1:])}
     values = validate(values, recipe_dataclasses(values.get("trainer", "grpo")))
-    warm_tiny_model_before_launch(values)
+    warm_up_before_launch(values)
     passed = [item for flag in PASSED_FLAGS if flag in options for item in (flag, options[flag])]
     args = launch_command_parser().parse_args(
         ["--config_file", str(config), *passed, "-m", "thermorl", "train", *recipe_argv])

@@ -69,13 +69,22 @@ class ThermoScriptArguments:
         metadata={"help": "Reward functions: built-in names or dotted paths 'pkg.module:function'. "
                   "Default: the built-in task's own."},
     )
-    warmup_examples: int = field(default=4000, metadata={"help": "SFT examples for the tiny model's warm-up."})
-    warmup_epochs: float = field(default=2.0, metadata={"help": "SFT epochs for the tiny model's warm-up."})
+    warmup_examples: int | None = field(
+        default=None,
+        metadata={"help": "SFT examples of the warm-up (models/warmup.py); default: 4000 for thermorl:tiny, 320 "
+                  "for thermorl:smollm2-135m."},
+    )
+    warmup_epochs: float | None = field(
+        default=None,
+        metadata={"help": "SFT epochs of the warm-up; default: 2 for thermorl:tiny, 1 for thermorl:smollm2-135m."},
+    )
     warmup_dataset: str | None = field(
         default=None,
-        metadata={"help": "The built-in task the tiny model's warm-up trains on, when it is not `dataset` (e.g. "
-                  "easier problems than RL's, so that some RL prompts start unsolved); default: `dataset`. The "
-                  "warm-up never sees `dataset`'s held-out prompts."},
+        metadata={"help": "The built-in task the warm-up trains on. thermorl:tiny is always warmed up, on `dataset` "
+                  "unless this names the same task with other options (e.g. easier problems than RL's, so that "
+                  "some RL prompts start unsolved). thermorl:smollm2-135m is warmed up only when this is set, on "
+                  "the task's worked solutions (word_problems). The warm-up never sees `dataset`'s held-out "
+                  "prompts."},
     )
     overwrite_output_dir: bool = field(
         default=False,

@@ -16,46 +16,55 @@ ALLOW_REMOTE_CODE = "set `trust_remote_code: true` in the recipe, after reading 
 
 
 def resolve_model_path(model_name_or_path: str, script_args, held_out=None) -> str:
-    """`thermorl:tiny` -> the cached tiny model warmed up on the recipe's task (never on its held-out prompts);
-    anything else is passed on."""
+    """`thermorl:tiny` -> the cached tiny model warmed up on the recipe's task; with `warmup_dataset`, SmolLM2 (by
+    now its converted folder; check_model_takes_task allowed no other model) -> the cached SmolLM2 warmed up on that
+    task's worked solutions. Neither warm-up sees the held-out prompts. Anything else is passed on."""
     from .console import verbose
-    from .models.warmup import WarmupSettings, warm_tiny_model
+    from .models.warmup import ChatWarmupSettings, WarmupSettings, warm_chat_model, warm_tiny_model
 
-    if model_name_or_path != TINY_MODEL_NAME:
-        return model_name_or_path
-    settings = WarmupSettings(
-        task=script_args.warmup_dataset or script_args.dataset, examples=script_args.warmup_examples,
-        epochs=script_args.warmup_epochs,
-        model_size=script_args.tiny_model_size,
-    )
-    return warm_tiny_model(
-        settings, held_out_prompts=list(held_out["prompt"]) if held_out is not None else [], show_logs=verbose()
-    )
+    held_out_prompts = list(held_out["prompt"]) if held_out is not None else []
+    # Unset warm-up fields keep each model's own defaults.
+    sizes = {key: value for key, value in (("examples", script_args.warmup_examples),
+                                           ("epochs", script_args.warmup_epochs)) if value is not None}
+    if model_name_or_path == TINY_MODEL_NAME:
+        settings = WarmupSettings(task=script_args.warmup_dataset or script_args.dataset,
+                                  model_size=script_args.tiny_model_size, **sizes)
+        return warm_tiny_model(settings, held_out_prompts=held_out_prompts, show_logs=verbose())
+    if script_args.warmup_dataset is not None:
+        settings = ChatWarmupSettings(task=script_args.warmup_dataset, **sizes)
+        # A chat task's rows are generated as text and become one user message (after any system prompt).
+        texts = [prompt if isinstance(prompt, str) else prompt[-1]["content"] for prompt in held_out_prompts]
+        return warm_chat_model(settings, held_out_prompts=texts, show_logs=verbose())
+    return model_name_or_path
 
 
-def warm_tiny_model_before_launch(values: dict[str, Any]) -> None:
-    """A `thermorl:tiny` recipe launched on several processes: the warm-up runs here, once, in the launching
-    process. In the workers it would run on every rank inside the process group (each its own SFTTrainer, waiting on
-    the others' collectives); they then find it cached. `values` are validated recipe values."""
+def warm_up_before_launch(values: dict[str, Any]) -> None:
+    """A recipe whose model is warmed up (`thermorl:tiny`; SmolLM2 with `warmup_dataset`), launched on several
+    processes: the warm-up runs here, once, in the launching process. In the workers it would run on every rank
+    inside the process group (each its own SFTTrainer, waiting on the others' collectives); they then find it
+    cached. `values` are validated recipe values."""
     import dataclasses
 
+    from .models.names import resolve_named_model
+    from .models.smollm2 import SMOLLM2_MODEL_NAME
     from .recipe import ThermoScriptArguments, recipe_dataclasses
 
-    if values.get("model_name_or_path") != TINY_MODEL_NAME:
+    model = values.get("model_name_or_path")
+    if model != TINY_MODEL_NAME and not (model == SMOLLM2_MODEL_NAME and values.get("warmup_dataset")):
         return
     script_fields = {f.name for f in dataclasses.fields(ThermoScriptArguments)}
     script_args = ThermoScriptArguments(**{k: v for k, v in values.items() if k in script_fields})
-    check_model_takes_task(TINY_MODEL_NAME, script_args)
+    check_model_takes_task(model, script_args)
     config = recipe_dataclasses(script_args.trainer)[1]
     seed = values.get("seed", next(f.default for f in dataclasses.fields(config) if f.name == "seed"))
     _, held_out, _ = build_datasets(script_args, seed)
-    resolve_model_path(TINY_MODEL_NAME, script_args, held_out)
+    resolve_model_path(resolve_named_model(model), script_args, held_out)
 
 
 def check_model_takes_task(model_name_or_path: str | None, script_args) -> None:
     """The recipe's model can learn its dataset: checked once, where a recipe's values become configs
-    (`recipe.recipe_configs`; the launcher's warm-up has its own values). Only `thermorl:tiny` is warmed up, so a
-    `warmup_dataset` with another model would be silently ignored; and the tiny model is a character-level model with
+    (`recipe.recipe_configs`; the launcher's warm-up has its own values). Only `thermorl:tiny` and SmolLM2 are warmed
+    up, so warm-up fields with another model would be silently ignored; and the tiny model is a character-level model with
     no chat template, warmed up from scratch on a built-in task's answers: it can learn nothing from a user's dataset
     or a chat task, so such a recipe is refused before anything runs."""
     from .models.smollm2 import SMOLLM2_MODEL_NAME
@@ -63,9 +72,7 @@ def check_model_takes_task(model_name_or_path: str | None, script_args) -> None:
     from .tasks.chat import ChatTask
 
     if model_name_or_path != TINY_MODEL_NAME:
-        if script_args.warmup_dataset is not None:
-            raise UserError(f"warmup_dataset '{script_args.warmup_dataset}': only model_name_or_path 'thermorl:tiny' "
-                            f"is warmed up, not '{model_name_or_path}'; remove it")
+        _check_chat_warmup(model_name_or_path, script_args)
         return
     if parse_task_spec(script_args.dataset)[0] not in TASKS:
         raise UserError(
@@ -77,17 +84,44 @@ def check_model_takes_task(model_name_or_path: str | None, script_args) -> None:
         raise UserError(f"dataset '{script_args.dataset}' is a chat task, and model_name_or_path 'thermorl:tiny' has "
                         f"no chat template: use model_name_or_path '{SMOLLM2_MODEL_NAME}' or another chat model")
     if script_args.warmup_dataset is not None:
-        task_from_spec(script_args.warmup_dataset)  # a typo or a bad option is the user's one-line error
-        warm, trained = parse_task_spec(script_args.warmup_dataset)[0], parse_task_spec(script_args.dataset)[0]
-        if warm != trained:
-            raise UserError(f"warmup_dataset '{script_args.warmup_dataset}': must be the same built-in task as "
-                            f"dataset ('{trained}'), with other options: the warm-up teaches that task's answer "
-                            "format")
+        _check_warmup_task(script_args)
     if script_args.prompt_template is not None or script_args.system_prompt is not None:
         raise UserError(
             "prompt_template / system_prompt make prompts conversational, and model_name_or_path 'thermorl:tiny' "
             "has no chat template: remove them, or use a chat model"
         )
+
+
+def _check_warmup_task(script_args) -> None:
+    from .tasks import parse_task_spec, task_from_spec
+
+    task_from_spec(script_args.warmup_dataset)  # a typo or a bad option is the user's one-line error
+    warm, trained = parse_task_spec(script_args.warmup_dataset)[0], parse_task_spec(script_args.dataset)[0]
+    if warm != trained:
+        raise UserError(f"warmup_dataset '{script_args.warmup_dataset}': must be the same built-in task as "
+                        f"dataset ('{trained}'), with other options: the warm-up teaches that task's answer "
+                        "format")
+
+
+def _check_chat_warmup(model_name_or_path: str | None, script_args) -> None:
+    """Other models than the tiny one: SmolLM2 warmed up on a chat task's worked solutions, or no warm-up at all.
+    (warmup_examples / warmup_epochs alone stay allowed: the tiny model's recipes set them, and a user who swaps in
+    another model keeps the recipe.)"""
+    from .models.smollm2 import SMOLLM2_MODEL_NAME
+    from .tasks import TASKS, task_from_spec
+    from .tasks.chat import ChatTask
+
+    if script_args.warmup_dataset is None:
+        return
+    if model_name_or_path != SMOLLM2_MODEL_NAME:
+        raise UserError(f"warmup_dataset '{script_args.warmup_dataset}': only model_name_or_path 'thermorl:tiny' "
+                        f"and '{SMOLLM2_MODEL_NAME}' are warmed up, not '{model_name_or_path}'; remove it")
+    _check_warmup_task(script_args)
+    task = task_from_spec(script_args.warmup_dataset)
+    if not (isinstance(task, ChatTask) and task.worked_solutions):
+        with_solutions = [name for name, cls in TASKS.items() if issubclass(cls, ChatTask) and cls.worked_solutions]
+        raise UserError(f"warmup_dataset '{script_args.warmup_dataset}': {SMOLLM2_MODEL_NAME} is warmed up on "
+                        f"worked solutions, which only {', '.join(with_solutions)} has")
 
 
 def build_datasets(script_args, seed: int, validation_examples: int = 0):
