@@ -4,9 +4,10 @@ recipe names `warmup_dataset`).
 RL from a random model would see reward 0 everywhere and learn nothing; a short SFT with TRL's SFTTrainer puts
 the policy where some sampled answers are right, which is where GRPO-family losses start to work. SmolLM2 starts
 there on sums, but rarely on multi-step word problems (pass@16 at T = 1 22% on one step); a few hundred worked
-solutions (tasks/chat.py) put it where RL can compare methods. The result is cached under a key made of everything
-that determines it, and written to a temporary folder first, so an interrupted warm-up never leaves a half-written
-model where a finished one is expected.
+solutions (tasks/chat.py) put it where sampled answers are often right (two steps: greedy 50%, pass@16 at T = 1
+91% on 32 questions). The result is cached under a key made of everything that determines it, and written to a
+temporary folder first, so an interrupted warm-up never leaves a half-written model where a finished one is
+expected.
 """
 
 from __future__ import annotations
