@@ -252,6 +252,8 @@ def test_two_training_steps_change_the_weights_and_the_run_evaluates(converted, 
         # A warm-up with no worked solutions to train on, or of another task.
         (["train", "smollm2-sapo", "--warmup_dataset", "chat_arithmetic"],
          ["warmup_dataset 'chat_arithmetic'", "worked solutions", "only word_problems"]),
+        (["train", "smollm2-word-problems", "--warmup_dataset", "word_problems:stepz=2"],
+         ["warmup_dataset 'word_problems:stepz=2'", "unknown option 'stepz'"]),
         (["train", "smollm2-ead", "--warmup_dataset", "chat_arithmetic"],
          ["warmup_dataset 'chat_arithmetic'", "same built-in task as dataset ('word_problems')"]),
     ],

@@ -68,7 +68,7 @@ def check_model_takes_task(model_name_or_path: str | None, script_args) -> None:
     no chat template, warmed up from scratch on a built-in task's answers: it can learn nothing from a user's dataset
     or a chat task, so such a recipe is refused before anything runs."""
     from .models.smollm2 import SMOLLM2_MODEL_NAME
-    from .tasks import TASKS, parse_task_spec, task_from_spec
+    from .tasks import TASKS, parse_task_spec
     from .tasks.chat import ChatTask
 
     if model_name_or_path != TINY_MODEL_NAME:
@@ -92,15 +92,21 @@ def check_model_takes_task(model_name_or_path: str | None, script_args) -> None:
         )
 
 
-def _check_warmup_task(script_args) -> None:
+def _check_warmup_task(script_args):
+    """The warm-up's task, checked: valid (a typo or a bad option is the user's one line) and the same built-in task
+    as `dataset`."""
     from .tasks import parse_task_spec, task_from_spec
 
-    task_from_spec(script_args.warmup_dataset)  # a typo or a bad option is the user's one-line error
+    try:
+        task = task_from_spec(script_args.warmup_dataset)
+    except UserError as error:
+        raise UserError(f"warmup_dataset '{script_args.warmup_dataset}': {error}") from None
     warm, trained = parse_task_spec(script_args.warmup_dataset)[0], parse_task_spec(script_args.dataset)[0]
     if warm != trained:
         raise UserError(f"warmup_dataset '{script_args.warmup_dataset}': must be the same built-in task as "
                         f"dataset ('{trained}'), with other options: the warm-up teaches that task's answer "
                         "format")
+    return task
 
 
 def _check_chat_warmup(model_name_or_path: str | None, script_args) -> None:
@@ -108,7 +114,7 @@ def _check_chat_warmup(model_name_or_path: str | None, script_args) -> None:
     (warmup_examples / warmup_epochs alone stay allowed: the tiny model's recipes set them, and a user who swaps in
     another model keeps the recipe.)"""
     from .models.smollm2 import SMOLLM2_MODEL_NAME
-    from .tasks import TASKS, task_from_spec
+    from .tasks import TASKS
     from .tasks.chat import ChatTask
 
     if script_args.warmup_dataset is None:
@@ -116,8 +122,7 @@ def _check_chat_warmup(model_name_or_path: str | None, script_args) -> None:
     if model_name_or_path != SMOLLM2_MODEL_NAME:
         raise UserError(f"warmup_dataset '{script_args.warmup_dataset}': only model_name_or_path 'thermorl:tiny' "
                         f"and '{SMOLLM2_MODEL_NAME}' are warmed up, not '{model_name_or_path}'; remove it")
-    _check_warmup_task(script_args)
-    task = task_from_spec(script_args.warmup_dataset)
+    task = _check_warmup_task(script_args)
     if not (isinstance(task, ChatTask) and task.worked_solutions):
         with_solutions = [name for name, cls in TASKS.items() if issubclass(cls, ChatTask) and cls.worked_solutions]
         raise UserError(f"warmup_dataset '{script_args.warmup_dataset}': {SMOLLM2_MODEL_NAME} is warmed up on "
